@@ -1,0 +1,2 @@
+//! bus benches (filled in by the bus issue). Run with `cargo bench --bench bus`.
+fn main() {}

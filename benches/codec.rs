@@ -1,0 +1,2 @@
+//! codec benches (filled in by the codec issue). Run with `cargo bench --bench codec`.
+fn main() {}
