@@ -1,0 +1,157 @@
+//! `BrokerListener`: hooks that observe a broker's events, and the data they receive.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::broker::ListenerId;
+use crate::message::{DeliveryId, Message, SubscriptionId};
+use crate::options::AckMode;
+
+/// What a listener learns about a subscription.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionInfo {
+    /// Its id.
+    pub id: SubscriptionId,
+    /// The topic or pattern.
+    pub pattern: String,
+    /// The consumer group, if any.
+    pub group: Option<String>,
+    /// Its ack mode.
+    pub ack_mode: AckMode,
+    /// The name of the queue it takes messages from: the group name for a group member,
+    /// `pattern#id` for a broadcast subscription.
+    pub queue: String,
+}
+
+/// Why a message reached no handler.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Published on a topic that no subscription matched.
+    NoSubscriber,
+    /// It was queued for a broadcast subscription that ended first.
+    Unsubscribed {
+        /// The queue it was taken out of.
+        queue: String,
+    },
+    /// Its dead-letter topic refused it.
+    DeadLetterFailed,
+}
+
+/// Observes a broker's events: statistics, logging, tests.
+///
+/// Every method has a default that does nothing, so a listener implements only what it needs.
+/// Methods are called on the thread where the event happens (a publisher's thread, a dispatch
+/// thread, the timer thread), concurrently and often: they must return quickly and must not call
+/// back into the broker. A listener that panics is logged and skipped; the broker goes on.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use mixbus_bus::{BrokerListener, Message};
+/// #[derive(Debug, Default)]
+/// struct CountPublished(AtomicU64);
+/// impl BrokerListener for CountPublished {
+///     fn published(&self, _msg: &Message) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// ```
+#[allow(unused_variables)]
+pub trait BrokerListener: Send + Sync + 'static {
+    /// The broker took a message (before it is queued).
+    fn published(&self, message: &Message) {}
+    /// A message was put in a subscription's or group's queue (first time or re-delivery).
+    fn enqueued(&self, message: &Message, queue: &str) {}
+    /// A message is about to be handed to a handler.
+    fn dispatched(&self, message: &Message, subscription: &SubscriptionInfo) {}
+    /// A handler returned `Ok`.
+    fn processed(&self, message: &Message, subscription: &SubscriptionInfo) {}
+    /// A handler returned an error or panicked.
+    fn failed(&self, message: &Message, subscription: &SubscriptionInfo, error: &str) {}
+    /// A manual-ack delivery was acknowledged.
+    fn acked(&self, message: &Message, subscription: &SubscriptionInfo) {}
+    /// A manual-ack delivery was rejected.
+    fn nacked(&self, message: &Message, subscription: &SubscriptionInfo, requeue: bool) {}
+    /// An ack or nack named a delivery that is not waiting for one (unknown or already acked).
+    fn ack_unknown(&self, delivery: DeliveryId) {}
+    /// A message will be delivered again; `message` carries the new attempt number.
+    fn redelivered(&self, message: &Message, subscription: &SubscriptionInfo, reason: &str) {}
+    /// A message used up its attempts (or was nacked without re-queue) and went to `dead_topic`.
+    fn dead_lettered(&self, message: &Message, subscription: &SubscriptionInfo, dead_topic: &str) {}
+    /// A message reached no handler.
+    fn dropped(&self, message: &Message, reason: &DropReason) {}
+    /// A subscription started.
+    fn subscribed(&self, subscription: &SubscriptionInfo) {}
+    /// A subscription ended.
+    fn unsubscribed(&self, subscription: &SubscriptionInfo) {}
+}
+
+type Entry = (ListenerId, Arc<dyn BrokerListener>);
+
+/// The listeners of one broker: a copy-on-write list, so notifying takes no lock for long.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    list: RwLock<Arc<[Entry]>>,
+    next_id: AtomicU64,
+    version: AtomicU64,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("count", &self.snapshot().0.len())
+            .finish()
+    }
+}
+
+impl Listeners {
+    pub(crate) fn add(&self, listener: Arc<dyn BrokerListener>) -> ListenerId {
+        let id = ListenerId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Entry> = list.iter().cloned().collect();
+        v.push((id, listener));
+        *list = v.into();
+        self.version.fetch_add(1, Ordering::Release);
+        id
+    }
+
+    pub(crate) fn remove(&self, id: ListenerId) -> bool {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        let before = list.len();
+        let v: Vec<Entry> = list.iter().filter(|(i, _)| *i != id).cloned().collect();
+        let removed = v.len() != before;
+        *list = v.into();
+        self.version.fetch_add(1, Ordering::Release);
+        removed
+    }
+
+    pub(crate) fn snapshot(&self) -> Notifier {
+        Notifier(self.list.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+/// A snapshot of the listeners, used to send a few events without touching the shared list.
+#[derive(Clone)]
+pub(crate) struct Notifier(Arc<[Entry]>);
+
+impl Notifier {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn each(&self, event: &'static str, f: impl Fn(&dyn BrokerListener)) {
+        for (id, listener) in self.0.iter() {
+            if catch_unwind(AssertUnwindSafe(|| f(listener.as_ref()))).is_err() {
+                tracing::warn!(listener = id.0, event, "listener panicked; ignored");
+            }
+        }
+    }
+}

@@ -1,0 +1,1139 @@
+//! `InMemoryBroker`: the broker contract served by a pool of dispatch threads in one process.
+//!
+//! Each subscription (or consumer group) has its own queue. Publishing pushes the message into the
+//! queue of every matching target and, if no member of that target is scheduled yet, schedules one
+//! on the shared run queue of the dispatch pool. A scheduled subscription runs on one dispatch
+//! thread at a time and drains a batch of messages, so one broadcast subscriber sees one
+//! publisher's messages in order, and group members pull from their shared queue concurrently.
+//! No lock is held across the whole broker per message: the route table is read-locked, the
+//! queues are `flume` channels, and ack state is per subscription.
+
+use std::any::Any;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
+use crate::error::{Error, Result};
+use crate::listener::{BrokerListener, DropReason, Listeners, Notifier, SubscriptionInfo};
+use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
+use crate::options::{AckMode, SubscribeOptions};
+use crate::topic::{Pattern, validate_topic};
+
+/// How often the timer thread looks for expired ack waits while manual-ack subscriptions exist.
+const ACK_SCAN_TICK: Duration = Duration::from_millis(5);
+/// Routes remembered per topic before the cache is cleared.
+const ROUTE_CACHE_LIMIT: usize = 4096;
+
+/// Settings of an [`InMemoryBroker`]: a plain struct with [`Default`] and `with_*` methods.
+///
+/// # Examples
+///
+/// ```
+/// use mixbus_bus::{InMemoryBroker, InMemoryConfig};
+/// let broker = InMemoryBroker::with_config(
+///     InMemoryConfig::default().with_dispatch_threads(2).with_group_capacity(10_000),
+/// )?;
+/// # Ok::<(), mixbus_bus::Error>(())
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InMemoryConfig {
+    /// Dispatch threads running handlers (default 4, at least 1).
+    pub dispatch_threads: usize,
+    /// Messages a consumer group may hold before `publish` fails with
+    /// [`Error::QueueFull`] (default 65 536).
+    pub group_capacity: usize,
+    /// The first token of default dead-letter topics (default `dead`, giving `dead.<topic>`).
+    pub dead_letter_prefix: String,
+    /// Messages one subscription handles in a row before its dispatch thread moves on (default 64).
+    pub batch: usize,
+}
+
+impl Default for InMemoryConfig {
+    fn default() -> Self {
+        Self {
+            dispatch_threads: 4,
+            group_capacity: 65_536,
+            dead_letter_prefix: "dead".to_owned(),
+            batch: 64,
+        }
+    }
+}
+
+impl InMemoryConfig {
+    /// Sets the number of dispatch threads.
+    pub fn with_dispatch_threads(mut self, n: usize) -> Self {
+        self.dispatch_threads = n;
+        self
+    }
+
+    /// Sets the consumer group queue limit.
+    pub fn with_group_capacity(mut self, n: usize) -> Self {
+        self.group_capacity = n;
+        self
+    }
+
+    /// Sets the dead-letter prefix.
+    pub fn with_dead_letter_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.dead_letter_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the batch size.
+    pub fn with_batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+}
+
+/// The in-memory backend of [`Broker`]: publishers and handlers are threads of one process.
+///
+/// Handlers run on a pool of dispatch threads named `mixbus-dispatch-N`; ack waits and back-offs
+/// are timed by one `mixbus-timer` thread. Call [`close`](Broker::close) when done; dropping the
+/// broker closes it with a one-second timeout.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use mixbus_bus::{Broker, Handler, InMemoryBroker, Message, SubscribeOptions};
+/// let broker = InMemoryBroker::new()?;
+/// let seen = Arc::new(AtomicUsize::new(0));
+/// let s = seen.clone();
+/// let _sub = broker.subscribe("greetings.>", SubscribeOptions::default(), Handler::new(move |_| {
+///     s.fetch_add(1, Ordering::SeqCst);
+///     Ok(())
+/// }))?;
+/// broker.publish(Message::new("greetings.en", "hello"))?;
+/// broker.publish(Message::new("greetings.fr", "bonjour"))?;
+/// let report = broker.close(Duration::from_secs(5));
+/// assert_eq!(seen.load(Ordering::SeqCst), 2);
+/// assert_eq!(report.pending, 0);
+/// # Ok::<(), mixbus_bus::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct InMemoryBroker {
+    shared: Arc<Shared>,
+}
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct BusySlot(AtomicBool);
+
+struct Shared {
+    config: InMemoryConfig,
+    closed: AtomicBool,
+    next_message: AtomicU64,
+    next_subscription: AtomicU64,
+    routes: RwLock<Routes>,
+    listeners: Listeners,
+    ready_tx: flume::Sender<Option<Arc<Sub>>>,
+    ready_rx: flume::Receiver<Option<Arc<Sub>>>,
+    timer: Timer,
+    busy: Box<[BusySlot]>,
+    manual_subs: AtomicUsize,
+    retired_delivered: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    report: Mutex<Option<CloseReport>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryBroker")
+            .field("config", &self.config)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Routes {
+    subs: HashMap<SubscriptionId, Arc<Sub>>,
+    inboxes: Vec<Arc<Inbox>>,
+    groups: HashMap<(String, String), Arc<Inbox>>,
+    cache: HashMap<String, Arc<[Arc<Inbox>]>>,
+}
+
+/// The queue of one broadcast subscription or one consumer group.
+struct Inbox {
+    name: String,
+    pattern: Pattern,
+    group: Option<String>,
+    tx: flume::Sender<Message>,
+    rx: flume::Receiver<Message>,
+    retry_tx: flume::Sender<Message>,
+    retry_rx: flume::Receiver<Message>,
+    capacity: Option<usize>,
+    reserved: AtomicUsize,
+    members: RwLock<Vec<Arc<Sub>>>,
+    next_member: AtomicUsize,
+    open: AtomicBool,
+}
+
+impl Inbox {
+    fn new(name: String, pattern: Pattern, group: Option<String>, capacity: Option<usize>) -> Self {
+        let (tx, rx) = flume::unbounded();
+        let (retry_tx, retry_rx) = flume::unbounded();
+        Self {
+            name,
+            pattern,
+            group,
+            tx,
+            rx,
+            retry_tx,
+            retry_rx,
+            capacity,
+            reserved: AtomicUsize::new(0),
+            members: RwLock::new(Vec::new()),
+            next_member: AtomicUsize::new(0),
+            open: AtomicBool::new(true),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rx.len() + self.retry_rx.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rx.is_empty() && self.retry_rx.is_empty()
+    }
+
+    fn try_reserve(&self) -> bool {
+        match self.capacity {
+            None => true,
+            Some(cap) => {
+                if self.reserved.fetch_add(1, Ordering::AcqRel) >= cap {
+                    self.reserved.fetch_sub(1, Ordering::AcqRel);
+                    false
+                } else {
+                    true
+                }
+            }
+        }
+    }
+
+    fn unreserve(&self) {
+        if self.capacity.is_some() {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn take(&self) -> Option<Message> {
+        if let Ok(msg) = self.retry_rx.try_recv() {
+            return Some(msg);
+        }
+        let msg = self.rx.try_recv().ok()?;
+        self.unreserve();
+        Some(msg)
+    }
+
+    /// Schedules one idle member, starting from the next one in turn.
+    fn notify(&self, shared: &Shared) {
+        let members = read(&self.members);
+        let n = members.len();
+        if n == 0 {
+            return;
+        }
+        let start = if n == 1 {
+            0
+        } else {
+            self.next_member.fetch_add(1, Ordering::Relaxed)
+        };
+        for i in 0..n {
+            if members[(start + i) % n].try_schedule(shared) {
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Unacked {
+    map: HashMap<MessageId, Message>,
+    order: VecDeque<(Instant, MessageId, u32)>,
+}
+
+impl Unacked {
+    fn trim_front(&mut self) {
+        while let Some(&(_, id, attempt)) = self.order.front() {
+            if self.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+}
+
+struct Sub {
+    info: SubscriptionInfo,
+    options: SubscribeOptions,
+    manual: bool,
+    handler: Handler,
+    inbox: Arc<Inbox>,
+    scheduled: AtomicBool,
+    active: AtomicBool,
+    in_flight: AtomicUsize,
+    unacked: Mutex<Unacked>,
+    delivered: AtomicU64,
+}
+
+impl Sub {
+    fn blocked(&self) -> bool {
+        self.manual && self.in_flight.load(Ordering::Acquire) >= self.options.max_in_flight
+    }
+
+    fn try_schedule(self: &Arc<Self>, shared: &Shared) -> bool {
+        if !self.active.load(Ordering::Acquire) || self.blocked() {
+            return false;
+        }
+        if self.scheduled.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let _ = shared.ready_tx.send(Some(self.clone()));
+        true
+    }
+
+    fn remove_unacked(&self, id: MessageId, attempt: Option<u32>) -> Option<Message> {
+        let mut u = lock(&self.unacked);
+        if let Some(attempt) = attempt {
+            if !u.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
+                return None;
+            }
+        }
+        let msg = u.map.remove(&id)?;
+        u.trim_front();
+        drop(u);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Some(msg)
+    }
+}
+
+/// Per dispatch thread state: its busy slot and a cached listener snapshot.
+struct Ctx {
+    slot: usize,
+    version: u64,
+    notifier: Notifier,
+}
+
+impl Ctx {
+    fn refresh(&mut self, shared: &Shared) {
+        let v = shared.listeners.version();
+        if v != self.version {
+            self.notifier = shared.listeners.snapshot();
+            self.version = v;
+        }
+    }
+}
+
+struct TimerEntry {
+    at: Instant,
+    seq: u64,
+    inbox: Arc<Inbox>,
+    message: Message,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.seq == other.seq
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: the heap's top is the earliest deadline.
+        other.at.cmp(&self.at).then(other.seq.cmp(&self.seq))
+    }
+}
+
+#[derive(Default)]
+struct TimerState {
+    heap: BinaryHeap<TimerEntry>,
+    seq: u64,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Timer {
+    state: Mutex<TimerState>,
+    wake: Condvar,
+}
+
+impl Timer {
+    fn schedule(&self, at: Instant, inbox: Arc<Inbox>, message: Message) {
+        let mut st = lock(&self.state);
+        st.seq += 1;
+        let seq = st.seq;
+        st.heap.push(TimerEntry {
+            at,
+            seq,
+            inbox,
+            message,
+        });
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.state).heap.len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn panic_text(payload: &(dyn Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload");
+    format!("handler panicked: {text}")
+}
+
+impl InMemoryBroker {
+    /// Starts a broker with the default [`InMemoryConfig`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when a thread cannot be started.
+    pub fn new() -> Result<Self> {
+        Self::with_config(InMemoryConfig::default())
+    }
+
+    /// Starts a broker with `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when a thread cannot be started.
+    pub fn with_config(mut config: InMemoryConfig) -> Result<Self> {
+        config.dispatch_threads = config.dispatch_threads.max(1);
+        config.batch = config.batch.max(1);
+        config.group_capacity = config.group_capacity.max(1);
+        let (ready_tx, ready_rx) = flume::unbounded();
+        let threads = config.dispatch_threads;
+        let shared = Arc::new(Shared {
+            busy: (0..threads).map(|_| BusySlot::default()).collect(),
+            config,
+            closed: AtomicBool::new(false),
+            next_message: AtomicU64::new(0),
+            next_subscription: AtomicU64::new(0),
+            routes: RwLock::new(Routes::default()),
+            listeners: Listeners::default(),
+            ready_tx,
+            ready_rx,
+            timer: Timer::default(),
+            manual_subs: AtomicUsize::new(0),
+            retired_delivered: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+            report: Mutex::new(None),
+        });
+        let broker = Self {
+            shared: shared.clone(),
+        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn(f)
+                .map_err(|source| Error::Spawn { name, source })
+        };
+        let mut handles = Vec::with_capacity(threads + 1);
+        {
+            let s = shared.clone();
+            handles.push(spawn(
+                "mixbus-timer".to_owned(),
+                Box::new(move || s.timer_loop()),
+            )?);
+        }
+        for n in 0..threads {
+            let s = shared.clone();
+            let name = format!("mixbus-dispatch-{n}");
+            match spawn(name, Box::new(move || s.dispatch_loop(n))) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    *lock(&shared.threads) = handles;
+                    broker.close(Duration::from_secs(1));
+                    return Err(e);
+                }
+            }
+        }
+        *lock(&shared.threads) = handles;
+        tracing::debug!(threads, "in-memory broker started");
+        Ok(broker)
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &InMemoryConfig {
+        &self.shared.config
+    }
+
+    /// Messages waiting in the queue named `queue` (a group name, or `pattern#id` for a broadcast
+    /// subscription); `None` if there is no such queue.
+    pub fn queue_depth(&self, queue: &str) -> Option<usize> {
+        read(&self.shared.routes)
+            .inboxes
+            .iter()
+            .find(|i| i.name == queue)
+            .map(|i| i.len())
+    }
+}
+
+impl Drop for InMemoryBroker {
+    fn drop(&mut self) {
+        if !self.shared.closed.load(Ordering::Acquire) {
+            self.shared.close(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Shared {
+    fn route(&self, topic: &str) -> Result<Arc<[Arc<Inbox>]>> {
+        if let Some(targets) = read(&self.routes).cache.get(topic) {
+            return Ok(targets.clone());
+        }
+        validate_topic(topic)?;
+        let mut routes = write(&self.routes);
+        let targets: Arc<[Arc<Inbox>]> = routes
+            .inboxes
+            .iter()
+            .filter(|i| i.pattern.matches(topic))
+            .cloned()
+            .collect();
+        if routes.cache.len() >= ROUTE_CACHE_LIMIT {
+            routes.cache.clear();
+        }
+        routes.cache.insert(topic.to_owned(), targets.clone());
+        Ok(targets)
+    }
+
+    fn publish(&self, message: Message, internal: bool) -> Result<MessageId> {
+        if !internal && self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let targets = self.route(message.topic())?;
+        let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
+        let message = message
+            .with_id(id)
+            .with_published_at(SystemTime::now())
+            .with_attempt(1);
+        for (i, target) in targets.iter().enumerate() {
+            if !target.try_reserve() {
+                for t in &targets[..i] {
+                    t.unreserve();
+                }
+                return Err(Error::QueueFull {
+                    queue: target.name.clone(),
+                    capacity: target.capacity.unwrap_or(usize::MAX),
+                    message: Box::new(message),
+                });
+            }
+        }
+        let notifier = self.listeners.snapshot();
+        let listen = !notifier.is_empty();
+        if listen {
+            notifier.each("published", |l| l.published(&message));
+        }
+        if targets.is_empty() {
+            tracing::trace!(
+                topic = message.topic(),
+                msg.id = id.0,
+                "no subscriber; dropped"
+            );
+            if listen {
+                notifier.each("dropped", |l| {
+                    l.dropped(&message, &DropReason::NoSubscriber)
+                });
+            }
+            return Ok(id);
+        }
+        for target in targets.iter() {
+            if listen {
+                notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
+            }
+            let _ = target.tx.send(message.clone());
+            target.notify(self);
+        }
+        Ok(id)
+    }
+
+    fn subscribe(
+        self: &Arc<Self>,
+        pattern: &str,
+        options: SubscribeOptions,
+        handler: Handler,
+    ) -> Result<Subscription> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        options.validate()?;
+        let parsed = Pattern::parse(pattern)?;
+        let id = SubscriptionId(self.next_subscription.fetch_add(1, Ordering::Relaxed) + 1);
+        let group = options.group_name().map(str::to_owned);
+        let manual = options.ack_mode == AckMode::Manual;
+        let sub = {
+            let mut routes = write(&self.routes);
+            let inbox = match &group {
+                Some(name) => {
+                    let key = (pattern.to_owned(), name.clone());
+                    match routes.groups.get(&key) {
+                        Some(inbox) => inbox.clone(),
+                        None => {
+                            let inbox = Arc::new(Inbox::new(
+                                name.clone(),
+                                parsed,
+                                Some(name.clone()),
+                                Some(self.config.group_capacity),
+                            ));
+                            routes.groups.insert(key, inbox.clone());
+                            routes.inboxes.push(inbox.clone());
+                            routes.cache.clear();
+                            inbox
+                        }
+                    }
+                }
+                None => {
+                    let inbox = Arc::new(Inbox::new(format!("{pattern}#{id}"), parsed, None, None));
+                    routes.inboxes.push(inbox.clone());
+                    routes.cache.clear();
+                    inbox
+                }
+            };
+            let info = SubscriptionInfo {
+                id,
+                pattern: pattern.to_owned(),
+                group: group.clone(),
+                ack_mode: options.ack_mode,
+                queue: inbox.name.clone(),
+            };
+            let sub = Arc::new(Sub {
+                info,
+                options,
+                manual,
+                handler,
+                inbox: inbox.clone(),
+                scheduled: AtomicBool::new(false),
+                active: AtomicBool::new(true),
+                in_flight: AtomicUsize::new(0),
+                unacked: Mutex::new(Unacked::default()),
+                delivered: AtomicU64::new(0),
+            });
+            write(&inbox.members).push(sub.clone());
+            routes.subs.insert(id, sub.clone());
+            sub
+        };
+        if manual {
+            self.manual_subs.fetch_add(1, Ordering::AcqRel);
+            self.timer.wake.notify_one();
+        }
+        tracing::debug!(sub.id = id.0, pattern, group = ?sub.info.group, "subscribed");
+        self.listeners
+            .snapshot()
+            .each("subscribed", |l| l.subscribed(&sub.info));
+        if !sub.inbox.is_empty() {
+            sub.inbox.notify(self);
+        }
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        Ok(Subscription::new(id, pattern, group, move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.unsubscribe(id);
+            }
+        }))
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        let sub = {
+            let mut routes = write(&self.routes);
+            let Some(sub) = routes.subs.remove(&id) else {
+                return false;
+            };
+            write(&sub.inbox.members).retain(|m| m.info.id != id);
+            if sub.inbox.group.is_none() {
+                routes.inboxes.retain(|i| !Arc::ptr_eq(i, &sub.inbox));
+                routes.cache.clear();
+                sub.inbox.open.store(false, Ordering::Release);
+            }
+            sub
+        };
+        sub.active.store(false, Ordering::Release);
+        self.retired_delivered
+            .fetch_add(sub.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
+        if sub.manual {
+            self.manual_subs.fetch_sub(1, Ordering::AcqRel);
+        }
+        let unacked: Vec<Message> = {
+            let mut u = lock(&sub.unacked);
+            u.order.clear();
+            u.map.drain().map(|(_, m)| m).collect()
+        };
+        sub.in_flight.store(0, Ordering::Release);
+        let notifier = self.listeners.snapshot();
+        if sub.inbox.group.is_some() {
+            for msg in unacked {
+                self.retry_or_dead(&sub, msg, "group member left before ack", &notifier);
+            }
+            if !sub.inbox.is_empty() {
+                sub.inbox.notify(self);
+            }
+        } else {
+            let reason = DropReason::Unsubscribed {
+                queue: sub.inbox.name.clone(),
+            };
+            while let Some(msg) = sub.inbox.take() {
+                notifier.each("dropped", |l| l.dropped(&msg, &reason));
+            }
+        }
+        tracing::debug!(sub.id = id.0, pattern = %sub.info.pattern, "unsubscribed");
+        notifier.each("unsubscribed", |l| l.unsubscribed(&sub.info));
+        true
+    }
+
+    fn find_sub(&self, id: SubscriptionId) -> Option<Arc<Sub>> {
+        read(&self.routes).subs.get(&id).cloned()
+    }
+
+    fn ack(&self, delivery: DeliveryId) {
+        let notifier = self.listeners.snapshot();
+        let removed = self
+            .find_sub(delivery.subscription)
+            .and_then(|sub| sub.remove_unacked(delivery.message, None).map(|m| (sub, m)));
+        let Some((sub, msg)) = removed else {
+            tracing::debug!(delivery = %delivery, "ack of an unknown delivery ignored");
+            notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
+            return;
+        };
+        notifier.each("acked", |l| l.acked(&msg, &sub.info));
+        if !sub.inbox.is_empty() {
+            sub.try_schedule(self);
+        }
+    }
+
+    fn nack(&self, delivery: DeliveryId, requeue: bool) {
+        let notifier = self.listeners.snapshot();
+        let removed = self
+            .find_sub(delivery.subscription)
+            .and_then(|sub| sub.remove_unacked(delivery.message, None).map(|m| (sub, m)));
+        let Some((sub, msg)) = removed else {
+            tracing::debug!(delivery = %delivery, "nack of an unknown delivery ignored");
+            notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
+            return;
+        };
+        notifier.each("nacked", |l| l.nacked(&msg, &sub.info, requeue));
+        if requeue {
+            self.retry_or_dead(&sub, msg, "nacked", &notifier);
+        } else {
+            self.dead_letter(&sub, msg, "nacked without requeue", &notifier);
+        }
+        if !sub.inbox.is_empty() {
+            sub.try_schedule(self);
+        }
+    }
+
+    fn retry_or_dead(&self, sub: &Sub, msg: Message, reason: &str, notifier: &Notifier) {
+        let attempt = msg.attempt();
+        if attempt >= sub.options.max_attempts {
+            self.dead_letter(sub, msg, reason, notifier);
+            return;
+        }
+        let next = msg
+            .with_header(format!("mixbus-attempt-{attempt}"), reason)
+            .with_attempt(attempt + 1);
+        tracing::warn!(
+            topic = next.topic(),
+            msg.id = next.id().0,
+            attempt = attempt + 1,
+            reason,
+            "re-delivering"
+        );
+        notifier.each("redelivered", |l| l.redelivered(&next, &sub.info, reason));
+        let delay = sub.options.backoff.delay(attempt);
+        if delay.is_zero() {
+            self.requeue(&sub.inbox, next, notifier);
+        } else {
+            self.timer
+                .schedule(Instant::now() + delay, sub.inbox.clone(), next);
+        }
+    }
+
+    fn requeue(&self, inbox: &Inbox, msg: Message, notifier: &Notifier) {
+        notifier.each("enqueued", |l| l.enqueued(&msg, &inbox.name));
+        if !inbox.open.load(Ordering::Acquire) {
+            let reason = DropReason::Unsubscribed {
+                queue: inbox.name.clone(),
+            };
+            notifier.each("dropped", |l| l.dropped(&msg, &reason));
+            return;
+        }
+        let _ = inbox.retry_tx.send(msg);
+        inbox.notify(self);
+    }
+
+    fn dead_letter(&self, sub: &Sub, msg: Message, reason: &str, notifier: &Notifier) {
+        let prefix = &self.config.dead_letter_prefix;
+        let dead_topic = match &sub.options.dead_letter_topic {
+            Some(t) => t.clone(),
+            None => format!("{prefix}.{}", msg.topic()),
+        };
+        if msg.topic() == dead_topic
+            || (sub.options.dead_letter_topic.is_none()
+                && msg
+                    .topic()
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|r| r.starts_with('.')))
+        {
+            tracing::error!(
+                topic = msg.topic(),
+                msg.id = msg.id().0,
+                reason,
+                "dead letter failed; dropped"
+            );
+            notifier.each("dropped", |l| {
+                l.dropped(&msg, &DropReason::DeadLetterFailed)
+            });
+            return;
+        }
+        tracing::warn!(
+            topic = msg.topic(),
+            msg.id = msg.id().0,
+            attempt = msg.attempt(),
+            reason,
+            dead_topic,
+            "dead-lettered"
+        );
+        notifier.each("dead_lettered", |l| {
+            l.dead_lettered(&msg, &sub.info, &dead_topic)
+        });
+        let dead = Message::new(dead_topic, msg.payload().clone())
+            .with_headers(msg.headers().iter().cloned())
+            .with_header("mixbus-dead-reason", reason)
+            .with_header("mixbus-original-topic", msg.topic())
+            .with_header("mixbus-original-id", msg.id().0.to_string())
+            .with_header("mixbus-attempts", msg.attempt().to_string())
+            .with_header("mixbus-subscription", sub.info.pattern.clone())
+            .with_header("mixbus-group", sub.info.group.clone().unwrap_or_default());
+        if let Err(error) = self.publish(dead, true) {
+            tracing::error!(topic = msg.topic(), msg.id = msg.id().0, %error, "dead letter refused; dropped");
+            notifier.each("dropped", |l| {
+                l.dropped(&msg, &DropReason::DeadLetterFailed)
+            });
+        }
+    }
+
+    fn dispatch_loop(self: Arc<Self>, slot: usize) {
+        let span = tracing::debug_span!("dispatch", thread = slot);
+        let _enter = span.enter();
+        let mut ctx = Ctx {
+            slot,
+            version: u64::MAX,
+            notifier: self.listeners.snapshot(),
+        };
+        while let Ok(Some(sub)) = self.ready_rx.recv() {
+            self.run(&sub, &mut ctx);
+        }
+        tracing::debug!("dispatch thread stopped");
+    }
+
+    fn run(&self, sub: &Arc<Sub>, ctx: &mut Ctx) {
+        ctx.refresh(self);
+        for _ in 0..self.config.batch {
+            if !sub.active.load(Ordering::Acquire) || sub.blocked() {
+                break;
+            }
+            let Some(msg) = sub.inbox.take() else { break };
+            self.deliver(sub, msg, ctx);
+        }
+        sub.scheduled.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !sub.inbox.is_empty() {
+            // Let an idle member help with the backlog, and come back for more ourselves.
+            if sub.inbox.group.is_some() {
+                sub.inbox.notify(self);
+            }
+            sub.try_schedule(self);
+        }
+    }
+
+    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx) {
+        let delivery = DeliveryId {
+            subscription: sub.info.id,
+            message: msg.id(),
+        };
+        let msg = msg.with_delivery(delivery);
+        sub.delivered.fetch_add(1, Ordering::Relaxed);
+        let notifier = &ctx.notifier;
+        let listen = !notifier.is_empty();
+        if listen {
+            notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
+        }
+        if sub.manual {
+            let deadline = Instant::now() + sub.options.ack_wait;
+            let mut u = lock(&sub.unacked);
+            u.map.insert(msg.id(), msg.clone());
+            u.order.push_back((deadline, msg.id(), msg.attempt()));
+            drop(u);
+            sub.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        let busy = &self.busy[ctx.slot].0;
+        busy.store(true, Ordering::Release);
+        let result = catch_unwind(AssertUnwindSafe(|| sub.handler.call(&msg)));
+        busy.store(false, Ordering::Release);
+        let error = match result {
+            Ok(Ok(())) => {
+                if listen {
+                    notifier.each("processed", |l| l.processed(&msg, &sub.info));
+                }
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(payload) => panic_text(payload.as_ref()),
+        };
+        tracing::warn!(topic = msg.topic(), msg.id = msg.id().0, attempt = msg.attempt(), %error, "delivery failed");
+        notifier.each("failed", |l| l.failed(&msg, &sub.info, &error));
+        let msg = if sub.manual {
+            match sub.remove_unacked(msg.id(), Some(msg.attempt())) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            msg
+        };
+        self.retry_or_dead(sub, msg, &error, notifier);
+    }
+
+    fn timer_loop(self: Arc<Self>) {
+        let span = tracing::debug_span!("timer");
+        let _enter = span.enter();
+        loop {
+            let due = {
+                let mut st = lock(&self.timer.state);
+                let mut due = Vec::new();
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    let now = Instant::now();
+                    while st.heap.peek().is_some_and(|e| e.at <= now) {
+                        due.extend(st.heap.pop());
+                    }
+                    let scan = self.manual_subs.load(Ordering::Acquire) > 0;
+                    if !due.is_empty() {
+                        break;
+                    }
+                    let mut wait = st
+                        .heap
+                        .peek()
+                        .map_or(Duration::from_secs(3600), |e| e.at - now);
+                    if scan {
+                        wait = wait.min(ACK_SCAN_TICK);
+                    }
+                    let (guard, timeout) = self
+                        .timer
+                        .wake
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|e| e.into_inner());
+                    st = guard;
+                    if timeout.timed_out() && scan {
+                        break;
+                    }
+                }
+                due
+            };
+            let notifier = self.listeners.snapshot();
+            for entry in due {
+                self.requeue(&entry.inbox, entry.message, &notifier);
+            }
+            if self.manual_subs.load(Ordering::Acquire) > 0 {
+                self.expire_acks(&notifier);
+            }
+        }
+    }
+
+    fn expire_acks(&self, notifier: &Notifier) {
+        let subs: Vec<Arc<Sub>> = read(&self.routes)
+            .subs
+            .values()
+            .filter(|s| s.manual)
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for sub in subs {
+            let mut expired = Vec::new();
+            {
+                let mut u = lock(&sub.unacked);
+                while let Some(&(deadline, id, attempt)) = u.order.front() {
+                    if deadline > now {
+                        break;
+                    }
+                    u.order.pop_front();
+                    if u.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
+                        expired.extend(u.map.remove(&id));
+                    }
+                }
+            }
+            if expired.is_empty() {
+                continue;
+            }
+            sub.in_flight.fetch_sub(expired.len(), Ordering::AcqRel);
+            for msg in expired {
+                self.retry_or_dead(&sub, msg, "ack wait expired", notifier);
+            }
+            if !sub.inbox.is_empty() {
+                sub.try_schedule(self);
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        let routes = read(&self.routes);
+        routes
+            .inboxes
+            .iter()
+            .all(|i| i.is_empty() || read(&i.members).is_empty())
+            && routes
+                .subs
+                .values()
+                .all(|s| lock(&s.unacked).map.is_empty())
+            && self.busy.iter().all(|b| !b.0.load(Ordering::Acquire))
+            && self.timer.len() == 0
+    }
+
+    fn close(&self, timeout: Duration) -> CloseReport {
+        let start = Instant::now();
+        let mut report = lock(&self.report);
+        if let Some(r) = &*report {
+            return r.clone();
+        }
+        self.closed.store(true, Ordering::Release);
+        let deadline = start + timeout;
+        let mut timed_out = false;
+        while !self.idle() {
+            if Instant::now() >= deadline {
+                timed_out = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        let subs: Vec<Arc<Sub>> = read(&self.routes).subs.values().cloned().collect();
+        for sub in &subs {
+            sub.active.store(false, Ordering::Release);
+        }
+        {
+            lock(&self.timer.state).stop = true;
+            self.timer.wake.notify_all();
+        }
+        let handles = std::mem::take(&mut *lock(&self.threads));
+        for _ in 0..self.busy.len() {
+            let _ = self.ready_tx.send(None);
+        }
+        // Idle threads exit at once; give them a moment even when the timeout has passed.
+        let join_deadline = deadline.max(Instant::now() + Duration::from_millis(50));
+        let mut left = handles;
+        while !left.is_empty() && Instant::now() < join_deadline {
+            let (done, running): (Vec<_>, Vec<_>) = left.into_iter().partition(|h| h.is_finished());
+            for h in done {
+                let _ = h.join();
+            }
+            left = running;
+            if !left.is_empty() {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let running_handlers = self
+            .busy
+            .iter()
+            .filter(|b| b.0.load(Ordering::Acquire))
+            .count();
+        if !left.is_empty() {
+            tracing::error!(
+                threads = left.len(),
+                "close timed out; leaving threads behind"
+            );
+            timed_out = true;
+        }
+        let routes = read(&self.routes);
+        let delivered = self.retired_delivered.load(Ordering::Relaxed)
+            + routes
+                .subs
+                .values()
+                .map(|s| s.delivered.load(Ordering::Relaxed))
+                .sum::<u64>();
+        let unacked = routes
+            .subs
+            .values()
+            .map(|s| lock(&s.unacked).map.len() as u64)
+            .sum();
+        let pending =
+            routes.inboxes.iter().map(|i| i.len() as u64).sum::<u64>() + self.timer.len() as u64;
+        drop(routes);
+        let r = CloseReport {
+            delivered,
+            unacked,
+            pending,
+            running_handlers: running_handlers as u64,
+            timed_out,
+            elapsed: start.elapsed(),
+        };
+        tracing::info!(report = %r, "in-memory broker closed");
+        *report = Some(r.clone());
+        r
+    }
+}
+
+impl Broker for InMemoryBroker {
+    fn publish(&self, message: Message) -> Result<MessageId> {
+        self.shared.publish(message, false)
+    }
+
+    fn subscribe(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        handler: Handler,
+    ) -> Result<Subscription> {
+        self.shared.subscribe(pattern, options, handler)
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.shared.unsubscribe(id)
+    }
+
+    fn ack(&self, delivery: DeliveryId) -> Result<()> {
+        self.shared.ack(delivery);
+        Ok(())
+    }
+
+    fn nack(&self, delivery: DeliveryId, requeue: bool) -> Result<()> {
+        self.shared.nack(delivery, requeue);
+        Ok(())
+    }
+
+    fn add_listener(&self, listener: Arc<dyn BrokerListener>) -> ListenerId {
+        self.shared.listeners.add(listener)
+    }
+
+    fn remove_listener(&self, id: ListenerId) -> bool {
+        self.shared.listeners.remove(id)
+    }
+
+    fn close(&self, timeout: Duration) -> CloseReport {
+        self.shared.close(timeout)
+    }
+}

@@ -1,0 +1,200 @@
+//! Messages and the ids that name them: `Message`, `MessageId`, `SubscriptionId`, `DeliveryId`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// A message id, unique per broker. Plain data: it can travel over a wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "m{}", self.0)
+    }
+}
+
+/// A subscription id, unique per broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubscriptionId(pub u64);
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Names one delivery of a message to one subscription: what [`ack`](crate::Broker::ack) and
+/// [`nack`](crate::Broker::nack) take.
+///
+/// A broadcast message reaches several subscriptions under one [`MessageId`]; the pair tells them
+/// apart. It is plain data (two integers), so a remote client can send it back to a server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeliveryId {
+    /// The subscription the message was delivered to.
+    pub subscription: SubscriptionId,
+    /// The message delivered.
+    pub message: MessageId,
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.subscription, self.message)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Inner {
+    topic: String,
+    payload: Bytes,
+    headers: Vec<(String, String)>,
+    id: MessageId,
+    published_at: SystemTime,
+}
+
+/// A message: topic, payload, headers, id, delivery attempt and publish time.
+///
+/// Cloning is cheap (a reference count): fan-out to many subscribers shares one payload and one
+/// set of headers. The broker fills in the id and publish time when it takes the message, and the
+/// attempt and [`DeliveryId`] when it hands a copy to a handler.
+///
+/// # Examples
+///
+/// ```
+/// use mixbus_bus::Message;
+/// let msg = Message::new("orders.created", "order 42").with_header("source", "shop");
+/// assert_eq!(msg.topic(), "orders.created");
+/// assert_eq!(&msg.payload()[..], b"order 42");
+/// assert_eq!(msg.header("source"), Some("shop"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Message {
+    inner: Arc<Inner>,
+    attempt: u32,
+    delivery: Option<DeliveryId>,
+}
+
+impl Message {
+    /// A message on `topic` carrying `payload` (anything that converts into [`Bytes`]:
+    /// `&'static str`, `&'static [u8]`, `String`, `Vec<u8>`, `Bytes`).
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                topic: topic.into(),
+                payload: payload.into(),
+                headers: Vec::new(),
+                id: MessageId(0),
+                published_at: SystemTime::UNIX_EPOCH,
+            }),
+            attempt: 1,
+            delivery: None,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Adds a header (a later header with the same name hides an earlier one in [`header`](Self::header)).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.inner_mut().headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds several headers.
+    pub fn with_headers<K, V>(mut self, headers: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let inner = self.inner_mut();
+        inner
+            .headers
+            .extend(headers.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Replaces the topic (used by backends, for example to dead-letter a message).
+    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+        self.inner_mut().topic = topic.into();
+        self
+    }
+
+    /// Sets the id (for backends: the broker assigns ids when it takes a message).
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.inner_mut().id = id;
+        self
+    }
+
+    /// Sets the publish time (for backends).
+    pub fn with_published_at(mut self, at: SystemTime) -> Self {
+        self.inner_mut().published_at = at;
+        self
+    }
+
+    /// Sets the delivery attempt, starting at 1 (for backends).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Sets the delivery id (for backends, when handing the message to a handler).
+    pub fn with_delivery(mut self, delivery: DeliveryId) -> Self {
+        self.delivery = Some(delivery);
+        self
+    }
+
+    /// The topic it was published on.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The payload, shared without copying between every copy of the message.
+    pub fn payload(&self) -> &Bytes {
+        &self.inner.payload
+    }
+
+    /// All headers, in the order they were added.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.inner.headers
+    }
+
+    /// The value of the last header called `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The id the broker gave it (`MessageId(0)` before it is published).
+    pub fn id(&self) -> MessageId {
+        self.inner.id
+    }
+
+    /// The delivery attempt: 1 on first delivery, raised by one for each re-delivery.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the broker took it (`UNIX_EPOCH` before it is published).
+    pub fn published_at(&self) -> SystemTime {
+        self.inner.published_at
+    }
+
+    /// The id to pass to [`ack`](crate::Broker::ack) or [`nack`](crate::Broker::nack); `None`
+    /// until a broker delivers the message to a subscription.
+    pub fn delivery_id(&self) -> Option<DeliveryId> {
+        self.delivery
+    }
+
+    /// Whether two messages share one payload buffer (no copy was made between them).
+    pub fn shares_payload_with(&self, other: &Message) -> bool {
+        self.inner.payload.as_ptr() == other.inner.payload.as_ptr()
+            && self.inner.payload.len() == other.inner.payload.len()
+    }
+}

@@ -1,0 +1,357 @@
+//! `StatsCollector`: a listener keeping lock-free counters per topic and queue, with snapshots.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::listener::{BrokerListener, DropReason, SubscriptionInfo};
+use crate::message::Message;
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    dispatched: AtomicU64,
+    processed: AtomicU64,
+    failed: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    depth: AtomicI64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts for one topic (or the total over all topics) at one moment.
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopicStats {
+    /// The topic (`*` for the total).
+    pub topic: String,
+    /// Messages published.
+    pub published: u64,
+    /// Deliveries handed to handlers (every attempt counts).
+    pub dispatched: u64,
+    /// Handlers that returned `Ok`.
+    pub processed: u64,
+    /// Handlers that returned an error or panicked.
+    pub failed: u64,
+    /// Manual acks.
+    pub acked: u64,
+    /// Manual nacks.
+    pub nacked: u64,
+    /// Re-deliveries scheduled.
+    pub redelivered: u64,
+    /// Messages sent to a dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages that reached no handler.
+    pub dropped: u64,
+    /// Messages queued for delivery now.
+    pub depth: u64,
+    /// Publish rate since the previous snapshot, per second.
+    pub published_per_sec: f64,
+    /// Processing rate since the previous snapshot, per second.
+    pub processed_per_sec: f64,
+}
+
+/// The depth of one queue (a consumer group, or a broadcast subscription's `pattern#id`).
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue's name.
+    pub queue: String,
+    /// Messages queued now.
+    pub depth: u64,
+}
+
+/// A snapshot of a [`StatsCollector`]: plain data.
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatsSnapshot {
+    /// Time since the collector was created.
+    pub uptime: Duration,
+    /// The sum over all topics.
+    pub total: TopicStats,
+    /// One entry per topic seen, sorted by topic.
+    pub topics: Vec<TopicStats>,
+    /// One entry per queue seen, sorted by name.
+    pub queues: Vec<QueueStats>,
+    /// Handlers running now (dispatch threads busy).
+    pub active_dispatch: u64,
+    /// Subscriptions alive now.
+    pub subscriptions: u64,
+}
+
+impl StatsSnapshot {
+    /// The entry for `topic`, if it was seen.
+    pub fn topic(&self, topic: &str) -> Option<&TopicStats> {
+        self.topics.iter().find(|t| t.topic == topic)
+    }
+
+    /// The depth of `queue`, if it was seen.
+    pub fn queue(&self, queue: &str) -> Option<u64> {
+        self.queues
+            .iter()
+            .find(|q| q.queue == queue)
+            .map(|q| q.depth)
+    }
+}
+
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<24} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7} {:>10} {:>10}",
+            "topic",
+            "published",
+            "dispatched",
+            "processed",
+            "failed",
+            "redeliv",
+            "dead",
+            "drop",
+            "acked",
+            "depth",
+            "pub/s",
+            "proc/s"
+        )?;
+        for t in self.topics.iter().chain(std::iter::once(&self.total)) {
+            writeln!(
+                f,
+                "{:<24} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7} {:>10.0} {:>10.0}",
+                t.topic,
+                t.published,
+                t.dispatched,
+                t.processed,
+                t.failed,
+                t.redelivered,
+                t.dead_lettered,
+                t.dropped,
+                t.acked,
+                t.depth,
+                t.published_per_sec,
+                t.processed_per_sec
+            )?;
+        }
+        for q in &self.queues {
+            writeln!(f, "queue {:<18} depth {}", q.queue, q.depth)?;
+        }
+        write!(
+            f,
+            "active dispatch threads {}, subscriptions {}, uptime {:.1?}",
+            self.active_dispatch, self.subscriptions, self.uptime
+        )
+    }
+}
+
+/// A [`BrokerListener`] that counts everything: per topic and in total, with recent rates,
+/// queue depth per topic and per queue (group), and handlers running now.
+///
+/// Counters are atomics; the per-topic table is read-locked only to find a topic's counters.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use mixbus_bus::{Broker, Handler, InMemoryBroker, Message, StatsCollector, SubscribeOptions};
+/// let broker = InMemoryBroker::new()?;
+/// let stats = Arc::new(StatsCollector::new());
+/// broker.add_listener(stats.clone());
+/// let _sub = broker.subscribe("orders.*", SubscribeOptions::default(), Handler::new(|_| Ok(())))?;
+/// broker.publish(Message::new("orders.created", "1"))?;
+/// broker.close(Duration::from_secs(5));
+/// let snap = stats.snapshot();
+/// assert_eq!(snap.topic("orders.created").unwrap().processed, 1);
+/// println!("{snap}");
+/// # Ok::<(), mixbus_bus::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct StatsCollector {
+    started: Instant,
+    total: Counters,
+    topics: RwLock<HashMap<String, Arc<Counters>>>,
+    queues: RwLock<HashMap<String, Arc<AtomicI64>>>,
+    active: AtomicI64,
+    subscriptions: AtomicI64,
+    last: Mutex<(Instant, HashMap<String, (u64, u64)>)>,
+}
+
+impl Default for StatsCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatsCollector {
+    /// An empty collector; add it to a broker with [`Broker::add_listener`](crate::Broker::add_listener).
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            total: Counters::default(),
+            topics: RwLock::default(),
+            queues: RwLock::default(),
+            active: AtomicI64::new(0),
+            subscriptions: AtomicI64::new(0),
+            last: Mutex::new((now, HashMap::new())),
+        }
+    }
+
+    fn topic(&self, topic: &str) -> Arc<Counters> {
+        if let Some(c) = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+        {
+            return c.clone();
+        }
+        let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(topic.to_owned()).or_default().clone()
+    }
+
+    fn queue(&self, queue: &str) -> Arc<AtomicI64> {
+        if let Some(c) = self
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+        {
+            return c.clone();
+        }
+        let mut map = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    fn count(&self, topic: &str, f: impl Fn(&Counters) -> &AtomicU64) {
+        bump(f(&self.total));
+        bump(f(&self.topic(topic)));
+    }
+
+    fn depth(&self, topic: &str, queue: &str, delta: i64) {
+        self.total.depth.fetch_add(delta, Ordering::Relaxed);
+        self.topic(topic).depth.fetch_add(delta, Ordering::Relaxed);
+        self.queue(queue).fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The counters now, with rates measured since the previous snapshot.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let now = Instant::now();
+        let read = |name: &str, c: &Counters| TopicStats {
+            topic: name.to_owned(),
+            published: c.published.load(Ordering::Relaxed),
+            dispatched: c.dispatched.load(Ordering::Relaxed),
+            processed: c.processed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            nacked: c.nacked.load(Ordering::Relaxed),
+            redelivered: c.redelivered.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            depth: c.depth.load(Ordering::Relaxed).max(0) as u64,
+            published_per_sec: 0.0,
+            processed_per_sec: 0.0,
+        };
+        let mut topics: Vec<TopicStats> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, c)| read(name, c))
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let mut total = read("*", &self.total);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
+        for t in topics.iter_mut().chain(std::iter::once(&mut total)) {
+            let (p, d) = last.1.get(&t.topic).copied().unwrap_or((0, 0));
+            t.published_per_sec = t.published.saturating_sub(p) as f64 / secs;
+            t.processed_per_sec = t.processed.saturating_sub(d) as f64 / secs;
+            last.1.insert(t.topic.clone(), (t.published, t.processed));
+        }
+        last.0 = now;
+        drop(last);
+        let mut queues: Vec<QueueStats> = self
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, d)| QueueStats {
+                queue: name.clone(),
+                depth: d.load(Ordering::Relaxed).max(0) as u64,
+            })
+            .collect();
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        StatsSnapshot {
+            uptime: now.duration_since(self.started),
+            total,
+            topics,
+            queues,
+            active_dispatch: self.active.load(Ordering::Relaxed).max(0) as u64,
+            subscriptions: self.subscriptions.load(Ordering::Relaxed).max(0) as u64,
+        }
+    }
+}
+
+impl BrokerListener for StatsCollector {
+    fn published(&self, message: &Message) {
+        self.count(message.topic(), |c| &c.published);
+    }
+
+    fn enqueued(&self, message: &Message, queue: &str) {
+        self.depth(message.topic(), queue, 1);
+    }
+
+    fn dispatched(&self, message: &Message, subscription: &SubscriptionInfo) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.depth(message.topic(), &subscription.queue, -1);
+        self.count(message.topic(), |c| &c.dispatched);
+    }
+
+    fn processed(&self, message: &Message, _subscription: &SubscriptionInfo) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.count(message.topic(), |c| &c.processed);
+    }
+
+    fn failed(&self, message: &Message, _subscription: &SubscriptionInfo, _error: &str) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.count(message.topic(), |c| &c.failed);
+    }
+
+    fn acked(&self, message: &Message, _subscription: &SubscriptionInfo) {
+        self.count(message.topic(), |c| &c.acked);
+    }
+
+    fn nacked(&self, message: &Message, _subscription: &SubscriptionInfo, _requeue: bool) {
+        self.count(message.topic(), |c| &c.nacked);
+    }
+
+    fn redelivered(&self, message: &Message, _subscription: &SubscriptionInfo, _reason: &str) {
+        self.count(message.topic(), |c| &c.redelivered);
+    }
+
+    fn dead_lettered(&self, message: &Message, _subscription: &SubscriptionInfo, _dead: &str) {
+        self.count(message.topic(), |c| &c.dead_lettered);
+    }
+
+    fn dropped(&self, message: &Message, reason: &DropReason) {
+        if let DropReason::Unsubscribed { queue } = reason {
+            self.depth(message.topic(), queue, -1);
+        }
+        self.count(message.topic(), |c| &c.dropped);
+    }
+
+    fn subscribed(&self, _subscription: &SubscriptionInfo) {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unsubscribed(&self, _subscription: &SubscriptionInfo) {
+        self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
