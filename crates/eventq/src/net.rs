@@ -142,6 +142,17 @@ impl TcpStream {
         Ok(TcpStream { inner })
     }
 
+    /// A second handle to the same connection (a duplicated descriptor), for example to read on one
+    /// and write on the other; each can be registered on its own.
+    ///
+    /// # Errors
+    /// As the operating system reports (for example, out of descriptors).
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            inner: self.inner.try_clone()?,
+        })
+    }
+
     /// Reads and clears the socket's pending error: how a non-blocking connect reports a refusal.
     ///
     /// # Errors

@@ -1,0 +1,158 @@
+//! [`ReceiveTask`]: reads large chunks, decodes every whole frame and delivers them in order.
+
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+
+use crate::codec::FrameDecoder;
+use crate::error::FrameError;
+use crate::pump::eventq::net::TcpStream;
+use crate::pump::{Context, IoSource, Next, PumpHandle, Task};
+
+/// Bytes asked of the socket per read.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// How the receive side ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReceiveOutcome {
+    /// The peer shut its write half down (end of stream) after its last whole frame.
+    Eof,
+    /// The stream ended in the middle of a frame.
+    Truncated {
+        /// Bytes of the incomplete frame that were received.
+        buffered: usize,
+    },
+    /// The peer broke the framing rules (for example: announced a frame above the maximum).
+    Protocol(FrameError),
+    /// Reading failed (for example: the connection was reset).
+    Failed(io::Error),
+    /// The events asked to stop ([`Flow::Stop`]).
+    Stopped,
+}
+
+/// Whether to go on receiving after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on.
+    Continue,
+    /// Stop reading; `finished(Stopped)` follows.
+    Stop,
+}
+
+/// What the receive side reports, on the pump thread. Implementations must return promptly.
+pub trait ReceiveEvents: Send + 'static {
+    /// One whole frame's payload, in arrival order.
+    fn received(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Flow;
+
+    /// The receive side ended; called exactly once, after every `received`.
+    fn finished(&mut self, outcome: ReceiveOutcome, cx: &mut Context<'_>);
+}
+
+/// Reads a socket in large chunks, splits every whole frame out of one buffer (the payloads share
+/// it, no copy) and delivers them in order; refuses a frame above the maximum size with a
+/// protocol error, before its payload arrives.
+pub struct ReceiveTask<E> {
+    source: Option<IoSource<TcpStream>>,
+    decoder: FrameDecoder,
+    events: E,
+}
+
+impl<E: ReceiveEvents> ReceiveTask<E> {
+    /// Registers `stream` (the read half of a connection) with `pump`; post the task to start.
+    ///
+    /// # Errors
+    /// [`crate::pump::Error`] if the registration fails.
+    pub fn new(
+        pump: &PumpHandle,
+        stream: TcpStream,
+        max_frame_len: usize,
+        events: E,
+    ) -> crate::pump::Result<Self> {
+        Ok(ReceiveTask {
+            source: Some(pump.register(stream)?),
+            decoder: FrameDecoder::new(max_frame_len),
+            events,
+        })
+    }
+
+    fn finish(&mut self, outcome: ReceiveOutcome, cx: &mut Context<'_>) -> Next {
+        if let Some(source) = self.source.take() {
+            tracing::debug!(outcome = ?outcome, "receive side ended");
+            if !matches!(outcome, ReceiveOutcome::Eof) {
+                let _ = source.shutdown(std::net::Shutdown::Read);
+            }
+            drop(source);
+            self.events.finished(outcome, cx);
+        }
+        Next::Done
+    }
+
+    /// Delivers every whole frame buffered; `Some(next)` when the task must end.
+    fn deliver(&mut self, cx: &mut Context<'_>) -> Option<Next> {
+        loop {
+            match self.decoder.decode() {
+                Ok(Some(frame)) => {
+                    if self.events.received(frame, cx) == Flow::Stop {
+                        return Some(self.finish(ReceiveOutcome::Stopped, cx));
+                    }
+                }
+                Ok(None) => return None,
+                Err(err) => {
+                    tracing::warn!(error = %err, "protocol error; closing the connection");
+                    return Some(self.finish(ReceiveOutcome::Protocol(err), cx));
+                }
+            }
+        }
+    }
+}
+
+impl<E: ReceiveEvents> Task for ReceiveTask<E> {
+    fn name(&self) -> &str {
+        "receive"
+    }
+
+    fn run(&mut self, cx: &mut Context<'_>) -> Next {
+        loop {
+            let Some(source) = self.source.as_ref() else {
+                return Next::Done;
+            };
+            let mut reader = &**source;
+            match self.decoder.read_from(&mut reader, READ_CHUNK) {
+                Ok(0) => {
+                    if let Some(next) = self.deliver(cx) {
+                        return next;
+                    }
+                    let buffered = self.decoder.buffered();
+                    let outcome = if buffered == 0 {
+                        ReceiveOutcome::Eof
+                    } else {
+                        ReceiveOutcome::Truncated { buffered }
+                    };
+                    return self.finish(outcome, cx);
+                }
+                Ok(_) => {
+                    if let Some(next) = self.deliver(cx) {
+                        return next;
+                    }
+                    if cx.should_yield() {
+                        return Next::Repost;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return source.wait_readable();
+                }
+                Err(err) => return self.finish(ReceiveOutcome::Failed(err), cx),
+            }
+        }
+    }
+}
+
+impl<E> fmt::Debug for ReceiveTask<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceiveTask")
+            .field("buffered", &self.decoder.buffered())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,638 @@
+//! [`SendTask`] and its [`Outbox`]: frames queued from any thread, written with vectored writes.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN, encode_header};
+use crate::pump::eventq::Interest;
+use crate::pump::eventq::net::TcpStream;
+use crate::pump::{Context, IoSource, Next, OnceTask, Owner, PumpHandle, Task, Wake};
+
+/// Most slices handed to one `writev`.
+const MAX_SLICES: usize = 64;
+/// Most bytes gathered for one `writev`.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Payloads up to this size are copied next to their header into one buffer instead of taking
+/// slices of their own: cheaper than two iovecs for small frames.
+const COPY_BELOW: usize = 512;
+
+/// How a [`SendTask`] behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Fail when the peer accepts no byte for this long while frames wait (default 30 s).
+    pub write_timeout: Duration,
+    /// Past this many queued bytes, [`Outbox::push`] refuses messages (default 8 MiB).
+    pub high_water_bytes: usize,
+    /// After a refusal, [`SendEvents::drained`] is called once the queue falls below this
+    /// (default 4 MiB).
+    pub low_water_bytes: usize,
+    /// Largest payload accepted (default 16 MiB).
+    pub max_frame_len: usize,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            write_timeout: Duration::from_secs(30),
+            high_water_bytes: 8 << 20,
+            low_water_bytes: 4 << 20,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+impl SendOptions {
+    /// Sets the write-stall timeout.
+    #[must_use]
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Sets the high and low water marks (the low mark is kept at or below the high one).
+    #[must_use]
+    pub fn with_water_marks(mut self, high_bytes: usize, low_bytes: usize) -> Self {
+        self.high_water_bytes = high_bytes;
+        self.low_water_bytes = low_bytes.min(high_bytes);
+        self
+    }
+
+    /// Sets the largest payload accepted.
+    #[must_use]
+    pub fn with_max_frame_len(mut self, max: usize) -> Self {
+        self.max_frame_len = max;
+        self
+    }
+}
+
+/// How the send side ended. Every message not written comes back in `unsent`, in order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SendOutcome {
+    /// Closed and everything queued was written; the write half was shut down.
+    Flushed,
+    /// Closed, but the linger time passed before everything was written.
+    LingerExpired {
+        /// Messages never written.
+        unsent: Vec<Bytes>,
+    },
+    /// Writing failed (the peer reset, or stalled past the write timeout).
+    Failed {
+        /// Why.
+        reason: io::Error,
+        /// Messages never written (the first may have been partly written).
+        unsent: Vec<Bytes>,
+    },
+    /// Stopped from outside with [`Outbox::abort`].
+    Aborted {
+        /// Messages never written.
+        unsent: Vec<Bytes>,
+    },
+}
+
+impl SendOutcome {
+    /// The messages never written.
+    pub fn unsent(&self) -> &[Bytes] {
+        match self {
+            SendOutcome::Flushed => &[],
+            SendOutcome::LingerExpired { unsent }
+            | SendOutcome::Failed { unsent, .. }
+            | SendOutcome::Aborted { unsent } => unsent,
+        }
+    }
+}
+
+/// What the send side reports, on the pump thread. Implementations must return promptly.
+pub trait SendEvents: Send + 'static {
+    /// A message was written to the socket whole; it is handed back. Called in order.
+    fn sent(&mut self, msg: Bytes, cx: &mut Context<'_>);
+
+    /// The queue fell below the low water mark after a push was refused: there is room again.
+    fn drained(&mut self, _cx: &mut Context<'_>) {}
+
+    /// The send side ended; called exactly once, after every `sent`.
+    fn finished(&mut self, outcome: &SendOutcome, cx: &mut Context<'_>);
+}
+
+/// Why [`Outbox::push`] refused a message; the message is handed back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The queue is past its high water mark: wait for [`SendEvents::drained`] and try again.
+    #[error("outbound queue full ({queued} bytes queued, high water mark {high_water})")]
+    Full {
+        /// The refused message.
+        msg: Bytes,
+        /// Bytes queued when it was refused.
+        queued: usize,
+        /// The high water mark.
+        high_water: usize,
+    },
+    /// The message is larger than the maximum frame length.
+    #[error("message of {len} bytes exceeds the {max}-byte frame limit")]
+    TooLarge {
+        /// The refused message.
+        msg: Bytes,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The send side is closing or closed.
+    #[error("the send side is closed")]
+    Closed(Bytes),
+}
+
+impl PushError {
+    /// The refused message.
+    pub fn into_msg(self) -> Bytes {
+        match self {
+            PushError::Full { msg, .. }
+            | PushError::TooLarge { msg, .. }
+            | PushError::Closed(msg) => msg,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Closing { deadline: Instant },
+    Finished,
+}
+
+type CloseHook = Box<dyn FnOnce(&SendOutcome, &mut Context<'_>) + Send>;
+
+struct Pending {
+    queue: VecDeque<Bytes>,
+    /// A `SendTask` is queued, running or waiting: pushes need not post one.
+    scheduled: bool,
+    state: State,
+    close_hook: Option<CloseHook>,
+}
+
+struct Writer {
+    source: Option<IoSource<TcpStream>>,
+    inflight: VecDeque<Bytes>,
+    /// Bytes of the front frame (header included) already written.
+    offset: usize,
+    stalled_since: Option<Instant>,
+    events: Box<dyn SendEvents>,
+    scratch: Vec<u8>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Header and payload bytes queued and not yet written.
+    queued_bytes: AtomicUsize,
+    /// A push was refused since the last `drained`.
+    refused: AtomicBool,
+    writer: Mutex<Writer>,
+    pump: PumpHandle,
+    owner: Option<Owner>,
+    options: SendOptions,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The producer side of a [`SendTask`]: cloneable, usable from any thread, never blocks.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// Queues a message to be written as one frame; returns at once.
+    ///
+    /// # Errors
+    /// The message comes back in [`PushError::Full`] past the high water mark (backpressure, not
+    /// loss), in [`PushError::TooLarge`] above the frame limit, and in [`PushError::Closed`] after
+    /// close.
+    pub fn push(&self, msg: Bytes) -> Result<(), PushError> {
+        let options = &self.shared.options;
+        if msg.len() > options.max_frame_len {
+            return Err(PushError::TooLarge {
+                len: msg.len(),
+                max: options.max_frame_len,
+                msg,
+            });
+        }
+        let size = HEADER_LEN + msg.len();
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            if pending.state != State::Open {
+                return Err(PushError::Closed(msg));
+            }
+            let queued = self.shared.queued_bytes.load(Ordering::Acquire);
+            if queued > 0 && queued + size > options.high_water_bytes {
+                self.shared.refused.store(true, Ordering::Release);
+                return Err(PushError::Full {
+                    msg,
+                    queued,
+                    high_water: options.high_water_bytes,
+                });
+            }
+            self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+            pending.queue.push_back(msg);
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if post {
+            self.schedule();
+        }
+        Ok(())
+    }
+
+    fn schedule(&self) {
+        let task = SendTask {
+            shared: self.shared.clone(),
+        };
+        let posted = match &self.shared.owner {
+            Some(owner) => self.shared.pump.post_owned(owner, task),
+            None => self.shared.pump.post(task),
+        };
+        if posted.is_err() {
+            tracing::debug!("send task not scheduled: pump closed or owner killed");
+        }
+    }
+
+    /// Header and payload bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether pushes are still accepted.
+    pub fn is_open(&self) -> bool {
+        lock(&self.shared.pending).state == State::Open
+    }
+
+    /// Stops accepting pushes and flushes what is queued for up to `linger`, then shuts the write
+    /// half down; [`SendEvents::finished`] reports how it went. Returns false if already closing.
+    ///
+    /// [`CloseTask`](crate::CloseTask) does the same with a callback of its own.
+    pub fn close(&self, linger: Duration) -> bool {
+        self.close_with(linger, None)
+    }
+
+    pub(crate) fn close_with(&self, linger: Duration, hook: Option<CloseHook>) -> bool {
+        let deadline = Instant::now() + linger;
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            if pending.state != State::Open {
+                return false;
+            }
+            pending.state = State::Closing { deadline };
+            pending.close_hook = hook;
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if post {
+            self.schedule();
+        }
+        true
+    }
+
+    /// Stops the send side at once (from any thread): nothing more is written, the socket is shut
+    /// down, and [`SendEvents::finished`] reports `Aborted` with every unsent message.
+    pub fn abort(&self) {
+        let shared = self.shared.clone();
+        let run = OnceTask::new("send-abort", move |cx: &mut Context<'_>| {
+            let mut writer = lock(&shared.writer);
+            finish(&shared, &mut writer, Outcome::Aborted, cx);
+        });
+        // Unowned on purpose: the abort must run even when the owner is being killed.
+        if self.shared.pump.post(run).is_err() {
+            tracing::debug!("send abort not posted: pump closed");
+        }
+    }
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued_bytes", &self.queued_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the frames queued in its [`Outbox`] to a socket, many per vectored write.
+///
+/// Partial writes resume exactly where they stopped; each message is handed back through
+/// [`SendEvents::sent`] once written; a peer that accepts nothing for longer than the write
+/// timeout fails the task with that reason, and every unsent message is reported. The task runs
+/// only while there is something to write: an idle send side costs nothing.
+///
+/// # Examples
+/// ```
+/// use mixbus_task::{Bytes, SendEvents, SendOptions, SendOutcome, SendTask, FrameDecoder};
+/// use mixbus_task::pump::{Context, EventPump};
+/// use mixbus_task::pump::eventq::net::TcpStream;
+/// use std::io::Read;
+///
+/// struct Events(flume::Sender<Bytes>);
+/// impl SendEvents for Events {
+///     fn sent(&mut self, msg: Bytes, _cx: &mut Context<'_>) { self.0.send(msg).unwrap(); }
+///     fn finished(&mut self, _outcome: &SendOutcome, _cx: &mut Context<'_>) {}
+/// }
+///
+/// let pump = EventPump::new()?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let stream = TcpStream::from_std(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap()).unwrap();
+/// let (mut peer, _) = listener.accept().unwrap();
+/// let (tx, rx) = flume::unbounded();
+/// let outbox = SendTask::start(&pump, stream, SendOptions::default(), None, Events(tx))?;
+/// outbox.push(Bytes::from_static(b"hello")).unwrap();
+/// assert_eq!(rx.recv().unwrap(), "hello"); // handed back once written
+/// let mut wire = [0u8; 9];
+/// peer.read_exact(&mut wire).unwrap();
+/// assert_eq!(&wire, b"\0\0\0\x05hello");
+/// # Ok::<(), mixbus_task::pump::Error>(())
+/// ```
+pub struct SendTask {
+    shared: Arc<Shared>,
+}
+
+impl SendTask {
+    /// Registers `stream` (the write half of a connection) with `pump` and returns the outbox
+    /// that feeds it. Work is posted for `owner` when given, so killing the owner stops it.
+    ///
+    /// # Errors
+    /// [`crate::pump::Error`] if the registration fails.
+    pub fn start(
+        pump: &PumpHandle,
+        stream: TcpStream,
+        options: SendOptions,
+        owner: Option<Owner>,
+        events: impl SendEvents,
+    ) -> crate::pump::Result<Outbox> {
+        let source = pump.register(stream)?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                queue: VecDeque::new(),
+                scheduled: false,
+                state: State::Open,
+                close_hook: None,
+            }),
+            queued_bytes: AtomicUsize::new(0),
+            refused: AtomicBool::new(false),
+            writer: Mutex::new(Writer {
+                source: Some(source),
+                inflight: VecDeque::new(),
+                offset: 0,
+                stalled_since: None,
+                events: Box::new(events),
+                scratch: Vec::with_capacity(64 * 1024),
+            }),
+            pump: pump.clone(),
+            owner,
+            options,
+        });
+        Ok(Outbox { shared })
+    }
+}
+
+impl fmt::Debug for SendTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendTask").finish_non_exhaustive()
+    }
+}
+
+enum Outcome {
+    Flushed,
+    LingerExpired,
+    Failed(io::Error),
+    Aborted,
+}
+
+/// Ends the send side once: shuts the socket, collects what was not written, reports.
+fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Context<'_>) {
+    let Some(source) = writer.source.take() else {
+        return; // Already finished.
+    };
+    let how = if matches!(outcome, Outcome::Flushed) {
+        Shutdown::Write
+    } else {
+        Shutdown::Both
+    };
+    if let Err(err) = source.shutdown(how) {
+        tracing::trace!(error = %err, "shutdown after send failed");
+    }
+    drop(source);
+    let (rest, hook) = {
+        let mut pending = lock(&shared.pending);
+        pending.state = State::Finished;
+        pending.scheduled = true; // Never schedule again.
+        (
+            std::mem::take(&mut pending.queue),
+            pending.close_hook.take(),
+        )
+    };
+    let mut unsent: Vec<Bytes> = writer.inflight.drain(..).collect();
+    unsent.extend(rest);
+    writer.offset = 0;
+    shared.queued_bytes.store(0, Ordering::Release);
+    let outcome = match outcome {
+        Outcome::Flushed => SendOutcome::Flushed,
+        Outcome::LingerExpired => SendOutcome::LingerExpired { unsent },
+        Outcome::Failed(reason) => SendOutcome::Failed { reason, unsent },
+        Outcome::Aborted => SendOutcome::Aborted { unsent },
+    };
+    match &outcome {
+        SendOutcome::Flushed => tracing::debug!("send side flushed and shut down"),
+        other => {
+            tracing::debug!(unsent = other.unsent().len(), outcome = ?std::mem::discriminant(other), "send side ended")
+        }
+    }
+    writer.events.finished(&outcome, cx);
+    if let Some(hook) = hook {
+        hook(&outcome, cx);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Piece {
+    Scratch(usize, usize),
+    Payload(usize, usize),
+}
+
+impl Writer {
+    /// Gathers up to [`MAX_SLICES`] slices from the front of `inflight` and writes them once.
+    fn write_batch(&mut self) -> io::Result<usize> {
+        self.scratch.clear();
+        let mut pieces = [Piece::Scratch(0, 0); MAX_SLICES];
+        let mut count = 0;
+        let mut bytes = 0;
+        for (i, msg) in self.inflight.iter().enumerate() {
+            let skip = if i == 0 { self.offset } else { 0 };
+            let header = encode_header(msg.len());
+            let mut push_scratch =
+                |data: &[u8], pieces: &mut [Piece; MAX_SLICES], count: &mut usize| {
+                    let start = self.scratch.len();
+                    self.scratch.extend_from_slice(data);
+                    let end = self.scratch.len();
+                    match (*count).checked_sub(1).map(|last| &mut pieces[last]) {
+                        Some(Piece::Scratch(_, last_end)) if *last_end == start => *last_end = end,
+                        _ => {
+                            pieces[*count] = Piece::Scratch(start, end);
+                            *count += 1;
+                        }
+                    }
+                };
+            // Each frame needs at most two more slices.
+            if count + 2 > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            if skip < HEADER_LEN {
+                push_scratch(&header[skip..], &mut pieces, &mut count);
+            }
+            let from = skip.saturating_sub(HEADER_LEN);
+            if msg.len() > from {
+                if msg.len() < COPY_BELOW {
+                    push_scratch(&msg[from..], &mut pieces, &mut count);
+                } else {
+                    pieces[count] = Piece::Payload(i, from);
+                    count += 1;
+                }
+            }
+            bytes += HEADER_LEN + msg.len() - skip;
+        }
+        if bytes == 0 {
+            return Ok(0);
+        }
+        let empty: &[u8] = &[];
+        let mut slices = [IoSlice::new(empty); MAX_SLICES];
+        for (slot, piece) in slices.iter_mut().zip(&pieces[..count]) {
+            *slot = match *piece {
+                Piece::Scratch(start, end) => IoSlice::new(&self.scratch[start..end]),
+                Piece::Payload(i, from) => IoSlice::new(&self.inflight[i][from..]),
+            };
+        }
+        let source = self
+            .source
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "send side finished"))?;
+        (&**source).write_vectored(&slices[..count])
+    }
+
+    /// Accounts `n` written bytes: pops finished frames and hands them back.
+    fn advance(&mut self, mut n: usize, shared: &Shared, cx: &mut Context<'_>) {
+        let mut freed = 0;
+        while let Some(front) = self.inflight.front() {
+            let left = HEADER_LEN + front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                freed += n;
+                break;
+            }
+            n -= left;
+            freed += left;
+            self.offset = 0;
+            let msg = self.inflight.pop_front().expect("front exists");
+            self.events.sent(msg, cx);
+        }
+        let before = shared.queued_bytes.fetch_sub(freed, Ordering::AcqRel);
+        let after = before - freed;
+        if after <= shared.options.low_water_bytes && shared.refused.swap(false, Ordering::AcqRel) {
+            self.events.drained(cx);
+        }
+    }
+}
+
+impl Task for SendTask {
+    fn name(&self) -> &str {
+        "send"
+    }
+
+    fn run(&mut self, cx: &mut Context<'_>) -> Next {
+        let shared = &*self.shared;
+        let mut writer = lock(&shared.writer);
+        if writer.source.is_none() {
+            return Next::Done;
+        }
+        loop {
+            if writer.inflight.is_empty() {
+                let mut pending = lock(&shared.pending);
+                if pending.queue.is_empty() {
+                    match pending.state {
+                        State::Open => {
+                            pending.scheduled = false;
+                            return Next::Done;
+                        }
+                        State::Closing { .. } => {
+                            drop(pending);
+                            finish(shared, &mut writer, Outcome::Flushed, cx);
+                            return Next::Done;
+                        }
+                        State::Finished => return Next::Done,
+                    }
+                }
+                std::mem::swap(&mut pending.queue, &mut writer.inflight);
+            }
+            match writer.write_batch() {
+                Ok(0) => {
+                    let err = io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes");
+                    finish(shared, &mut writer, Outcome::Failed(err), cx);
+                    return Next::Done;
+                }
+                Ok(n) => {
+                    writer.stalled_since = None;
+                    writer.advance(n, shared, cx);
+                    if cx.should_yield() {
+                        return Next::Repost;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return self.wait(&mut writer, cx);
+                }
+                Err(err) => {
+                    finish(shared, &mut writer, Outcome::Failed(err), cx);
+                    return Next::Done;
+                }
+            }
+        }
+    }
+}
+
+impl SendTask {
+    /// The socket is full: wait for room, bounded by the write timeout and the linger deadline.
+    fn wait(&self, writer: &mut Writer, cx: &mut Context<'_>) -> Next {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let stalled_since = *writer.stalled_since.get_or_insert(now);
+        let stall_deadline = stalled_since + shared.options.write_timeout;
+        let linger_deadline = match lock(&shared.pending).state {
+            State::Closing { deadline } => Some(deadline),
+            _ => None,
+        };
+        if cx.wake() == Wake::TimedOut || now >= stall_deadline {
+            if linger_deadline.is_some_and(|d| now >= d) {
+                finish(shared, writer, Outcome::LingerExpired, cx);
+                return Next::Done;
+            }
+            if now >= stall_deadline {
+                let stalled = now - stalled_since;
+                let err = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer accepted no data for {stalled:?}"),
+                );
+                finish(shared, writer, Outcome::Failed(err), cx);
+                return Next::Done;
+            }
+        }
+        let deadline = linger_deadline.map_or(stall_deadline, |d| d.min(stall_deadline));
+        let source = writer.source.as_ref().expect("checked at the start of run");
+        source.wait(
+            Interest::WRITABLE,
+            Some(deadline.saturating_duration_since(now)),
+        )
+    }
+}
