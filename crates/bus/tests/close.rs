@@ -1,0 +1,122 @@
+//! Closing: publish fails afterwards, in-flight work finishes within the timeout, the report
+//! counts what was delivered and left, and a stuck handler cannot make close hang.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mixbus_bus::{Broker, Error, Handler, Message, SubscribeOptions};
+use support::{broker, collector, recv};
+
+#[test]
+fn smoke() {
+    let broker = broker(2);
+    let report = broker.close(Duration::from_secs(1));
+    assert!(!report.timed_out);
+    assert_eq!(report.delivered, 0);
+    assert!(matches!(
+        broker.publish(Message::new("a", "x")),
+        Err(Error::Closed)
+    ));
+}
+
+#[test]
+fn publish_and_subscribe_after_close_fail_clearly() {
+    let broker = broker(1);
+    broker.close(Duration::from_secs(1));
+    let err = broker.publish(Message::new("a", "x")).unwrap_err();
+    assert_eq!(err.to_string(), "broker is closed");
+    let res = broker.subscribe("a", SubscribeOptions::default(), Handler::new(|_| Ok(())));
+    assert!(matches!(res, Err(Error::Closed)));
+    // A second close returns the first report at once.
+    assert!(!broker.close(Duration::from_secs(1)).timed_out);
+}
+
+#[test]
+fn close_waits_for_queued_work_and_reports_it() {
+    let broker = broker(2);
+    let (h, rx) = collector();
+    let _sub = broker
+        .subscribe("a", SubscribeOptions::default(), h)
+        .unwrap();
+    let (uh, urx) = collector();
+    let _un = broker
+        .subscribe("b", SubscribeOptions::default().manual_ack(), uh)
+        .unwrap();
+    for _ in 0..1000 {
+        broker.publish(Message::new("a", "x")).unwrap();
+    }
+    broker.publish(Message::new("b", "never acked")).unwrap();
+    recv(&urx);
+    let report = broker.close(Duration::from_millis(300));
+    assert_eq!(rx.len(), 1000);
+    assert_eq!(report.delivered, 1001);
+    assert_eq!(report.unacked, 1);
+    assert_eq!(report.pending, 0);
+    assert!(
+        report.timed_out,
+        "an un-acked delivery keeps close waiting until the timeout"
+    );
+}
+
+#[test]
+fn pending_messages_are_reported_when_time_runs_out() {
+    let broker = broker(1);
+    let (gate_tx, gate_rx) = flume::bounded::<()>(0);
+    let (started_tx, started_rx) = flume::bounded(1);
+    let _sub = broker
+        .subscribe(
+            "slow",
+            SubscribeOptions::default(),
+            Handler::new(move |_| {
+                let _ = started_tx.try_send(());
+                let _ = gate_rx.recv();
+                Ok(())
+            }),
+        )
+        .unwrap();
+    for _ in 0..5 {
+        broker.publish(Message::new("slow", "x")).unwrap();
+    }
+    started_rx.recv_timeout(support::WAIT).unwrap();
+    let t0 = Instant::now();
+    let report = broker.close(Duration::from_millis(100));
+    assert!(t0.elapsed() < Duration::from_secs(5), "close hung");
+    assert!(report.timed_out);
+    assert_eq!(report.delivered, 1);
+    assert_eq!(report.pending, 4);
+    assert_eq!(report.running_handlers, 1);
+    drop(gate_tx);
+}
+
+#[test]
+fn a_handler_that_never_returns_does_not_make_close_hang() {
+    let broker = broker(2);
+    let (started_tx, started_rx) = flume::bounded(1);
+    // Stands in for a handler that never returns; released after the test's asserts.
+    let (forever_tx, forever_rx) = flume::bounded::<()>(0);
+    let _sub = broker
+        .subscribe(
+            "stuck",
+            SubscribeOptions::default(),
+            Handler::new(move |_| {
+                let _ = started_tx.try_send(());
+                let _ = forever_rx.recv();
+                Ok(())
+            }),
+        )
+        .unwrap();
+    broker.publish(Message::new("stuck", "x")).unwrap();
+    started_rx.recv_timeout(support::WAIT).unwrap();
+    let t0 = Instant::now();
+    let report = broker.close(Duration::from_millis(200));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(200),
+        "close returned before its timeout"
+    );
+    assert!(took < Duration::from_secs(5), "close hung for {took:?}");
+    assert!(report.timed_out);
+    assert_eq!(report.running_handlers, 1);
+    drop(forever_tx);
+}
