@@ -1,0 +1,450 @@
+//! [`MessageQueue`]: one framed, full-duplex connection, and the listener that hears from it.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use crate::config::QueueConfig;
+use crate::error::{Error, Result, SendError};
+use crate::task::pump::eventq::net::TcpStream;
+use crate::task::pump::{Context, OnceTask, Owner, PumpHandle};
+use crate::task::{
+    Bytes, Flow, FrameError, Outbox, ReceiveEvents, ReceiveOutcome, ReceiveTask, SendEvents,
+    SendOutcome, SendTask, TaskEvent,
+};
+
+static NEXT_QUEUE: AtomicU64 = AtomicU64::new(1);
+
+/// Why a queue closed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// This side called [`MessageQueue::close`].
+    Local,
+    /// The peer closed (end of stream after its last whole message).
+    PeerClosed,
+    /// The peer broke the framing rules (for example: a frame above the maximum size).
+    Protocol(FrameError),
+    /// The connection failed: reset by the peer, a write stalled past the write timeout, the
+    /// stream ended in the middle of a message.
+    Failed(io::Error),
+    /// `close` could not flush everything within the linger time.
+    LingerExpired,
+    /// The queue was dropped by every handle without a close.
+    Dropped,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed by this side"),
+            CloseReason::PeerClosed => f.write_str("closed by the peer"),
+            CloseReason::Protocol(err) => write!(f, "protocol error: {err}"),
+            CloseReason::Failed(err) => write!(f, "connection failed: {err}"),
+            CloseReason::LingerExpired => f.write_str("linger time passed before the flush ended"),
+            CloseReason::Dropped => f.write_str("dropped without a close"),
+        }
+    }
+}
+
+/// What [`QueueListener::closed`] learns: why, and which messages were never written.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CloseInfo {
+    /// Why the queue closed.
+    pub reason: CloseReason,
+    /// Messages accepted by `send` that never reached the socket, in order.
+    pub unsent: Vec<Bytes>,
+}
+
+/// Hears from a [`MessageQueue`], on the pump thread. Every method must return promptly (hand
+/// slow work to a thread, for example through [`crate::BlockingQueue`]).
+///
+/// After `closed`, no method is called again.
+pub trait QueueListener: Send + 'static {
+    /// A whole message arrived; messages arrive in order, exactly once.
+    fn received(&mut self, queue: &MessageQueue, msg: Bytes);
+
+    /// A message was written to the socket; it is handed back. In send order.
+    fn sent(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+
+    /// After a `send` was refused as full, the outbound queue fell below the low water mark.
+    fn writable(&mut self, _queue: &MessageQueue) {}
+
+    /// The queue closed; called exactly once.
+    fn closed(&mut self, _queue: &MessageQueue, _info: CloseInfo) {}
+}
+
+struct Phase {
+    /// The read half, until `set_listener` starts the receive side (or close drops it).
+    read_half: Option<TcpStream>,
+    recv_started: bool,
+    recv_done: bool,
+    recv_reason: Option<CloseReason>,
+    send_done: Option<(Option<CloseReason>, Vec<Bytes>)>,
+    local_close: bool,
+    peer_closed: bool,
+    closed: bool,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    pump: PumpHandle,
+    owner: Owner,
+    outbox: Outbox,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: QueueConfig,
+    listener: Mutex<Option<Box<dyn QueueListener>>>,
+    phase: Mutex<Phase>,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One framed, full-duplex connection. Cloneable and `Send + Sync`: send from any thread.
+///
+/// Messages arrive whole, in order, exactly once, while the queue is open; reception starts when
+/// a listener is set. [`MessageQueue::send`] never blocks: it queues the message, and the
+/// listener's `sent` hands it back once written. The outbound queue is bounded in bytes: past
+/// the high water mark `send` hands the message back in [`SendError::Full`] and `writable` says
+/// when there is room again.
+///
+/// After [`MessageQueue::close`] no send is accepted; what was queued is flushed (up to the linger
+/// time), then the connection is shut down. The peer receives every message sent before the close,
+/// then its `closed`. `closed` fires exactly once on each side.
+#[derive(Clone)]
+pub struct MessageQueue {
+    inner: Arc<Inner>,
+}
+
+impl MessageQueue {
+    /// Wraps a connected stream: registers both halves with the pump.
+    pub(crate) fn open(pump: &PumpHandle, config: &QueueConfig, stream: TcpStream) -> Result<Self> {
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let peer = stream.peer_addr().map_err(|source| Error::Setup {
+            peer: unknown,
+            source,
+        })?;
+        let setup = |source| Error::Setup { peer, source };
+        let local = stream.local_addr().map_err(setup)?;
+        if let Err(err) = stream.set_nodelay(config.nodelay) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        let read_half = stream.try_clone().map_err(setup)?;
+        let id = NEXT_QUEUE.fetch_add(1, Ordering::Relaxed);
+        let owner = pump.owner(format!("queue {id} {peer}"));
+        let link = Arc::new(OnceLock::new());
+        let outbox = SendTask::start(
+            pump,
+            stream,
+            config.send_options(),
+            Some(owner.clone()),
+            SendSide { link: link.clone() },
+        )?;
+        let inner = Arc::new(Inner {
+            id,
+            pump: pump.clone(),
+            owner,
+            outbox,
+            peer,
+            local,
+            config: config.clone(),
+            listener: Mutex::new(None),
+            phase: Mutex::new(Phase {
+                read_half: Some(read_half),
+                recv_started: false,
+                recv_done: false,
+                recv_reason: None,
+                send_done: None,
+                local_close: false,
+                peer_closed: false,
+                closed: false,
+            }),
+            closed: AtomicBool::new(false),
+        });
+        let _ = link.set(Arc::downgrade(&inner));
+        tracing::debug!(conn.id = id, peer = %peer, "queue opened");
+        Ok(MessageQueue { inner })
+    }
+
+    /// Sets the listener and starts receiving. Call it once, right after `accepted` or
+    /// `connected` (later calls replace the listener).
+    ///
+    /// # Errors
+    /// [`Error::Pump`] if the pump has shut down or the registration fails.
+    pub fn set_listener(&self, listener: impl QueueListener) -> Result<()> {
+        *lock(&self.inner.listener) = Some(Box::new(listener));
+        let read_half = {
+            let mut phase = lock(&self.inner.phase);
+            if phase.recv_started || phase.closed {
+                return Ok(());
+            }
+            phase.recv_started = true;
+            phase.read_half.take()
+        };
+        if let Some(read_half) = read_half {
+            let task = ReceiveTask::new(
+                &self.inner.pump,
+                read_half,
+                self.inner.config.max_frame_len,
+                RecvSide {
+                    queue: self.clone(),
+                },
+            )?;
+            task.post_owned(&self.inner.pump, &self.inner.owner)
+                .map_err(|_| Error::Pump(crate::task::pump::Error::Closed))?;
+        }
+        Ok(())
+    }
+
+    /// Queues `msg` to be sent; never blocks.
+    ///
+    /// # Errors
+    /// The message comes back in [`SendError::Full`] past the high water mark (wait for
+    /// [`QueueListener::writable`]), in [`SendError::TooLarge`] above the frame limit, and in
+    /// [`SendError::Closed`] after close.
+    pub fn send(&self, msg: impl Into<Bytes>) -> Result<(), SendError> {
+        self.inner.outbox.push(msg.into())
+    }
+
+    /// Closes the queue: no more sends; what was queued is flushed (up to the linger time), then
+    /// the connection is shut down and `closed` follows on both sides. Returns false if the queue
+    /// was already closing.
+    pub fn close(&self) -> bool {
+        let drop_read = {
+            let mut phase = lock(&self.inner.phase);
+            if phase.local_close || phase.closed {
+                return false;
+            }
+            phase.local_close = true;
+            if phase.recv_started {
+                None
+            } else {
+                // Nobody reads this queue: the receive side is done before it started.
+                phase.recv_done = true;
+                phase.read_half.take()
+            }
+        };
+        drop(drop_read);
+        self.inner.outbox.close(self.inner.config.linger)
+    }
+
+    /// Whether `closed` has fired.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// Bytes queued to send and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.outbox.queued_bytes()
+    }
+
+    /// A number unique to this queue in the process (used in logs as `conn.id`).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The pump this queue runs on.
+    pub fn pump(&self) -> &PumpHandle {
+        &self.inner.pump
+    }
+
+    fn with_listener(&self, f: impl FnOnce(&mut dyn QueueListener, &MessageQueue)) {
+        let mut listener = lock(&self.inner.listener);
+        if let Some(listener) = listener.as_deref_mut() {
+            f(listener, self);
+        }
+    }
+
+    fn send_finished(&self, outcome: &SendOutcome, cx: &mut Context<'_>) {
+        let (reason, unsent) = match outcome {
+            SendOutcome::Flushed => (None, Vec::new()),
+            SendOutcome::LingerExpired { unsent } => {
+                (Some(CloseReason::LingerExpired), unsent.clone())
+            }
+            SendOutcome::Failed { reason, unsent } => (
+                Some(CloseReason::Failed(io::Error::new(
+                    reason.kind(),
+                    reason.to_string(),
+                ))),
+                unsent.clone(),
+            ),
+            SendOutcome::Aborted { unsent } => (None, unsent.clone()),
+            _ => (None, outcome.unsent().to_vec()),
+        };
+        let flushed = matches!(outcome, SendOutcome::Flushed);
+        let wait_for_peer = {
+            let mut phase = lock(&self.inner.phase);
+            phase.send_done = Some((reason, unsent));
+            if !flushed {
+                // The connection is broken: stop reading too.
+                phase.recv_done = true;
+            }
+            flushed && !phase.recv_done
+        };
+        if wait_for_peer {
+            // Our half is shut; give the peer up to the linger time to close its half.
+            let queue = self.clone();
+            let linger = self.inner.config.linger;
+            let _ = cx.handle().post_after_owned(
+                &self.inner.owner,
+                linger,
+                OnceTask::new("queue-linger", move |cx: &mut Context<'_>| {
+                    lock(&queue.inner.phase).recv_done = true;
+                    queue.try_complete(cx);
+                }),
+            );
+        }
+        self.try_complete(cx);
+    }
+
+    fn recv_finished(&self, outcome: ReceiveOutcome, cx: &mut Context<'_>) {
+        let reason = match outcome {
+            ReceiveOutcome::Eof | ReceiveOutcome::Stopped => None,
+            ReceiveOutcome::Truncated { buffered } => Some(CloseReason::Failed(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("stream ended inside a message ({buffered} bytes buffered)"),
+            ))),
+            ReceiveOutcome::Protocol(err) => Some(CloseReason::Protocol(err)),
+            ReceiveOutcome::Failed(err) => Some(CloseReason::Failed(err)),
+            _ => None,
+        };
+        let failed = reason.is_some();
+        {
+            let mut phase = lock(&self.inner.phase);
+            phase.recv_done = true;
+            if failed {
+                phase.recv_reason = reason;
+            } else {
+                phase.peer_closed = true;
+            }
+        }
+        if failed {
+            self.inner.outbox.abort();
+        } else {
+            // The peer is done sending: flush ours and close our half.
+            self.inner.outbox.close(self.inner.config.linger);
+        }
+        self.try_complete(cx);
+    }
+
+    /// Fires `closed` once both halves are done.
+    fn try_complete(&self, _cx: &mut Context<'_>) {
+        let info = {
+            let mut phase = lock(&self.inner.phase);
+            if phase.closed || !phase.recv_done || phase.send_done.is_none() {
+                return;
+            }
+            phase.closed = true;
+            let (send_reason, unsent) = phase.send_done.take().unwrap_or((None, Vec::new()));
+            let reason = phase
+                .recv_reason
+                .take()
+                .or(send_reason)
+                .unwrap_or(if phase.local_close {
+                    CloseReason::Local
+                } else if phase.peer_closed {
+                    CloseReason::PeerClosed
+                } else {
+                    CloseReason::Dropped
+                });
+            CloseInfo { reason, unsent }
+        };
+        self.inner.closed.store(true, Ordering::Release);
+        // Cancels whatever still waits for this connection (the receive side, the linger timer).
+        self.inner.pump.kill(&self.inner.owner);
+        tracing::debug!(conn.id = self.inner.id, peer = %self.inner.peer, reason = %info.reason, unsent = info.unsent.len(), "queue closed");
+        let listener = lock(&self.inner.listener).take();
+        if let Some(mut listener) = listener {
+            listener.closed(self, info);
+        }
+    }
+}
+
+impl fmt::Debug for MessageQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageQueue")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            // Nobody can hear from this queue any more: flush what is queued and let it go.
+            self.outbox.close(self.config.linger);
+        }
+    }
+}
+
+struct SendSide {
+    link: Arc<OnceLock<Weak<Inner>>>,
+}
+
+impl SendSide {
+    fn queue(&self) -> Option<MessageQueue> {
+        self.link
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|inner| MessageQueue { inner })
+    }
+}
+
+impl SendEvents for SendSide {
+    fn sent(&mut self, msg: Bytes, _cx: &mut Context<'_>) {
+        if let Some(queue) = self.queue() {
+            queue.with_listener(|l, q| l.sent(q, msg));
+        }
+    }
+
+    fn drained(&mut self, _cx: &mut Context<'_>) {
+        if let Some(queue) = self.queue() {
+            queue.with_listener(|l, q| l.writable(q));
+        }
+    }
+
+    fn finished(&mut self, outcome: &SendOutcome, cx: &mut Context<'_>) {
+        if let Some(queue) = self.queue() {
+            queue.send_finished(outcome, cx);
+        }
+    }
+}
+
+struct RecvSide {
+    queue: MessageQueue,
+}
+
+impl ReceiveEvents for RecvSide {
+    fn received(&mut self, frame: Bytes, _cx: &mut Context<'_>) -> Flow {
+        let mut listener = lock(&self.queue.inner.listener);
+        match listener.as_deref_mut() {
+            Some(l) => {
+                l.received(&self.queue, frame);
+                Flow::Continue
+            }
+            None => Flow::Stop,
+        }
+    }
+
+    fn finished(&mut self, outcome: ReceiveOutcome, cx: &mut Context<'_>) {
+        self.queue.recv_finished(outcome, cx);
+    }
+}
