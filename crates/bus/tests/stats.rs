@@ -1,0 +1,95 @@
+//! `StatsCollector`: counts per topic and in total, queue depth, active handlers, a table.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mixbus_bus::{Backoff, Broker, Handler, Message, StatsCollector, SubscribeOptions};
+use support::{broker, wait_until};
+
+#[test]
+fn smoke() {
+    let stats = StatsCollector::new();
+    let snap = stats.snapshot();
+    assert_eq!(snap.total.published, 0);
+    assert!(snap.to_string().contains("topic"));
+}
+
+#[test]
+fn counts_depth_and_table() {
+    let broker = broker(2);
+    let stats = Arc::new(StatsCollector::new());
+    let id = broker.add_listener(stats.clone());
+    let (gate_tx, gate_rx) = flume::unbounded::<()>();
+    let _slow = broker
+        .subscribe(
+            "orders.*",
+            SubscribeOptions::group("billing"),
+            Handler::new(move |_| {
+                gate_rx.recv_timeout(support::WAIT)?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    let opts = SubscribeOptions::default()
+        .with_max_attempts(2)
+        .with_backoff(Backoff::none());
+    let _failing = broker
+        .subscribe("orders.failed", opts, Handler::new(|_| Err("nope".into())))
+        .unwrap();
+    for _ in 0..5 {
+        broker.publish(Message::new("orders.created", "x")).unwrap();
+    }
+    broker.publish(Message::new("orders.failed", "x")).unwrap();
+    broker.publish(Message::new("nobody.home", "x")).unwrap();
+
+    // One handler is blocked on the gate: the rest of the group's messages wait in its queue.
+    wait_until("one active handler and a backlog", || {
+        let s = stats.snapshot();
+        s.active_dispatch == 1 && s.queue("billing") == Some(5)
+    });
+    let snap = stats.snapshot();
+    assert_eq!(snap.topic("orders.created").unwrap().depth, 4);
+    assert_eq!(snap.subscriptions, 2);
+    let table = snap.to_string();
+    for needle in [
+        "orders.created",
+        "orders.failed",
+        "nobody.home",
+        "queue billing",
+        "active dispatch threads 1",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+
+    for _ in 0..6 {
+        gate_tx.send(()).unwrap();
+    }
+    broker.close(Duration::from_secs(10));
+    let snap = stats.snapshot();
+    let created = snap.topic("orders.created").unwrap();
+    assert_eq!(
+        (created.published, created.processed, created.depth),
+        (5, 5, 0)
+    );
+    let failed = snap.topic("orders.failed").unwrap();
+    // Two failing attempts, plus the billing group's copy (its pattern `orders.*` matches too).
+    assert_eq!(
+        (
+            failed.dispatched,
+            failed.failed,
+            failed.redelivered,
+            failed.dead_lettered
+        ),
+        (3, 2, 1, 1)
+    );
+    assert_eq!(failed.processed, 1);
+    assert_eq!(snap.topic("nobody.home").unwrap().dropped, 1);
+    // The dead letter was published too, and dropped: nobody listens on dead.orders.failed.
+    assert_eq!(snap.topic("dead.orders.failed").unwrap().dropped, 1);
+    assert_eq!(snap.total.published, 8);
+    assert_eq!(snap.active_dispatch, 0);
+    assert!(snap.total.published_per_sec >= 0.0);
+    assert!(broker.remove_listener(id));
+}
