@@ -207,14 +207,11 @@ impl Inbox {
     fn try_reserve(&self) -> bool {
         match self.capacity {
             None => true,
-            Some(cap) => {
-                if self.reserved.fetch_add(1, Ordering::AcqRel) >= cap {
-                    self.reserved.fetch_sub(1, Ordering::AcqRel);
-                    false
-                } else {
-                    true
-                }
+            Some(cap) if self.reserved.fetch_add(1, Ordering::AcqRel) >= cap => {
+                self.reserved.fetch_sub(1, Ordering::AcqRel);
+                false
             }
+            Some(_) => true,
         }
     }
 
@@ -301,10 +298,10 @@ impl Sub {
 
     fn remove_unacked(&self, id: MessageId, attempt: Option<u32>) -> Option<Message> {
         let mut u = lock(&self.unacked);
-        if let Some(attempt) = attempt {
-            if !u.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
-                return None;
-            }
+        if let Some(attempt) = attempt
+            && u.map.get(&id).is_none_or(|m| m.attempt() != attempt)
+        {
+            return None;
         }
         let msg = u.map.remove(&id)?;
         u.trim_front();

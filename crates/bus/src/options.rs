@@ -234,19 +234,19 @@ impl SubscribeOptions {
                 "ack_wait must be above zero with manual ack",
             ));
         }
-        if let DeliveryMode::Group(name) = &self.mode {
-            if name.is_empty() || name.chars().any(char::is_whitespace) {
-                return Err(Error::InvalidOptions(
-                    "group name must be non-empty, without spaces",
-                ));
-            }
+        if let DeliveryMode::Group(name) = &self.mode
+            && (name.is_empty() || name.chars().any(char::is_whitespace))
+        {
+            return Err(Error::InvalidOptions(
+                "group name must be non-empty, without spaces",
+            ));
         }
-        if let Some(topic) = &self.dead_letter_topic {
-            if crate::topic::validate_topic(topic).is_err() {
-                return Err(Error::InvalidOptions(
-                    "dead_letter_topic is not a valid topic",
-                ));
-            }
+        if let Some(topic) = &self.dead_letter_topic
+            && crate::topic::validate_topic(topic).is_err()
+        {
+            return Err(Error::InvalidOptions(
+                "dead_letter_topic is not a valid topic",
+            ));
         }
         Ok(())
     }

@@ -149,6 +149,9 @@ impl fmt::Display for StatsSnapshot {
     }
 }
 
+/// When the previous snapshot was taken, and each topic's (published, processed) counts then.
+type LastSnapshot = (Instant, HashMap<String, (u64, u64)>);
+
 /// A [`BrokerListener`] that counts everything: per topic and in total, with recent rates,
 /// queue depth per topic and per queue (group), and handlers running now.
 ///
@@ -179,7 +182,7 @@ pub struct StatsCollector {
     queues: RwLock<HashMap<String, Arc<AtomicI64>>>,
     active: AtomicI64,
     subscriptions: AtomicI64,
-    last: Mutex<(Instant, HashMap<String, (u64, u64)>)>,
+    last: Mutex<LastSnapshot>,
 }
 
 impl Default for StatsCollector {
