@@ -64,6 +64,9 @@ mod topic;
 
 pub use mixbus_queue as queue;
 
+/// The shared byte buffer used for payloads, re-exported so users need no `bytes` dependency.
+pub use bytes::Bytes;
+
 pub use broker::{
     Broker, CloseReport, Handler, HandlerError, HandlerResult, ListenerId, Subscription,
 };
