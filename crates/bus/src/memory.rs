@@ -567,7 +567,12 @@ impl Shared {
                 notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
             }
             let _ = target.tx.send(message.clone());
-            target.notify(self);
+            if target.open.load(Ordering::Acquire) {
+                target.notify(self);
+            } else {
+                // The subscription ended while we pushed: count what it will never take.
+                self.drain_closed(target, &notifier);
+            }
         }
         Ok(id)
     }
@@ -691,16 +696,21 @@ impl Shared {
                 sub.inbox.notify(self);
             }
         } else {
-            let reason = DropReason::Unsubscribed {
-                queue: sub.inbox.name.clone(),
-            };
-            while let Some(msg) = sub.inbox.take() {
-                notifier.each("dropped", |l| l.dropped(&msg, &reason));
-            }
+            self.drain_closed(&sub.inbox, &notifier);
         }
         tracing::debug!(sub.id = id.0, pattern = %sub.info.pattern, "unsubscribed");
         notifier.each("unsubscribed", |l| l.unsubscribed(&sub.info));
         true
+    }
+
+    /// Empties the queue of an ended broadcast subscription, counting each message as dropped.
+    fn drain_closed(&self, inbox: &Inbox, notifier: &Notifier) {
+        let reason = DropReason::Unsubscribed {
+            queue: inbox.name.clone(),
+        };
+        while let Some(msg) = inbox.take() {
+            notifier.each("dropped", |l| l.dropped(&msg, &reason));
+        }
     }
 
     fn find_sub(&self, id: SubscriptionId) -> Option<Arc<Sub>> {

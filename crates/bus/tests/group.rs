@@ -174,3 +174,25 @@ fn a_full_group_queue_makes_publish_fail() {
     broker.publish(Message::new("jobs", "again")).unwrap();
     assert_eq!(&recv(&rx).payload()[..], b"again");
 }
+
+#[test]
+fn unacked_messages_of_a_member_that_leaves_go_to_another_member() {
+    let broker = broker(2);
+    let (h1, rx1) = collector();
+    let opts = SubscribeOptions::group("w")
+        .manual_ack()
+        .with_backoff(mixbus_bus::Backoff::none());
+    let first = broker.subscribe("jobs", opts.clone(), h1).unwrap();
+    broker.publish(Message::new("jobs", "x")).unwrap();
+    let taken = recv(&rx1);
+    let (h2, rx2) = collector();
+    let _second = broker.subscribe("jobs", opts, h2).unwrap();
+    first.unsubscribe();
+    let again = recv(&rx2);
+    assert_eq!(again.id(), taken.id());
+    assert_eq!(again.attempt(), 2);
+    broker.ack(again.delivery_id().unwrap()).unwrap();
+    // The old delivery is gone with its member: acking it is a no-op.
+    broker.ack(taken.delivery_id().unwrap()).unwrap();
+    assert_eq!(broker.close(Duration::from_secs(5)).unacked, 0);
+}
