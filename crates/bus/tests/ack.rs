@@ -38,15 +38,12 @@ fn unacked_message_is_delivered_again_after_the_ack_wait() {
         .with_ack_wait(wait)
         .with_backoff(Backoff::none());
     let _sub = broker.subscribe("jobs", opts, h).unwrap();
+    let t0 = Instant::now();
     broker.publish(Message::new("jobs", "x")).unwrap();
     let first = recv(&rx);
-    let t0 = Instant::now();
     assert_eq!(first.attempt(), 1);
     let second = recv(&rx);
-    assert!(
-        t0.elapsed() >= wait - Duration::from_millis(5),
-        "re-delivered early"
-    );
+    assert!(t0.elapsed() >= wait, "re-delivered before the ack wait");
     assert_eq!(second.id(), first.id());
     assert_eq!(second.attempt(), 2);
     assert_eq!(second.header("mixbus-attempt-1"), Some("ack wait expired"));
