@@ -1,7 +1,7 @@
 //! `BrokerListener`: hooks that observe a broker's events, and the data they receive.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::broker::ListenerId;
@@ -50,7 +50,7 @@ pub enum DropReason {
 /// # Examples
 ///
 /// ```
-/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// use mixbus_bus::{BrokerListener, Message};
 /// #[derive(Debug, Default)]
 /// struct CountPublished(AtomicU64);
@@ -98,12 +98,13 @@ pub(crate) struct Listeners {
     list: RwLock<Arc<[Entry]>>,
     next_id: AtomicU64,
     version: AtomicU64,
+    any: AtomicBool,
 }
 
 impl std::fmt::Debug for Listeners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listeners")
-            .field("count", &self.snapshot().0.len())
+            .field("count", &self.snapshot().len())
             .finish()
     }
 }
@@ -115,6 +116,7 @@ impl Listeners {
         let mut v: Vec<Entry> = list.iter().cloned().collect();
         v.push((id, listener));
         *list = v.into();
+        self.any.store(true, Ordering::Release);
         self.version.fetch_add(1, Ordering::Release);
         id
     }
@@ -124,13 +126,20 @@ impl Listeners {
         let before = list.len();
         let v: Vec<Entry> = list.iter().filter(|(i, _)| *i != id).cloned().collect();
         let removed = v.len() != before;
+        self.any.store(!v.is_empty(), Ordering::Release);
         *list = v.into();
         self.version.fetch_add(1, Ordering::Release);
         removed
     }
 
+    /// The listeners now; costs one atomic load when there are none.
     pub(crate) fn snapshot(&self) -> Notifier {
-        Notifier(self.list.read().unwrap_or_else(|e| e.into_inner()).clone())
+        if !self.any.load(Ordering::Acquire) {
+            return Notifier(None);
+        }
+        Notifier(Some(
+            self.list.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        ))
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -140,15 +149,20 @@ impl Listeners {
 
 /// A snapshot of the listeners, used to send a few events without touching the shared list.
 #[derive(Clone)]
-pub(crate) struct Notifier(Arc<[Entry]>);
+pub(crate) struct Notifier(Option<Arc<[Entry]>>);
 
 impl Notifier {
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_ref().is_none_or(|l| l.is_empty())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |l| l.len())
     }
 
     pub(crate) fn each(&self, event: &'static str, f: impl Fn(&dyn BrokerListener)) {
-        for (id, listener) in self.0.iter() {
+        let Some(list) = &self.0 else { return };
+        for (id, listener) in list.iter() {
             if catch_unwind(AssertUnwindSafe(|| f(listener.as_ref()))).is_err() {
                 tracing::warn!(listener = id.0, event, "listener panicked; ignored");
             }

@@ -10,6 +10,7 @@
 
 use std::any::Any;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
@@ -154,7 +155,7 @@ impl std::fmt::Debug for Shared {
 
 #[derive(Default)]
 struct Routes {
-    subs: HashMap<SubscriptionId, Arc<Sub>>,
+    subs: IdMap<SubscriptionId, Arc<Sub>>,
     inboxes: Vec<Arc<Inbox>>,
     groups: HashMap<(String, String), Arc<Inbox>>,
     cache: HashMap<String, Arc<[Arc<Inbox>]>>,
@@ -252,7 +253,7 @@ impl Inbox {
 
 #[derive(Default)]
 struct Unacked {
-    map: HashMap<MessageId, Message>,
+    map: IdMap<MessageId, Message>,
     order: VecDeque<(Instant, MessageId, u32)>,
 }
 
@@ -385,6 +386,28 @@ impl Timer {
         lock(&self.state).heap.len()
     }
 }
+
+/// A hasher for the broker's integer ids (sequential, never chosen by a peer): one multiply.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
