@@ -46,7 +46,8 @@ pub struct InMemoryConfig {
     /// Dispatch threads running handlers (default 4, at least 1).
     pub dispatch_threads: usize,
     /// Messages a consumer group may hold before `publish` fails with
-    /// [`Error::QueueFull`] (default 65 536).
+    /// [`Error::QueueFull`] (default 65 536). Broadcast queues are not bounded: a broadcast
+    /// subscriber that falls behind holds its backlog in memory (each entry shares the payload).
     pub group_capacity: usize,
     /// The first token of default dead-letter topics (default `dead`, giving `dead.<topic>`).
     pub dead_letter_prefix: String,

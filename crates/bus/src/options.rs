@@ -129,7 +129,9 @@ pub struct SubscribeOptions {
     /// The delay before a failed or nacked message is delivered again.
     pub backoff: Backoff,
     /// The most deliveries this subscription holds at once: with manual ack, the un-acked
-    /// deliveries (flow control). Default 1024.
+    /// deliveries (flow control); past it the subscription takes nothing new until an ack, nack or
+    /// expired ack wait frees a slot. A subscription runs one handler at a time, so with auto ack
+    /// at most one delivery is in flight. Default 1024.
     pub max_in_flight: usize,
     /// Where messages go after `max_attempts`; `None` (default) means the broker's dead-letter
     /// prefix followed by the message's topic, e.g. `dead.orders.created`.

@@ -30,6 +30,25 @@ fn smoke() {
 }
 
 #[test]
+fn handlers_run_on_named_dispatch_threads() {
+    let broker = broker(2);
+    let (tx, rx) = flume::unbounded();
+    let _sub = broker
+        .subscribe(
+            "t",
+            SubscribeOptions::default(),
+            Handler::new(move |_| {
+                tx.send(std::thread::current().name().map(str::to_owned))?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    broker.publish(Message::new("t", "x")).unwrap();
+    let name = rx.recv_timeout(support::WAIT).unwrap().unwrap();
+    assert!(name.starts_with("mixbus-dispatch-"), "{name}");
+}
+
+#[test]
 fn every_matching_subscription_gets_each_message_once() {
     let broker = broker(3);
     let (h1, rx1) = collector();
