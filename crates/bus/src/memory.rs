@@ -171,6 +171,8 @@ struct Inbox {
     rx: flume::Receiver<Message>,
     retry_tx: flume::Sender<Message>,
     retry_rx: flume::Receiver<Message>,
+    /// Messages in `retry_rx`, so the common case (no re-delivery) skips that channel's lock.
+    retry_len: AtomicUsize,
     capacity: Option<usize>,
     reserved: AtomicUsize,
     members: RwLock<Vec<Arc<Sub>>>,
@@ -190,6 +192,7 @@ impl Inbox {
             rx,
             retry_tx,
             retry_rx,
+            retry_len: AtomicUsize::new(0),
             capacity,
             reserved: AtomicUsize::new(0),
             members: RwLock::new(Vec::new()),
@@ -199,11 +202,11 @@ impl Inbox {
     }
 
     fn len(&self) -> usize {
-        self.rx.len() + self.retry_rx.len()
+        self.rx.len() + self.retry_len.load(Ordering::Acquire)
     }
 
     fn is_empty(&self) -> bool {
-        self.rx.is_empty() && self.retry_rx.is_empty()
+        self.retry_len.load(Ordering::Acquire) == 0 && self.rx.is_empty()
     }
 
     fn try_reserve(&self) -> bool {
@@ -224,7 +227,10 @@ impl Inbox {
     }
 
     fn take(&self) -> Option<Message> {
-        if let Ok(msg) = self.retry_rx.try_recv() {
+        if self.retry_len.load(Ordering::Acquire) > 0
+            && let Ok(msg) = self.retry_rx.try_recv()
+        {
+            self.retry_len.fetch_sub(1, Ordering::AcqRel);
             return Some(msg);
         }
         let msg = self.rx.try_recv().ok()?;
@@ -813,6 +819,7 @@ impl Shared {
             notifier.each("dropped", |l| l.dropped(&msg, &reason));
             return;
         }
+        inbox.retry_len.fetch_add(1, Ordering::AcqRel);
         let _ = inbox.retry_tx.send(msg);
         inbox.notify(self);
     }
