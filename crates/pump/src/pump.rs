@@ -130,6 +130,10 @@ type Work = Box<dyn FnOnce() + Send>;
 
 struct Shared {
     inbox: Mutex<VecDeque<Item>>,
+    /// True while the inbox holds items: set under the inbox lock by every push, cleared under it
+    /// by the drain. The pump thread reads it without the lock to decide whether a local post can
+    /// skip the inbox (see [`PumpHandle::push_local`]).
+    inbox_pending: AtomicBool,
     sleeping: AtomicBool,
     closed: AtomicBool,
     waker: Waker,
@@ -163,9 +167,27 @@ impl PumpHandle {
                 return Err(item);
             }
             inbox.push_back(item);
+            self.shared.inbox_pending.store(true, Ordering::Relaxed);
         }
         self.notify();
         Ok(())
+    }
+
+    /// Queues a job made on the pump thread (a [`Context::post`] or a [`Next::Repost`]) at the back
+    /// of the queue, behind everything already posted.
+    ///
+    /// Posts from other threads that the pump has not drained yet are already queued, so a local
+    /// job must go behind them: it goes through the inbox while that holds anything. Only when the
+    /// inbox is empty does it go straight onto the run queue (no lock). No wake-up either way: the
+    /// pump thread is running, not asleep.
+    pub(crate) fn push_local(&self, local: &mut VecDeque<Job>, job: Job) {
+        if self.shared.inbox_pending.load(Ordering::Acquire) {
+            let mut inbox = lock(&self.shared.inbox);
+            inbox.push_back(Item::Run(job));
+            self.shared.inbox_pending.store(true, Ordering::Relaxed);
+        } else {
+            local.push_back(job);
+        }
     }
 
     fn notify(&self) {
@@ -209,6 +231,7 @@ impl PumpHandle {
             None => Item::Run(job),
             Some(d) => Item::Timer(deadline_after(d), TimerKind::Job(job, handle)),
         });
+        self.shared.inbox_pending.store(true, Ordering::Relaxed);
         drop(inbox);
         Counters::add(&self.shared.counters.posted, 1);
         self.notify();
@@ -420,6 +443,7 @@ impl EventPump {
         let (work_tx, work_rx) = flume::unbounded::<Work>();
         let shared = Arc::new(Shared {
             inbox: Mutex::new(VecDeque::with_capacity(1024)),
+            inbox_pending: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             waker,
@@ -501,6 +525,10 @@ impl EventPump {
             let mut inbox = lock(&self.handle.shared.inbox);
             self.handle.shared.closed.store(true, Ordering::Release);
             inbox.push_back(Item::Stop(deadline.checked_sub(margin).unwrap_or(deadline)));
+            self.handle
+                .shared
+                .inbox_pending
+                .store(true, Ordering::Relaxed);
         }
         if let Err(err) = self.handle.shared.waker.wake() {
             tracing::error!(error = %err, "could not wake the pump to stop it");
@@ -611,8 +639,12 @@ impl Loop {
         let span = tracing::info_span!("pump");
         let _enter = span.enter();
         loop {
+            // `now` is read before draining: a timer posted after the drain took the inbox lock has
+            // a deadline later than `now`, so no timer fired in this turn is due after one still
+            // in the inbox (which would break deadline order across threads).
+            let now = Instant::now();
             self.drain_inbox();
-            self.fire_timers(Instant::now());
+            self.fire_timers(now);
             if let Some(deadline) = self.stop_deadline
                 && (self.run_queue.is_empty() || Instant::now() >= deadline)
             {
@@ -629,6 +661,10 @@ impl Loop {
         {
             let mut inbox = lock(&self.handle.shared.inbox);
             std::mem::swap(&mut *inbox, &mut self.spare);
+            self.handle
+                .shared
+                .inbox_pending
+                .store(false, Ordering::Relaxed);
         }
         let mut items = std::mem::take(&mut self.spare);
         for item in items.drain(..) {
@@ -751,7 +787,8 @@ impl Loop {
             Ok(Next::Repost) => {
                 Counters::add(&shared.counters.reposts, 1);
                 job.wake = Wake::Posted;
-                self.run_queue.push_back(job);
+                // Behind posts from other threads made during the run, not ahead of them.
+                self.handle.push_local(&mut self.run_queue, job);
             }
             Ok(Next::RepostAfter(delay)) => {
                 Counters::add(&shared.counters.reposts, 1);

@@ -98,11 +98,13 @@ impl Context<'_> {
 
     /// Posts a task to the back of the queue, owned by the running task's owner; no system call.
     pub fn post(&mut self, task: impl Task) {
-        self.local.push_back(Job {
+        let job = Job {
             task: Box::new(task),
             owner: self.owner.cloned(),
             wake: Wake::Posted,
-        });
+        };
+        // Behind any posts from other threads that are queued but not yet drained.
+        self.handle.push_local(self.local, job);
     }
 
     /// Posts a closure to run once, owned by the running task's owner; no system call.
