@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 use mixbus_pump::eventq::Interest;
-use mixbus_pump::{EventPump, FnTask, Next, OnceTask, Wake};
+use mixbus_pump::{EventPump, FnTask, Next, Wake};
 use support::{SLACK, loopback_pair, recv};
 
 /// A task that reads `server` until it has data, parking on readiness in between; sends
@@ -125,5 +125,4 @@ fn killing_the_owner_cancels_a_parked_task() {
 
     assert!(got_rx.try_recv().is_err(), "the killed owner's task ran");
     assert_eq!(pump.stats().cancelled, cancelled_before + 1);
-    let _ = OnceTask::new("unused", |_cx| {});
 }
