@@ -128,13 +128,11 @@ pub(crate) fn payload(index: u64, len: usize) -> Bytes {
 
 fn fill_payload(index: u64, buf: &mut [u8]) {
     let mut x = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for (j, b) in buf.iter_mut().enumerate() {
-        if j % 8 == 0 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-        }
-        *b = (x >> ((j % 8) * 8)) as u8;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     if buf.len() >= 8 {
         buf[..8].copy_from_slice(&index.to_le_bytes());
