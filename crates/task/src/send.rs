@@ -233,14 +233,23 @@ impl Outbox {
             if pending.state != State::Open {
                 return Err(PushError::Closed(msg));
             }
-            let queued = self.shared.queued_bytes.load(Ordering::Acquire);
+            let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
             if queued > 0 && queued + size > options.high_water_bytes {
-                self.shared.refused.store(true, Ordering::Release);
-                return Err(PushError::Full {
-                    msg,
-                    queued,
-                    high_water: options.high_water_bytes,
-                });
+                self.shared.refused.store(true, Ordering::SeqCst);
+                // Bug fix: the writer lowers `queued_bytes` without the pending lock. If it fell
+                // to the low water mark between the load above and the store of `refused`, the
+                // writer saw no refusal and will not call `drained`: refusing now would leave the
+                // producer waiting for ever. Re-check after raising the flag (both sides use
+                // SeqCst, so either the writer sees the flag or this load sees its decrease). The
+                // flag stays raised for earlier refusals; at worst a later `drained` is spurious.
+                let now = self.shared.queued_bytes.load(Ordering::SeqCst);
+                if now > options.low_water_bytes {
+                    return Err(PushError::Full {
+                        msg,
+                        queued,
+                        high_water: options.high_water_bytes,
+                    });
+                }
             }
             self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
             pending.queue.push_back(msg);
@@ -284,7 +293,12 @@ impl Outbox {
     }
 
     pub(crate) fn close_with(&self, linger: Duration, hook: Option<CloseHook>) -> bool {
-        let deadline = Instant::now() + linger;
+        // A linger too long to add to the clock (e.g. `Duration::MAX`) means "no limit"; the plain
+        // addition panicked on the pump thread, so the close never reported.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(linger)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
         let post = {
             let mut pending = lock(&self.shared.pending);
             if pending.state != State::Open {
@@ -296,8 +310,54 @@ impl Outbox {
         };
         if post {
             self.schedule();
+        } else {
+            // Bug fix: a send task already scheduled may be parked waiting for room with a timeout
+            // taken from the write timeout alone (it computed it before this close set a linger
+            // deadline), so a stalled peer kept the close waiting for the write timeout (30 s by
+            // default) instead of the linger. A timer at the linger deadline ends it on time.
+            self.schedule_linger_expiry(linger);
         }
         true
+    }
+
+    /// Posts a timer that reports `LingerExpired` if the send side is still closing, with
+    /// frames left to write, once the linger deadline has passed.
+    fn schedule_linger_expiry(&self, linger: Duration) {
+        let shared = self.shared.clone();
+        let expire = OnceTask::new("send-linger", move |cx: &mut Context<'_>| {
+            let mut writer = lock(&shared.writer);
+            let expired = {
+                let pending = lock(&shared.pending);
+                match pending.state {
+                    // With nothing left to write, the send task reports `Flushed` itself.
+                    State::Closing { deadline } => {
+                        Instant::now() >= deadline
+                            && !(writer.inflight.is_empty() && pending.queue.is_empty())
+                    }
+                    State::Open | State::Finished => false,
+                }
+            };
+            if expired {
+                finish(&shared, &mut writer, Outcome::LingerExpired, cx);
+            }
+        });
+        let posted = match &self.shared.owner {
+            Some(owner) => self
+                .shared
+                .pump
+                .post_after_owned(owner, linger, expire)
+                .map(drop)
+                .map_err(drop),
+            None => self
+                .shared
+                .pump
+                .post_after(linger, expire)
+                .map(drop)
+                .map_err(drop),
+        };
+        if posted.is_err() {
+            tracing::debug!("linger timer not posted: pump closed or owner killed");
+        }
     }
 
     /// Stops the send side at once (from any thread): nothing more is written, the socket is shut
@@ -538,9 +598,10 @@ impl Writer {
             let msg = self.inflight.pop_front().expect("front exists");
             self.events.sent(msg, cx);
         }
-        let before = shared.queued_bytes.fetch_sub(freed, Ordering::AcqRel);
+        // SeqCst pairs with `Outbox::push`: see the re-check there.
+        let before = shared.queued_bytes.fetch_sub(freed, Ordering::SeqCst);
         let after = before - freed;
-        if after <= shared.options.low_water_bytes && shared.refused.swap(false, Ordering::AcqRel) {
+        if after <= shared.options.low_water_bytes && shared.refused.swap(false, Ordering::SeqCst) {
             self.events.drained(cx);
         }
     }

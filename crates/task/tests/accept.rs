@@ -79,7 +79,10 @@ fn killing_the_owner_closes_the_listener() {
     let owner = pump.owner("acceptor");
     task.post_owned(&pump, &owner).unwrap();
     let first = std::net::TcpStream::connect(addr).unwrap();
-    assert_eq!(recv(&rx, "the accept before the kill"), first.local_addr().unwrap());
+    assert_eq!(
+        recv(&rx, "the accept before the kill"),
+        first.local_addr().unwrap()
+    );
 
     assert!(pump.kill(&owner));
     // The parked task is dropped with the owner, and the listener with it: connects are refused
@@ -98,6 +101,9 @@ fn killing_the_owner_closes_the_listener() {
             }
         }
     }
-    assert!(pump.stats().cancelled >= 1, "the parked accept was cancelled");
+    assert!(
+        pump.stats().cancelled >= 1,
+        "the parked accept was cancelled"
+    );
     assert_eq!(pump.stats().panics, 0);
 }

@@ -59,7 +59,10 @@ fn connects_to_a_port_that_starts_listening_later() {
     });
     let stream = recv(&rx, "the connect").expect("connected once the port listens");
     let elapsed = start.elapsed();
-    assert!(elapsed >= LATER, "connected before anything listened: {elapsed:?}");
+    assert!(
+        elapsed >= LATER,
+        "connected before anything listened: {elapsed:?}"
+    );
     assert!(elapsed < LATER + SLACK, "connected too late: {elapsed:?}");
     assert_eq!(stream.peer_addr().unwrap(), addr);
     let (_listener, _peer, from) = listening.join().unwrap();
@@ -83,7 +86,10 @@ fn refused_after_the_connect_timeout_with_the_last_error() {
     );
     let err = recv(&rx, "the refusal").expect_err("nothing listens");
     let elapsed = start.elapsed();
-    assert!(elapsed >= TIMEOUT, "refused before the timeout: {elapsed:?}");
+    assert!(
+        elapsed >= TIMEOUT,
+        "refused before the timeout: {elapsed:?}"
+    );
     assert!(elapsed < TIMEOUT + SLACK, "refused too late: {elapsed:?}");
     assert_eq!(err.addr, addr);
     assert!(err.attempts > 1, "retried: {err}");

@@ -8,8 +8,7 @@ use std::net::Shutdown;
 
 use mixbus_task::pump::EventPump;
 use mixbus_task::{
-    Bytes, DEFAULT_MAX_FRAME_LEN, FrameError, ReceiveOutcome, ReceiveTask, TaskEvent,
-    encode_header,
+    Bytes, DEFAULT_MAX_FRAME_LEN, FrameError, ReceiveOutcome, ReceiveTask, TaskEvent, encode_header,
 };
 
 use support::{Rng, frames, frames_until_finished, pair, receive_events, seed};

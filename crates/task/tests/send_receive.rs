@@ -15,13 +15,14 @@ use mixbus_task::{
 };
 
 use support::{
-    PATIENCE, Rng, SendEnd, SendEvent, check_payload, frames_until_finished, pair, payload, recv,
-    receive_events, seed, send_events, until_finished,
+    PATIENCE, Rng, SendEnd, SendEvent, check_payload, frames_until_finished, pair, payload,
+    receive_events, recv, seed, send_events, until_finished,
 };
 
 /// The index a payload carries in its first 8 bytes, if it is that long.
 fn index_of(msg: &[u8]) -> Option<u64> {
-    msg.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    msg.get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
 /// Sends `true` when drained, and a light summary of each sent message (length and index), so
@@ -69,7 +70,8 @@ fn smoke() {
 
     let (peer_events, _peer_sent) = send_events();
     let peer_reader = peer.try_clone().unwrap();
-    let peer_outbox = SendTask::start(&pump, peer, SendOptions::default(), None, peer_events).unwrap();
+    let peer_outbox =
+        SendTask::start(&pump, peer, SendOptions::default(), None, peer_events).unwrap();
     struct Echo(Outbox);
     impl mixbus_task::ReceiveEvents for Echo {
         fn received(&mut self, frame: Bytes, _cx: &mut Context<'_>) -> mixbus_task::Flow {
@@ -109,7 +111,9 @@ fn ten_thousand_frames_arrive_intact_and_in_order() {
     const FRAMES: usize = 10_000;
     let seed = seed();
     let mut rng = Rng::new(seed.0);
-    let mut sizes: Vec<usize> = (0..FRAMES).map(|_| rng.below(64 * 1024 + 1) as usize).collect();
+    let mut sizes: Vec<usize> = (0..FRAMES)
+        .map(|_| rng.below(64 * 1024 + 1) as usize)
+        .collect();
     sizes[0] = 0;
     sizes[1] = 64 * 1024;
     sizes[2] = 1;
@@ -125,10 +129,15 @@ fn ten_thousand_frames_arrive_intact_and_in_order() {
     };
     let outbox = SendTask::start(&sender, client, SendOptions::default(), None, split).unwrap();
     let (collector, received) = receive_events();
-    ReceiveTask::new(&receiver, TcpStream::from_std(peer).unwrap(), 64 * 1024, collector)
-        .unwrap()
-        .post(&receiver)
-        .unwrap();
+    ReceiveTask::new(
+        &receiver,
+        TcpStream::from_std(peer).unwrap(),
+        64 * 1024,
+        collector,
+    )
+    .unwrap()
+    .post(&receiver)
+    .unwrap();
 
     let producer = {
         let outbox = outbox.clone();
@@ -157,7 +166,11 @@ fn ten_thousand_frames_arrive_intact_and_in_order() {
         match recv(&sent_rx, &format!("sent {i}")) {
             Ok((got_len, index)) => {
                 assert_eq!(got_len, len, "sent {i}: length");
-                assert_eq!(index, (len >= 8).then_some(i as u64), "sent {i}: out of order");
+                assert_eq!(
+                    index,
+                    (len >= 8).then_some(i as u64),
+                    "sent {i}: out of order"
+                );
             }
             Err(end) => panic!("send side ended at {i}: {end:?}"),
         }
@@ -175,7 +188,9 @@ fn partial_writes_to_a_slow_reader_resume_exactly() {
     const FRAMES: usize = 300;
     let seed = seed();
     let mut rng = Rng::new(seed.0);
-    let sizes: Vec<usize> = (0..FRAMES).map(|_| rng.below(64 * 1024 + 1) as usize).collect();
+    let sizes: Vec<usize> = (0..FRAMES)
+        .map(|_| rng.below(64 * 1024 + 1) as usize)
+        .collect();
 
     let pump = EventPump::new().unwrap();
     let (client, mut peer) = pair();
@@ -219,13 +234,17 @@ fn partial_writes_to_a_slow_reader_resume_exactly() {
             got += 1;
         }
         reads += 1;
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             // Slowness being simulated, not a wait for a condition.
             std::thread::sleep(Duration::from_millis(1));
         }
     }
     assert_eq!(got, FRAMES, "every frame, then end of stream");
-    assert_eq!(decoder.buffered(), 0, "end of stream right after the last frame");
+    assert_eq!(
+        decoder.buffered(),
+        0,
+        "end of stream right after the last frame"
+    );
 
     let (sent, _, end) = until_finished(&sent);
     assert_eq!(end.kind, "Flushed", "{end:?}");
@@ -263,7 +282,10 @@ fn a_full_outbox_pushes_back_until_drained() {
             }) => {
                 assert!(support::same(&back, &msg), "the refused message comes back");
                 assert_eq!(high_water, HIGH);
-                assert!(queued + 4 + FRAME > HIGH, "refused below the mark: {queued}");
+                assert!(
+                    queued + 4 + FRAME > HIGH,
+                    "refused below the mark: {queued}"
+                );
                 break back;
             }
             Err(err) => panic!("unexpected refusal: {err}"),
@@ -295,7 +317,11 @@ fn a_full_outbox_pushes_back_until_drained() {
     check_payload(accepted, FRAME, &last[0]);
     outbox.close(PATIENCE);
     let (rest, _, end) = until_finished(&events_rx);
-    assert_eq!(sent + rest.len() as u64, accepted + 1, "every message handed back");
+    assert_eq!(
+        sent + rest.len() as u64,
+        accepted + 1,
+        "every message handed back"
+    );
     assert_eq!(end.kind, "Flushed", "{end:?}");
     assert_eq!(pump.stats().panics, 0);
 }

@@ -99,7 +99,10 @@ pub(crate) struct Seed(pub(crate) u64);
 impl Drop for Seed {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("test failed with seed {0} (replay: MIXBUS_SEED={0})", self.0);
+            eprintln!(
+                "test failed with seed {0} (replay: MIXBUS_SEED={0})",
+                self.0
+            );
         }
     }
 }
