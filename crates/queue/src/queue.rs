@@ -87,6 +87,11 @@ struct Phase {
     local_close: bool,
     peer_closed: bool,
     closed: bool,
+    /// Bug fix: a strong handle held from the end of the receive side until `closed` fired. The
+    /// receive task's handle was the last one for a queue whose owner dropped its own (the usual
+    /// `accepted` pattern); when it ended first, the queue was dropped before the send side
+    /// finished, `SendSide` could no longer reach it, and `closed` never fired.
+    keepalive: Option<MessageQueue>,
 }
 
 pub(crate) struct Inner {
@@ -164,6 +169,7 @@ impl MessageQueue {
                 local_close: false,
                 peer_closed: false,
                 closed: false,
+                keepalive: None,
             }),
             closed: AtomicBool::new(false),
         });
@@ -333,6 +339,10 @@ impl MessageQueue {
             } else {
                 phase.peer_closed = true;
             }
+            if phase.send_done.is_none() && !phase.closed {
+                // Keep the queue alive until the send side reports (see `Phase::keepalive`).
+                phase.keepalive = Some(self.clone());
+            }
         }
         if failed {
             self.inner.outbox.abort();
@@ -345,12 +355,14 @@ impl MessageQueue {
 
     /// Fires `closed` once both halves are done.
     fn try_complete(&self, _cx: &mut Context<'_>) {
-        let info = {
+        let (info, _keepalive) = {
             let mut phase = lock(&self.inner.phase);
             if phase.closed || !phase.recv_done || phase.send_done.is_none() {
                 return;
             }
             phase.closed = true;
+            // Dropped at the end of this function, after the phase lock is released.
+            let keepalive = phase.keepalive.take();
             let (send_reason, unsent) = phase.send_done.take().unwrap_or((None, Vec::new()));
             let reason = phase
                 .recv_reason
@@ -363,7 +375,7 @@ impl MessageQueue {
                 } else {
                     CloseReason::Dropped
                 });
-            CloseInfo { reason, unsent }
+            (CloseInfo { reason, unsent }, keepalive)
         };
         self.inner.closed.store(true, Ordering::Release);
         // Cancels whatever still waits for this connection (the receive side, the linger timer).
