@@ -59,6 +59,7 @@ mod listener;
 mod memory;
 mod message;
 mod options;
+pub mod protocol;
 mod stats;
 mod topic;
 

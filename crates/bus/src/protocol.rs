@@ -1,0 +1,988 @@
+//! The wire protocol between a [`BusServer`](crate::BusServer) and a
+//! [`RemoteBroker`](crate::RemoteBroker): one operation per queue-layer frame.
+//!
+//! Every frame of the queue layer (a 4-byte big-endian length, then the body) carries one
+//! operation: one op byte, then its fields in order. Integers are big-endian; strings are UTF-8
+//! and byte blobs are raw, each as a `u32` length then the bytes; a flag is one byte, 0 or 1.
+//!
+//! ```text
+//! +----------------+----+-----------------------------+
+//! | length (u32 BE)| op | fields ...                  |
+//! +----------------+----+-----------------------------+
+//!   queue layer      this module
+//! ```
+//!
+//! [`decode`] never panics on any input: every length is checked against what remains, an
+//! unknown op byte is [`ProtocolError::UnknownOp`], trailing bytes and invalid UTF-8 are errors.
+//! Payloads are sliced from the frame without copying. `docs/PROTOCOL.md` is the full reference.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::options::{AckMode, Backoff, DeliveryMode, SubscribeOptions};
+
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+
+/// Op byte values.
+mod code {
+    pub(super) const HELLO: u8 = 1;
+    pub(super) const WELCOME: u8 = 2;
+    pub(super) const PUBLISH: u8 = 3;
+    pub(super) const CONFIRM: u8 = 4;
+    pub(super) const SUBSCRIBE: u8 = 5;
+    pub(super) const SUBSCRIBED: u8 = 6;
+    pub(super) const UNSUBSCRIBE: u8 = 7;
+    pub(super) const DELIVER: u8 = 8;
+    pub(super) const ACK: u8 = 9;
+    pub(super) const NACK: u8 = 10;
+    pub(super) const PING: u8 = 11;
+    pub(super) const PONG: u8 = 12;
+    pub(super) const STATS: u8 = 13;
+    pub(super) const STATS_REPLY: u8 = 14;
+    pub(super) const ERROR: u8 = 15;
+}
+
+/// Why the peer sent an [`Op::Error`].
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A frame could not be decoded.
+    Malformed,
+    /// The op byte is not one of this version's.
+    UnknownOp,
+    /// The HELLO asked for a version the server does not speak.
+    UnsupportedVersion,
+    /// The HELLO's token is missing or wrong.
+    Unauthorized,
+    /// The server is at its connection limit.
+    TooManyConnections,
+    /// The connection is at its subscription limit.
+    TooManySubscriptions,
+    /// The connection fell too far behind reading its deliveries.
+    SlowConsumer,
+    /// A topic, pattern or option was refused.
+    Invalid,
+    /// A consumer group queue is full.
+    QueueFull,
+    /// The bus is closed or shutting down.
+    Closed,
+    /// A frame above the size limit.
+    FrameTooLarge,
+    /// An operation before the handshake, or a second HELLO.
+    HandshakeRequired,
+    /// Anything else the server could not do.
+    Internal,
+    /// A code this version does not know (kept so it round-trips).
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code's wire value.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::UnknownOp => 2,
+            ErrorCode::UnsupportedVersion => 3,
+            ErrorCode::Unauthorized => 4,
+            ErrorCode::TooManyConnections => 5,
+            ErrorCode::TooManySubscriptions => 6,
+            ErrorCode::SlowConsumer => 7,
+            ErrorCode::Invalid => 8,
+            ErrorCode::QueueFull => 9,
+            ErrorCode::Closed => 10,
+            ErrorCode::FrameTooLarge => 11,
+            ErrorCode::HandshakeRequired => 12,
+            ErrorCode::Internal => 13,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    /// The code for a wire value (unknown values become [`ErrorCode::Other`]).
+    pub fn from_u16(n: u16) -> Self {
+        match n {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::UnknownOp,
+            3 => ErrorCode::UnsupportedVersion,
+            4 => ErrorCode::Unauthorized,
+            5 => ErrorCode::TooManyConnections,
+            6 => ErrorCode::TooManySubscriptions,
+            7 => ErrorCode::SlowConsumer,
+            8 => ErrorCode::Invalid,
+            9 => ErrorCode::QueueFull,
+            10 => ErrorCode::Closed,
+            11 => ErrorCode::FrameTooLarge,
+            12 => ErrorCode::HandshakeRequired,
+            13 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ErrorCode::Malformed => "malformed frame",
+            ErrorCode::UnknownOp => "unknown operation",
+            ErrorCode::UnsupportedVersion => "unsupported version",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TooManyConnections => "too many connections",
+            ErrorCode::TooManySubscriptions => "too many subscriptions",
+            ErrorCode::SlowConsumer => "slow consumer",
+            ErrorCode::Invalid => "invalid request",
+            ErrorCode::QueueFull => "queue full",
+            ErrorCode::Closed => "closed",
+            ErrorCode::FrameTooLarge => "frame too large",
+            ErrorCode::HandshakeRequired => "handshake required",
+            ErrorCode::Internal => "internal error",
+            ErrorCode::Other(n) => return write!(f, "error code {n}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// One protocol operation: the content of one frame.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Client → server, first frame: the version, an optional token and the client's name.
+    Hello {
+        /// The protocol version the client speaks.
+        version: u16,
+        /// The shared secret, when the server asks for one.
+        token: Option<String>,
+        /// A name for logs.
+        client: String,
+    },
+    /// Server → client: the handshake succeeded.
+    Welcome {
+        /// The protocol version the server speaks.
+        version: u16,
+        /// A name for logs.
+        server: String,
+    },
+    /// Client → server: publish a message; `request` 0 asks for no confirm.
+    Publish {
+        /// The request id answered by CONFIRM or ERROR (0: no answer on success).
+        request: u64,
+        /// The topic.
+        topic: String,
+        /// The headers, in order.
+        headers: Vec<(String, String)>,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// Server → client: the publish with this request id was taken.
+    Confirm {
+        /// The request id of the PUBLISH.
+        request: u64,
+        /// The id the server gave the message.
+        message: u64,
+    },
+    /// Client → server: subscribe; `sub` is chosen by the client and names the subscription
+    /// (and the request, for the SUBSCRIBED or ERROR answer).
+    Subscribe {
+        /// The subscription id, unique on this connection.
+        sub: u64,
+        /// The topic or pattern.
+        pattern: String,
+        /// Delivery and ack options.
+        options: SubscribeOptions,
+    },
+    /// Server → client: the subscription is live.
+    Subscribed {
+        /// The subscription id.
+        sub: u64,
+    },
+    /// Client → server: end a subscription.
+    Unsubscribe {
+        /// The subscription id.
+        sub: u64,
+    },
+    /// Server → client: a message for a subscription.
+    Deliver {
+        /// The subscription id.
+        sub: u64,
+        /// The message id.
+        message: u64,
+        /// The delivery attempt (1 for the first).
+        attempt: u32,
+        /// Publish time in microseconds since the Unix epoch.
+        published_us: u64,
+        /// The topic.
+        topic: String,
+        /// The headers, in order.
+        headers: Vec<(String, String)>,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// Client → server: acknowledge a delivery.
+    Ack {
+        /// The subscription id.
+        sub: u64,
+        /// The message id.
+        message: u64,
+    },
+    /// Client → server: reject a delivery.
+    Nack {
+        /// The subscription id.
+        sub: u64,
+        /// The message id.
+        message: u64,
+        /// Deliver again (after the back-off) rather than dead-letter.
+        requeue: bool,
+    },
+    /// Either way: are you there?
+    Ping {
+        /// Echoed in the PONG.
+        nonce: u64,
+    },
+    /// The answer to a PING.
+    Pong {
+        /// The PING's nonce.
+        nonce: u64,
+    },
+    /// Client → server: ask for the server's statistics.
+    Stats {
+        /// The request id of the STATS_REPLY.
+        request: u64,
+    },
+    /// Server → client: statistics as key/value rows.
+    StatsReply {
+        /// The STATS request id.
+        request: u64,
+        /// Key/value rows, in a stable order.
+        rows: Vec<(String, String)>,
+    },
+    /// Either way: a request failed (`request` names it) or, with `request` 0, the connection
+    /// is about to be closed for the reason given.
+    Error {
+        /// The failed request's id, or 0 for the connection.
+        request: u64,
+        /// What kind of error.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        text: String,
+    },
+}
+
+impl Op {
+    /// The operation's name as written in `docs/PROTOCOL.md`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello { .. } => "HELLO",
+            Op::Welcome { .. } => "WELCOME",
+            Op::Publish { .. } => "PUBLISH",
+            Op::Confirm { .. } => "CONFIRM",
+            Op::Subscribe { .. } => "SUBSCRIBE",
+            Op::Subscribed { .. } => "SUBSCRIBED",
+            Op::Unsubscribe { .. } => "UNSUBSCRIBE",
+            Op::Deliver { .. } => "DELIVER",
+            Op::Ack { .. } => "ACK",
+            Op::Nack { .. } => "NACK",
+            Op::Ping { .. } => "PING",
+            Op::Pong { .. } => "PONG",
+            Op::Stats { .. } => "STATS",
+            Op::StatsReply { .. } => "STATS_REPLY",
+            Op::Error { .. } => "ERROR",
+        }
+    }
+
+    /// Encodes the operation into a fresh buffer (see [`encode`]).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        encode(self, &mut buf);
+        buf.freeze()
+    }
+}
+
+/// Why a frame could not be decoded.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame has no op byte.
+    #[error("empty frame")]
+    Empty,
+    /// The op byte is not one of this version's.
+    #[error("unknown operation {0}")]
+    UnknownOp(u8),
+    /// The frame ended inside a field.
+    #[error("{op} frame truncated in field {field}")]
+    Truncated {
+        /// The operation.
+        op: &'static str,
+        /// The field being read.
+        field: &'static str,
+    },
+    /// Bytes left after the last field.
+    #[error("{op} frame has {extra} trailing bytes")]
+    TrailingBytes {
+        /// The operation.
+        op: &'static str,
+        /// How many bytes were left.
+        extra: usize,
+    },
+    /// A string field is not UTF-8.
+    #[error("{op} field {field} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// The operation.
+        op: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// A field holds a value outside its range.
+    #[error("{op} field {field} has invalid value {value}")]
+    InvalidValue {
+        /// The operation.
+        op: &'static str,
+        /// The field.
+        field: &'static str,
+        /// The value read.
+        value: u64,
+    },
+}
+
+fn put_len(buf: &mut BytesMut, len: usize) {
+    // Frames are bounded far below 4 GiB by the queue layer; saturating keeps encode total and
+    // such a frame is refused by the queue's size limit before it is sent.
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+}
+
+fn put_str(buf: &mut BytesMut, s: &str) {
+    put_len(buf, s.len());
+    buf.put_slice(s.as_bytes());
+}
+
+fn put_blob(buf: &mut BytesMut, b: &[u8]) {
+    put_len(buf, b.len());
+    buf.put_slice(b);
+}
+
+fn put_pairs16(buf: &mut BytesMut, pairs: &[(String, String)]) {
+    let n = pairs.len().min(usize::from(u16::MAX));
+    buf.put_u16(n as u16);
+    for (k, v) in &pairs[..n] {
+        put_str(buf, k);
+        put_str(buf, v);
+    }
+}
+
+fn put_ms(buf: &mut BytesMut, d: Duration) {
+    buf.put_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+}
+
+fn put_options(buf: &mut BytesMut, o: &SubscribeOptions) {
+    match &o.mode {
+        DeliveryMode::Group(name) => {
+            buf.put_u8(1);
+            put_str(buf, name);
+        }
+        _ => buf.put_u8(0),
+    }
+    buf.put_u8(match o.ack_mode {
+        AckMode::Manual => 1,
+        _ => 0,
+    });
+    put_ms(buf, o.ack_wait);
+    buf.put_u32(o.max_attempts);
+    buf.put_u32(u32::try_from(o.max_in_flight).unwrap_or(u32::MAX));
+    put_ms(buf, o.backoff.initial);
+    put_ms(buf, o.backoff.max);
+    buf.put_u32(o.backoff.multiplier);
+    match &o.dead_letter_topic {
+        Some(t) => {
+            buf.put_u8(1);
+            put_str(buf, t);
+        }
+        None => buf.put_u8(0),
+    }
+}
+
+/// Appends the encoding of `op` (op byte and fields, without the queue layer's length prefix).
+///
+/// Header lists are capped at 65 535 entries (the field is a `u16`).
+///
+/// # Examples
+///
+/// ```
+/// use bytes::BytesMut;
+/// use mixbus_bus::protocol::{Op, decode, encode};
+/// let mut buf = BytesMut::new();
+/// encode(&Op::Ping { nonce: 7 }, &mut buf);
+/// assert_eq!(decode(buf.freeze()), Ok(Op::Ping { nonce: 7 }));
+/// ```
+pub fn encode(op: &Op, buf: &mut BytesMut) {
+    match op {
+        Op::Hello {
+            version,
+            token,
+            client,
+        } => {
+            buf.put_u8(code::HELLO);
+            buf.put_u16(*version);
+            match token {
+                Some(t) => {
+                    buf.put_u8(1);
+                    put_str(buf, t);
+                }
+                None => buf.put_u8(0),
+            }
+            put_str(buf, client);
+        }
+        Op::Welcome { version, server } => {
+            buf.put_u8(code::WELCOME);
+            buf.put_u16(*version);
+            put_str(buf, server);
+        }
+        Op::Publish {
+            request,
+            topic,
+            headers,
+            payload,
+        } => {
+            buf.reserve(1 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+            buf.put_u8(code::PUBLISH);
+            buf.put_u64(*request);
+            put_str(buf, topic);
+            put_pairs16(buf, headers);
+            put_blob(buf, payload);
+        }
+        Op::Confirm { request, message } => {
+            buf.put_u8(code::CONFIRM);
+            buf.put_u64(*request);
+            buf.put_u64(*message);
+        }
+        Op::Subscribe {
+            sub,
+            pattern,
+            options,
+        } => {
+            buf.put_u8(code::SUBSCRIBE);
+            buf.put_u64(*sub);
+            put_str(buf, pattern);
+            put_options(buf, options);
+        }
+        Op::Subscribed { sub } => {
+            buf.put_u8(code::SUBSCRIBED);
+            buf.put_u64(*sub);
+        }
+        Op::Unsubscribe { sub } => {
+            buf.put_u8(code::UNSUBSCRIBE);
+            buf.put_u64(*sub);
+        }
+        Op::Deliver {
+            sub,
+            message,
+            attempt,
+            published_us,
+            topic,
+            headers,
+            payload,
+        } => {
+            buf.reserve(1 + 8 + 8 + 4 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+            buf.put_u8(code::DELIVER);
+            buf.put_u64(*sub);
+            buf.put_u64(*message);
+            buf.put_u32(*attempt);
+            buf.put_u64(*published_us);
+            put_str(buf, topic);
+            put_pairs16(buf, headers);
+            put_blob(buf, payload);
+        }
+        Op::Ack { sub, message } => {
+            buf.put_u8(code::ACK);
+            buf.put_u64(*sub);
+            buf.put_u64(*message);
+        }
+        Op::Nack {
+            sub,
+            message,
+            requeue,
+        } => {
+            buf.put_u8(code::NACK);
+            buf.put_u64(*sub);
+            buf.put_u64(*message);
+            buf.put_u8(u8::from(*requeue));
+        }
+        Op::Ping { nonce } => {
+            buf.put_u8(code::PING);
+            buf.put_u64(*nonce);
+        }
+        Op::Pong { nonce } => {
+            buf.put_u8(code::PONG);
+            buf.put_u64(*nonce);
+        }
+        Op::Stats { request } => {
+            buf.put_u8(code::STATS);
+            buf.put_u64(*request);
+        }
+        Op::StatsReply { request, rows } => {
+            buf.put_u8(code::STATS_REPLY);
+            buf.put_u64(*request);
+            put_len(buf, rows.len());
+            for (k, v) in rows {
+                put_str(buf, k);
+                put_str(buf, v);
+            }
+        }
+        Op::Error {
+            request,
+            code,
+            text,
+        } => {
+            buf.put_u8(code::ERROR);
+            buf.put_u64(*request);
+            buf.put_u16(code.to_u16());
+            put_str(buf, text);
+        }
+    }
+}
+
+/// A checked cursor over one frame.
+struct Reader {
+    frame: Bytes,
+    pos: usize,
+    op: &'static str,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&[u8], ProtocolError> {
+        let rest = self.frame.len().saturating_sub(self.pos);
+        if n > rest {
+            return Err(ProtocolError::Truncated { op: self.op, field });
+        }
+        let start = self.pos;
+        self.pos += n;
+        self.frame
+            .get(start..start + n)
+            .ok_or(ProtocolError::Truncated { op: self.op, field })
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ProtocolError> {
+        let op = self.op;
+        let s = self.take(N, field)?;
+        <[u8; N]>::try_from(s).map_err(|_| ProtocolError::Truncated { op, field })
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, ProtocolError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, ProtocolError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, ProtocolError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, ProtocolError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    fn flag(&mut self, field: &'static str) -> Result<bool, ProtocolError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(ProtocolError::InvalidValue {
+                op: self.op,
+                field,
+                value: u64::from(v),
+            }),
+        }
+    }
+
+    fn len(&mut self, field: &'static str) -> Result<usize, ProtocolError> {
+        let n = self.u32(field)?;
+        let n = usize::try_from(n).map_err(|_| ProtocolError::Truncated { op: self.op, field })?;
+        if n > self.frame.len().saturating_sub(self.pos) {
+            return Err(ProtocolError::Truncated { op: self.op, field });
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, ProtocolError> {
+        let n = self.len(field)?;
+        let op = self.op;
+        let raw = self.take(n, field)?;
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| ProtocolError::InvalidUtf8 { op, field })
+    }
+
+    fn blob(&mut self, field: &'static str) -> Result<Bytes, ProtocolError> {
+        let n = self.len(field)?;
+        let start = self.pos;
+        self.take(n, field)?;
+        Ok(self.frame.slice(start..start + n))
+    }
+
+    fn pairs(
+        &mut self,
+        count: usize,
+        field: &'static str,
+    ) -> Result<Vec<(String, String)>, ProtocolError> {
+        // Each pair takes at least 8 bytes: never reserve more than the frame can hold.
+        let room = self.frame.len().saturating_sub(self.pos) / 8;
+        let mut out = Vec::with_capacity(count.min(room));
+        for _ in 0..count {
+            let k = self.string(field)?;
+            let v = self.string(field)?;
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    fn ms(&mut self, field: &'static str) -> Result<Duration, ProtocolError> {
+        Ok(Duration::from_millis(self.u64(field)?))
+    }
+
+    fn options(&mut self) -> Result<SubscribeOptions, ProtocolError> {
+        let mode = match self.u8("mode")? {
+            0 => DeliveryMode::Broadcast,
+            1 => DeliveryMode::Group(self.string("group")?),
+            v => {
+                return Err(ProtocolError::InvalidValue {
+                    op: self.op,
+                    field: "mode",
+                    value: u64::from(v),
+                });
+            }
+        };
+        let ack_mode = match self.u8("ack_mode")? {
+            0 => AckMode::Auto,
+            1 => AckMode::Manual,
+            v => {
+                return Err(ProtocolError::InvalidValue {
+                    op: self.op,
+                    field: "ack_mode",
+                    value: u64::from(v),
+                });
+            }
+        };
+        let ack_wait = self.ms("ack_wait_ms")?;
+        let max_attempts = self.u32("max_attempts")?;
+        let max_in_flight = self.u32("max_in_flight")?;
+        let backoff = Backoff {
+            initial: self.ms("backoff_initial_ms")?,
+            max: self.ms("backoff_max_ms")?,
+            multiplier: self.u32("backoff_multiplier")?,
+        };
+        let dead_letter_topic = if self.flag("has_dead_letter")? {
+            Some(self.string("dead_letter_topic")?)
+        } else {
+            None
+        };
+        let mut options = SubscribeOptions::default()
+            .with_mode(mode)
+            .with_ack_mode(ack_mode)
+            .with_ack_wait(ack_wait)
+            .with_max_attempts(max_attempts)
+            .with_max_in_flight(usize::try_from(max_in_flight).unwrap_or(usize::MAX))
+            .with_backoff(backoff);
+        options.dead_letter_topic = dead_letter_topic;
+        Ok(options)
+    }
+
+    fn finish(self, op: Op) -> Result<Op, ProtocolError> {
+        let extra = self.frame.len().saturating_sub(self.pos);
+        if extra > 0 {
+            return Err(ProtocolError::TrailingBytes { op: self.op, extra });
+        }
+        Ok(op)
+    }
+}
+
+/// Decodes one frame (op byte and fields). Never panics, whatever the input; byte blobs are
+/// slices of `frame`, not copies.
+///
+/// # Errors
+///
+/// A [`ProtocolError`] naming the fault: empty frame, unknown op, a field cut short, trailing
+/// bytes, invalid UTF-8 or an out-of-range value.
+pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
+    let Some(&op) = frame.first() else {
+        return Err(ProtocolError::Empty);
+    };
+    let name = match op {
+        code::HELLO => "HELLO",
+        code::WELCOME => "WELCOME",
+        code::PUBLISH => "PUBLISH",
+        code::CONFIRM => "CONFIRM",
+        code::SUBSCRIBE => "SUBSCRIBE",
+        code::SUBSCRIBED => "SUBSCRIBED",
+        code::UNSUBSCRIBE => "UNSUBSCRIBE",
+        code::DELIVER => "DELIVER",
+        code::ACK => "ACK",
+        code::NACK => "NACK",
+        code::PING => "PING",
+        code::PONG => "PONG",
+        code::STATS => "STATS",
+        code::STATS_REPLY => "STATS_REPLY",
+        code::ERROR => "ERROR",
+        other => return Err(ProtocolError::UnknownOp(other)),
+    };
+    let mut r = Reader {
+        frame,
+        pos: 1,
+        op: name,
+    };
+    let decoded = match op {
+        code::HELLO => {
+            let version = r.u16("version")?;
+            let token = if r.flag("has_token")? {
+                Some(r.string("token")?)
+            } else {
+                None
+            };
+            let client = r.string("client")?;
+            Op::Hello {
+                version,
+                token,
+                client,
+            }
+        }
+        code::WELCOME => Op::Welcome {
+            version: r.u16("version")?,
+            server: r.string("server")?,
+        },
+        code::PUBLISH => {
+            let request = r.u64("request")?;
+            let topic = r.string("topic")?;
+            let n = usize::from(r.u16("header_count")?);
+            let headers = r.pairs(n, "header")?;
+            let payload = r.blob("payload")?;
+            Op::Publish {
+                request,
+                topic,
+                headers,
+                payload,
+            }
+        }
+        code::CONFIRM => Op::Confirm {
+            request: r.u64("request")?,
+            message: r.u64("message")?,
+        },
+        code::SUBSCRIBE => Op::Subscribe {
+            sub: r.u64("sub")?,
+            pattern: r.string("pattern")?,
+            options: r.options()?,
+        },
+        code::SUBSCRIBED => Op::Subscribed { sub: r.u64("sub")? },
+        code::UNSUBSCRIBE => Op::Unsubscribe { sub: r.u64("sub")? },
+        code::DELIVER => {
+            let sub = r.u64("sub")?;
+            let message = r.u64("message")?;
+            let attempt = r.u32("attempt")?;
+            let published_us = r.u64("published_us")?;
+            let topic = r.string("topic")?;
+            let n = usize::from(r.u16("header_count")?);
+            let headers = r.pairs(n, "header")?;
+            let payload = r.blob("payload")?;
+            Op::Deliver {
+                sub,
+                message,
+                attempt,
+                published_us,
+                topic,
+                headers,
+                payload,
+            }
+        }
+        code::ACK => Op::Ack {
+            sub: r.u64("sub")?,
+            message: r.u64("message")?,
+        },
+        code::NACK => Op::Nack {
+            sub: r.u64("sub")?,
+            message: r.u64("message")?,
+            requeue: r.flag("requeue")?,
+        },
+        code::PING => Op::Ping {
+            nonce: r.u64("nonce")?,
+        },
+        code::PONG => Op::Pong {
+            nonce: r.u64("nonce")?,
+        },
+        code::STATS => Op::Stats {
+            request: r.u64("request")?,
+        },
+        code::STATS_REPLY => {
+            let request = r.u64("request")?;
+            let n = usize::try_from(r.u32("row_count")?).unwrap_or(usize::MAX);
+            let rows = r.pairs(n, "row")?;
+            Op::StatsReply { request, rows }
+        }
+        _ => {
+            let request = r.u64("request")?;
+            let code = ErrorCode::from_u16(r.u16("code")?);
+            let text = r.string("text")?;
+            Op::Error {
+                request,
+                code,
+                text,
+            }
+        }
+    };
+    r.finish(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn samples() -> Vec<Op> {
+        let opts = SubscribeOptions::group("workers")
+            .manual_ack()
+            .with_ack_wait(Duration::from_millis(1500))
+            .with_max_attempts(3)
+            .with_max_in_flight(10)
+            .with_backoff(Backoff::fixed(Duration::from_millis(20)))
+            .with_dead_letter_topic("dead.jobs");
+        vec![
+            Op::Hello {
+                version: VERSION,
+                token: Some("s3cret".into()),
+                client: "test".into(),
+            },
+            Op::Hello {
+                version: 9,
+                token: None,
+                client: String::new(),
+            },
+            Op::Welcome {
+                version: VERSION,
+                server: "srv".into(),
+            },
+            Op::Publish {
+                request: 5,
+                topic: "a.b".into(),
+                headers: vec![("k".into(), "v".into()), ("é".into(), String::new())],
+                payload: Bytes::from_static(b"hello"),
+            },
+            Op::Confirm {
+                request: 5,
+                message: 77,
+            },
+            Op::Subscribe {
+                sub: 3,
+                pattern: "a.>".into(),
+                options: opts,
+            },
+            Op::Subscribe {
+                sub: 4,
+                pattern: "x".into(),
+                options: SubscribeOptions::default(),
+            },
+            Op::Subscribed { sub: 3 },
+            Op::Unsubscribe { sub: 3 },
+            Op::Deliver {
+                sub: 3,
+                message: 77,
+                attempt: 2,
+                published_us: 1_700_000_000_000_000,
+                topic: "a.b".into(),
+                headers: vec![("k".into(), "v".into())],
+                payload: Bytes::from_static(b"\0\x01\x02"),
+            },
+            Op::Ack {
+                sub: 3,
+                message: 77,
+            },
+            Op::Nack {
+                sub: 3,
+                message: 77,
+                requeue: true,
+            },
+            Op::Ping { nonce: u64::MAX },
+            Op::Pong { nonce: 0 },
+            Op::Stats { request: 9 },
+            Op::StatsReply {
+                request: 9,
+                rows: vec![("connections".into(), "2".into())],
+            },
+            Op::Error {
+                request: 0,
+                code: ErrorCode::SlowConsumer,
+                text: "outbound queue above 1024 bytes".into(),
+            },
+            Op::Error {
+                request: 1,
+                code: ErrorCode::Other(999),
+                text: String::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_op_round_trips() {
+        for op in samples() {
+            let bytes = op.to_bytes();
+            assert_eq!(decode(bytes), Ok(op.clone()), "{}", op.name());
+        }
+    }
+
+    #[test]
+    fn every_truncation_errors() {
+        for op in samples() {
+            let bytes = op.to_bytes();
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode(bytes.slice(..cut)).is_err(),
+                    "{} cut at {cut}",
+                    op.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_and_unknown_ops_are_errors() {
+        let mut buf = BytesMut::new();
+        encode(&Op::Ping { nonce: 1 }, &mut buf);
+        buf.put_u8(0);
+        assert_eq!(
+            decode(buf.freeze()),
+            Err(ProtocolError::TrailingBytes {
+                op: "PING",
+                extra: 1
+            })
+        );
+        assert_eq!(
+            decode(Bytes::from_static(&[200])),
+            Err(ProtocolError::UnknownOp(200))
+        );
+        assert_eq!(decode(Bytes::new()), Err(ProtocolError::Empty));
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        let mut buf = BytesMut::new();
+        buf.put_u8(code::WELCOME);
+        buf.put_u16(1);
+        buf.put_u32(2);
+        buf.put_slice(&[0xff, 0xfe]);
+        assert!(matches!(
+            decode(buf.freeze()),
+            Err(ProtocolError::InvalidUtf8 { .. })
+        ));
+    }
+
+    #[test]
+    fn payload_is_sliced_without_copy() {
+        let op = Op::Publish {
+            request: 0,
+            topic: "t".into(),
+            headers: Vec::new(),
+            payload: Bytes::from(vec![7u8; 64]),
+        };
+        let frame = op.to_bytes();
+        let range = frame.as_ptr_range();
+        let Ok(Op::Publish { payload, .. }) = decode(frame.clone()) else {
+            panic!("decode failed");
+        };
+        assert!(range.contains(&payload.as_ptr()));
+    }
+}
