@@ -36,6 +36,8 @@ struct Signals {
     received: flume::Sender<Bytes>,
     room: flume::Sender<()>,
     closed: Arc<Mutex<Option<CloseInfo>>>,
+    /// Never sent on: it disconnects when the listener is dropped after `closed`.
+    _done: flume::Sender<()>,
 }
 
 impl QueueListener for Signals {
@@ -66,6 +68,7 @@ pub struct BlockingQueue {
     received: flume::Receiver<Bytes>,
     room: flume::Receiver<()>,
     closed: Arc<Mutex<Option<CloseInfo>>>,
+    done: flume::Receiver<()>,
 }
 
 impl BlockingQueue {
@@ -77,16 +80,19 @@ impl BlockingQueue {
         let (received_tx, received) = flume::unbounded();
         let (room_tx, room) = flume::bounded(1);
         let closed = Arc::new(Mutex::new(None));
+        let (done_tx, done) = flume::bounded(1);
         queue.set_listener(Signals {
             received: received_tx,
             room: room_tx,
             closed: closed.clone(),
+            _done: done_tx,
         })?;
         Ok(BlockingQueue {
             queue,
             received,
             room,
             closed,
+            done,
         })
     }
 
@@ -147,27 +153,15 @@ impl BlockingQueue {
 
     /// Waits up to `timeout` for the queue to be closed on both sides; returns why it closed.
     pub fn wait_closed(&self, timeout: Duration) -> Option<CloseInfo> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(info) = lock(&self.closed).take() {
-                return Some(info);
-            }
-            // The channel disconnects when `closed` ran (the listener and its senders dropped).
-            match self.received.recv_deadline(deadline) {
-                Ok(_) | Err(flume::RecvTimeoutError::Disconnected) => {
-                    if let Some(info) = lock(&self.closed).take() {
-                        return Some(info);
-                    }
-                    if Instant::now() >= deadline {
-                        return None;
-                    }
-                    if self.received.is_disconnected() {
-                        return lock(&self.closed).take();
-                    }
-                }
-                Err(flume::RecvTimeoutError::Timeout) => return None,
-            }
+        // Bug fix: this used to wait on the channel of received messages and threw away every
+        // message that came while it waited, so messages received before the close were lost
+        // (though `close` promises they can still be taken). It now waits on a channel of its
+        // own, which disconnects when the listener is dropped after `closed`.
+        if let Some(info) = lock(&self.closed).take() {
+            return Some(info);
         }
+        let _ = self.done.recv_timeout(timeout);
+        lock(&self.closed).take()
     }
 
     /// The queue underneath.

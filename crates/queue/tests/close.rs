@@ -61,7 +61,11 @@ fn everything_sent_before_close_arrives_before_the_peers_closed() {
     assert_eq!(got, (0..N).collect::<Vec<_>>());
     assert!(matches!(server_seen.closed.reason, CloseReason::PeerClosed));
     let client_seen = until_closed(&client_rx, "client");
-    assert_eq!(client_seen.sent.len() as u64, N, "every message handed back");
+    assert_eq!(
+        client_seen.sent.len() as u64,
+        N,
+        "every message handed back"
+    );
     assert!(client_seen.closed.unsent.is_empty());
 }
 
@@ -71,9 +75,12 @@ fn send_after_close_hands_the_message_back() {
     let (client, server) = pair(&broker);
     let (client_l, client_rx) = Forward::new();
     client.set_listener(client_l).unwrap();
-    server.set_listener(support::Echo).unwrap();
+    server.set_listener(support::Echo::new()).unwrap();
     assert!(client.close());
-    assert!(!client.close(), "a second close reports it was already closing");
+    assert!(
+        !client.close(),
+        "a second close reports it was already closing"
+    );
     match client.send("too late") {
         Err(SendError::Closed(msg)) => assert_eq!(msg, "too late"),
         other => panic!("expected Closed, got {other:?}"),

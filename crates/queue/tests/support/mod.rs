@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mixbus_queue::task::Bytes;
 use mixbus_queue::task::pump::EventPump;
-use mixbus_queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener};
+use mixbus_queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 
 /// How long any test waits for something that should happen soon.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
@@ -60,7 +60,9 @@ pub(crate) fn bind_channel(broker: &QueueBroker) -> (SocketAddr, flume::Receiver
 pub(crate) fn echo_server(broker: &QueueBroker) -> SocketAddr {
     broker
         .bind(any_port(), |queue: MessageQueue| {
-            queue.set_listener(Echo).expect("set the echo listener");
+            queue
+                .set_listener(Echo::new())
+                .expect("set the echo listener");
         })
         .expect("bind")
 }
@@ -85,13 +87,42 @@ pub(crate) fn pair(broker: &QueueBroker) -> (MessageQueue, MessageQueue) {
     (client, server)
 }
 
-/// Echoes every message back (the messages are small: a full queue would drop the echo).
-#[derive(Debug)]
-pub(crate) struct Echo;
+/// Echoes every message back, in order; what a full queue refuses waits in a backlog until
+/// `writable`.
+#[derive(Debug, Default)]
+pub(crate) struct Echo {
+    backlog: std::collections::VecDeque<Bytes>,
+}
+
+impl Echo {
+    pub(crate) fn new() -> Echo {
+        Echo::default()
+    }
+
+    fn flush(&mut self, queue: &MessageQueue) {
+        while let Some(msg) = self.backlog.pop_front() {
+            match queue.send(msg) {
+                Ok(()) => {}
+                Err(SendError::Full { msg, .. }) => {
+                    self.backlog.push_front(msg);
+                    return;
+                }
+                // The queue is closing: the echo is moot.
+                Err(SendError::Closed(_)) => return self.backlog.clear(),
+                Err(err) => panic!("echo send: {err}"),
+            }
+        }
+    }
+}
 
 impl QueueListener for Echo {
     fn received(&mut self, queue: &MessageQueue, msg: Bytes) {
-        queue.send(msg).expect("echo send");
+        self.backlog.push_back(msg);
+        self.flush(queue);
+    }
+
+    fn writable(&mut self, queue: &MessageQueue) {
+        self.flush(queue);
     }
 }
 
@@ -275,7 +306,8 @@ fn word(stream: u64, index: u64) -> u64 {
 
 /// The index a payload of 8 bytes or more carries.
 pub(crate) fn index_of(msg: &[u8]) -> Option<u64> {
-    msg.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    msg.get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
 /// Whether `msg` is exactly message `index` of `stream`, `len` bytes long (every byte checked).
