@@ -17,6 +17,9 @@ use crate::task::{Context, Next, OnceTask, Task, Wake};
 use crate::timer::{TimerHandle, TimerKind, Timers};
 use crate::{Error, PostError, Result};
 
+/// While tasks are runnable, the longest the pump goes without looking for I/O readiness.
+const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(100);
+
 /// The token of the pump's own waker; sources get tokens from 1 up.
 const WAKER_TOKEN: Token = Token(0);
 
@@ -482,6 +485,7 @@ impl EventPump {
             parked: HashMap::new(),
             generation: 0,
             stop_deadline: None,
+            last_poll: Instant::now(),
         };
         let name = config.name.clone();
         let thread = thread::Builder::new()
@@ -631,6 +635,8 @@ struct Loop {
     parked: HashMap<usize, Parked>,
     generation: u64,
     stop_deadline: Option<Instant>,
+    /// When the loop last asked the poller for I/O events.
+    last_poll: Instant,
 }
 
 impl Loop {
@@ -652,7 +658,15 @@ impl Loop {
             }
             self.run_batch();
             self.publish_gauges();
-            self.poll_io();
+            // While tasks stay runnable, a zero-timeout poll after every batch would cost system
+            // calls per re-post; look for I/O at most every `BUSY_POLL_INTERVAL` instead.
+            if self.run_queue.is_empty()
+                || self.stop_deadline.is_some()
+                || self.last_poll.elapsed() >= BUSY_POLL_INTERVAL
+            {
+                self.poll_io();
+                self.last_poll = Instant::now();
+            }
         }
         self.finish()
     }
