@@ -1,0 +1,475 @@
+//! `mixbus bench`: throughput and latency of the bus, with every message checked on arrival.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mixbus::bus::{Broker, Bytes, Error as BusError, Handler, Message, SubscribeOptions};
+
+use crate::CliError;
+
+/// The smallest payload: 8 bytes of publisher and sequence number, 8 of send time.
+pub(crate) const MIN_SIZE: usize = 16;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Workload {
+    /// Publishers to broadcast subscribers; each subscriber must see every message in order.
+    Pubsub,
+    /// One publisher to several broadcast subscribers (use --subscribers).
+    Fanout,
+    /// A consumer group with manual acks: each message processed exactly once by one member.
+    Group,
+    /// Request/reply round trips, one outstanding at a time.
+    Reqrep,
+}
+
+/// The settings of one bench run.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) workload: Workload,
+    pub(crate) size: usize,
+    pub(crate) count: u64,
+    pub(crate) publishers: usize,
+    pub(crate) subscribers: usize,
+    pub(crate) progress: bool,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) backend: String,
+    pub(crate) workload: Workload,
+    pub(crate) size: usize,
+    pub(crate) published: u64,
+    pub(crate) delivered: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) verified: Result<String, String>,
+}
+
+impl Outcome {
+    pub(crate) fn msgs_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn mb_per_sec(&self) -> f64 {
+        self.msgs_per_sec() * self.size as f64 / 1e6
+    }
+
+    fn pct_us(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let verdict = match &self.verified {
+            Ok(text) => format!("verified: {text}"),
+            Err(text) => format!("NOT VERIFIED: {text}"),
+        };
+        format!(
+            "backend   workload  size   published  delivered  seconds  msgs/s        MB/s      p50 us   p99 us   p99.9 us\n\
+             {:<9} {:<9} {:<6} {:<10} {:<10} {:<8.3} {:<13.0} {:<9.1} {:<8.1} {:<8.1} {:.1}\n{verdict}",
+            self.backend,
+            format!("{:?}", self.workload).to_lowercase(),
+            self.size,
+            self.published,
+            self.delivered,
+            self.elapsed.as_secs_f64(),
+            self.msgs_per_sec(),
+            self.mb_per_sec(),
+            self.pct_us(0.50),
+            self.pct_us(0.99),
+            self.pct_us(0.999),
+        )
+    }
+
+    pub(crate) fn json(&self) -> String {
+        let (ok, text) = match &self.verified {
+            Ok(t) => (true, t.as_str()),
+            Err(t) => (false, t.as_str()),
+        };
+        format!(
+            "{{\"backend\":\"{}\",\"workload\":\"{}\",\"size\":{},\"published\":{},\"delivered\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"verified\":{},\"verdict\":\"{}\"}}",
+            self.backend,
+            format!("{:?}", self.workload).to_lowercase(),
+            self.size,
+            self.published,
+            self.delivered,
+            self.elapsed.as_secs_f64(),
+            self.msgs_per_sec(),
+            self.mb_per_sec(),
+            self.pct_us(0.50),
+            self.pct_us(0.99),
+            self.pct_us(0.999),
+            ok,
+            text.replace('"', "'"),
+        )
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds are valid")
+}
+
+/// One subscriber's view: what it saw, checked as it arrives.
+struct Seen {
+    received: u64,
+    /// Next expected sequence number per publisher (ordered workloads only).
+    next: Vec<u64>,
+    out_of_order: u64,
+    latency: Histogram<u64>,
+}
+
+/// For a consumer group: which (publisher, seq) were processed, to prove exactly once.
+struct Once {
+    bits: Vec<Vec<u64>>,
+    duplicates: u64,
+}
+
+fn encode(buf: &mut [u8], publisher: usize, seq: u64, origin: Instant) {
+    let id = ((publisher as u64) << 48) | seq;
+    buf[..8].copy_from_slice(&id.to_be_bytes());
+    let now = origin.elapsed().as_nanos() as u64;
+    buf[8..16].copy_from_slice(&now.to_be_bytes());
+}
+
+fn decode(payload: &[u8]) -> Option<(usize, u64, u64)> {
+    let id = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let sent = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some(((id >> 48) as usize, id & ((1 << 48) - 1), sent))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Publishes, retrying while a bounded queue is full (backpressure, not loss).
+fn publish_retrying(broker: &dyn Broker, mut msg: Message) -> Result<(), BusError> {
+    loop {
+        match broker.publish(msg) {
+            Ok(_) => return Ok(()),
+            Err(BusError::QueueFull { message, .. }) => {
+                msg = *message;
+                thread::yield_now();
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Runs `plan` against `broker`, which must be fresh (no other subscriptions on `bench.>`).
+pub(crate) fn run(
+    broker: Arc<dyn Broker>,
+    backend: &str,
+    plan: &Plan,
+) -> Result<Outcome, CliError> {
+    if plan.workload == Workload::Reqrep {
+        return run_reqrep(broker, backend, plan);
+    }
+    let size = plan.size.max(MIN_SIZE);
+    let publishers = if plan.workload == Workload::Fanout {
+        1
+    } else {
+        plan.publishers.max(1)
+    };
+    let subscribers = plan.subscribers.max(1);
+    let total = plan.count;
+    let per_publisher: Vec<u64> = (0..publishers)
+        .map(|p| total / publishers as u64 + u64::from((p as u64) < total % publishers as u64))
+        .collect();
+    let origin = Instant::now();
+    let group = plan.workload == Workload::Group;
+    let expected_deliveries = if group {
+        total
+    } else {
+        total * subscribers as u64
+    };
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..subscribers)
+        .map(|_| {
+            Arc::new(Mutex::new(Seen {
+                received: 0,
+                next: vec![0; publishers],
+                out_of_order: 0,
+                latency: histogram(),
+            }))
+        })
+        .collect();
+    let once = Arc::new(Mutex::new(Once {
+        bits: per_publisher
+            .iter()
+            .map(|&n| vec![0u64; (n as usize).div_ceil(64)])
+            .collect(),
+        duplicates: 0,
+    }));
+    let weak: Weak<dyn Broker> = Arc::downgrade(&broker);
+    let mut subs = Vec::new();
+    for s in 0..subscribers {
+        let seen = seen[s].clone();
+        let once = once.clone();
+        let delivered = delivered.clone();
+        let weak = weak.clone();
+        let options = if group {
+            SubscribeOptions::group("bench").manual_ack()
+        } else {
+            SubscribeOptions::broadcast()
+        };
+        let handler = Handler::new(move |msg: &Message| {
+            let now = origin.elapsed().as_nanos() as u64;
+            let (publisher, seq, sent) = decode(msg.payload()).ok_or("short bench payload")?;
+            {
+                let mut seen = lock(&seen);
+                seen.received += 1;
+                let _ = seen.latency.record(now.saturating_sub(sent).max(1));
+                if group {
+                    let mut once = lock(&once);
+                    let once = &mut *once;
+                    let word = once
+                        .bits
+                        .get_mut(publisher)
+                        .and_then(|words| words.get_mut((seq / 64) as usize))
+                        .ok_or("bench payload out of range")?;
+                    let bit = 1u64 << (seq % 64);
+                    if *word & bit != 0 {
+                        once.duplicates += 1;
+                    }
+                    *word |= bit;
+                } else if seen.next.get(publisher) == Some(&seq) {
+                    seen.next[publisher] += 1;
+                } else {
+                    seen.out_of_order += 1;
+                }
+            }
+            if group && let (Some(broker), Some(delivery)) = (weak.upgrade(), msg.delivery_id()) {
+                broker.ack(delivery)?;
+            }
+            delivered.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        subs.push(broker.subscribe("bench.data", options, handler)?);
+    }
+
+    let stop_progress = Arc::new(AtomicBool::new(false));
+    let progress = plan.progress.then(|| {
+        let delivered = delivered.clone();
+        let stop = stop_progress.clone();
+        thread::spawn(move || show_progress(&delivered, expected_deliveries, &stop))
+    });
+
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for (p, &n) in per_publisher.iter().enumerate() {
+        let broker = broker.clone();
+        threads.push(thread::spawn(move || -> Result<(), BusError> {
+            let mut buf = vec![0u8; size];
+            for seq in 0..n {
+                encode(&mut buf, p, seq, origin);
+                publish_retrying(
+                    &*broker,
+                    Message::new("bench.data", Bytes::copy_from_slice(&buf)),
+                )?;
+            }
+            Ok(())
+        }));
+    }
+    for t in threads {
+        t.join()
+            .map_err(|_| CliError::msg("a publisher thread panicked"))??;
+    }
+    // Wait for every delivery, bounded: no progress for 10 s means something was lost.
+    let mut last = (0, Instant::now());
+    while delivered.load(Ordering::Relaxed) < expected_deliveries {
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed();
+    stop_progress.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    drop(subs);
+
+    let mut latency = histogram();
+    let mut problems = Vec::new();
+    let mut got = 0;
+    for (i, s) in seen.iter().enumerate() {
+        let s = lock(s);
+        got += s.received;
+        let _ = latency.add(&s.latency);
+        if !group {
+            if s.received != total {
+                problems.push(format!("subscriber {i} received {} of {total}", s.received));
+            }
+            if s.out_of_order > 0 {
+                problems.push(format!(
+                    "subscriber {i} saw {} messages out of order",
+                    s.out_of_order
+                ));
+            }
+        }
+    }
+    if group {
+        let once = lock(&once);
+        let processed: u64 = once
+            .bits
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum();
+        if once.duplicates > 0 {
+            problems.push(format!("{} messages processed twice", once.duplicates));
+        }
+        if processed != total {
+            problems.push(format!("{processed} of {total} messages processed"));
+        }
+    }
+    let verified = if problems.is_empty() {
+        Ok(if group {
+            format!("all {total} messages processed exactly once across {subscribers} members")
+        } else {
+            format!(
+                "each of {subscribers} subscribers got all {total} messages, once, in publish order"
+            )
+        })
+    } else {
+        Err(problems.join("; "))
+    };
+    Ok(Outcome {
+        backend: backend.to_owned(),
+        workload: plan.workload,
+        size,
+        published: total,
+        delivered: got,
+        elapsed,
+        latency,
+        verified,
+    })
+}
+
+fn run_reqrep(broker: Arc<dyn Broker>, backend: &str, plan: &Plan) -> Result<Outcome, CliError> {
+    let size = plan.size.max(MIN_SIZE);
+    let origin = Instant::now();
+    let weak: Weak<dyn Broker> = Arc::downgrade(&broker);
+    // The responder answers each request on the reply topic with the same payload.
+    let responder = broker.subscribe(
+        "bench.req",
+        SubscribeOptions::group("responders"),
+        Handler::new(move |msg: &Message| {
+            if let Some(broker) = weak.upgrade() {
+                publish_retrying(&*broker, Message::new("bench.rep", msg.payload().clone()))?;
+            }
+            Ok(())
+        }),
+    )?;
+    let (tx, rx) = flume::unbounded::<Bytes>();
+    let replies = broker.subscribe(
+        "bench.rep",
+        SubscribeOptions::broadcast(),
+        Handler::new(move |msg: &Message| {
+            let _ = tx.send(msg.payload().clone());
+            Ok(())
+        }),
+    )?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = plan.progress.then(|| {
+        let delivered = delivered.clone();
+        let stop = stop.clone();
+        let count = plan.count;
+        thread::spawn(move || show_progress(&delivered, count, &stop))
+    });
+    let mut latency = histogram();
+    let mut buf = vec![0u8; size];
+    let mut problems = Vec::new();
+    let start = Instant::now();
+    for seq in 0..plan.count {
+        encode(&mut buf, 0, seq, origin);
+        let sent = Instant::now();
+        publish_retrying(
+            &*broker,
+            Message::new("bench.req", Bytes::copy_from_slice(&buf)),
+        )?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(reply) => {
+                let _ = latency.record((sent.elapsed().as_nanos() as u64).max(1));
+                if decode(&reply).map(|(_, s, _)| s) != Some(seq) {
+                    problems.push(format!("reply {seq} carried the wrong sequence number"));
+                    break;
+                }
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                problems.push(format!("no reply to request {seq} within 10 s"));
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    drop((responder, replies));
+    let got = delivered.load(Ordering::Relaxed);
+    Ok(Outcome {
+        backend: backend.to_owned(),
+        workload: Workload::Reqrep,
+        size,
+        published: plan.count,
+        delivered: got,
+        elapsed,
+        latency,
+        verified: if problems.is_empty() {
+            Ok(format!(
+                "all {got} replies arrived, each matching its request"
+            ))
+        } else {
+            Err(problems.join("; "))
+        },
+    })
+}
+
+fn show_progress(done: &AtomicU64, total: u64, stop: &AtomicBool) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    };
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(20));
+        if last_print.elapsed() < every {
+            continue;
+        }
+        last_print = Instant::now();
+        let n = done.load(Ordering::Relaxed);
+        let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let pct = if total == 0 {
+            100.0
+        } else {
+            n as f64 * 100.0 / total as f64
+        };
+        let line = format!("  {n}/{total} delivered ({pct:.0}%), {rate:.0} msgs/s");
+        let mut err = std::io::stderr().lock();
+        let _ = if tty {
+            write!(err, "\r{line}   ")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+    }
+    if tty {
+        let _ = writeln!(std::io::stderr());
+    }
+}

@@ -1,0 +1,60 @@
+//! End-to-end: the real `mixbus` binary runs `bench` on small counts and reports a verified result.
+
+use std::process::Command;
+
+fn mixbus(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mixbus"))
+        .args(args)
+        .output()
+        .expect("the mixbus binary runs")
+}
+
+#[test]
+fn smoke() {
+    let out = mixbus(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("bench"), "{help}");
+}
+
+#[test]
+fn bench_small_count_is_verified_for_every_workload() {
+    for workload in ["pubsub", "fanout", "group", "reqrep"] {
+        let out = mixbus(&[
+            "bench",
+            "--memory",
+            "--workload",
+            workload,
+            "--count",
+            "2000",
+            "--subscribers",
+            "2",
+            "--quiet",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{workload}: {stdout}{stderr}");
+        assert!(stdout.contains("verified:"), "{workload}: {stdout}");
+        assert!(!stdout.contains("NOT VERIFIED"), "{workload}: {stdout}");
+    }
+}
+
+#[test]
+fn bench_json_is_one_object() {
+    let out = mixbus(&["bench", "--memory", "--count", "1000", "--json"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.trim();
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"verified\":true"), "{line}");
+    assert!(line.contains("\"delivered\":1000"), "{line}");
+}
+
+#[test]
+fn a_bad_flag_is_one_clear_line_and_a_non_zero_exit() {
+    let out = mixbus(&["bench", "--workload", "nonsense"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nonsense"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
