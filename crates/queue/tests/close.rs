@@ -148,7 +148,7 @@ fn both_sides_closing_at_once_finish_on_both_sides() {
             closer.join().unwrap();
         }
         for (rx, who, peer_stream) in [(&client_rx, "client", 1u64), (&server_rx, "server", 0)] {
-            let seen = until_closed(&rx, &format!("{who} in round {round}"));
+            let seen = until_closed(rx, &format!("{who} in round {round}"));
             assert_eq!(seen.received.len(), 3, "{who} in round {round}");
             for (i, msg) in seen.received.iter().enumerate() {
                 assert!(support::is_payload(peer_stream, i as u64, 16, msg));

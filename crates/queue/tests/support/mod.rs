@@ -321,10 +321,8 @@ pub(crate) fn is_payload(stream: u64, index: u64, len: usize, msg: &[u8]) -> boo
     let mut x = word(stream, index);
     for (i, chunk) in msg.chunks(8).enumerate() {
         let want = x.to_le_bytes();
-        if i > 0 || len < 8 {
-            if chunk != &want[..chunk.len()] {
-                return false;
-            }
+        if (i > 0 || len < 8) && chunk != &want[..chunk.len()] {
+            return false;
         }
         x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     }
