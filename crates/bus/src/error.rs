@@ -38,6 +38,43 @@ pub enum Error {
     /// Subscription options that cannot work together.
     #[error("invalid subscribe options: {0}")]
     InvalidOptions(&'static str),
+    /// A server was asked to listen on a non-loopback address without a token.
+    #[error("listening on {addr} (not loopback) requires a token")]
+    TokenRequired {
+        /// The refused address.
+        addr: std::net::SocketAddr,
+    },
+    /// The queue layer failed (bind, connect, set-up).
+    #[error(transparent)]
+    Queue(#[from] crate::queue::Error),
+    /// The event pump could not start or has stopped.
+    #[error(transparent)]
+    Pump(#[from] crate::queue::task::pump::Error),
+    /// The connection to the server is down and did not come back within the wait.
+    #[error("disconnected from the server (waited {waited:?} for a reconnection)")]
+    Disconnected {
+        /// How long the call waited for the connection.
+        waited: std::time::Duration,
+    },
+    /// The server did not answer within the wait.
+    #[error("no answer from the server to {what} within {after:?}")]
+    Timeout {
+        /// The request that went unanswered.
+        what: &'static str,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
+    /// The server refused a request or the handshake.
+    #[error("server refused: {code}: {text}")]
+    Refused {
+        /// The server's error code.
+        code: crate::protocol::ErrorCode,
+        /// The server's explanation.
+        text: String,
+    },
+    /// The server sent something this client cannot understand.
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
     /// A dispatch or timer thread could not be started.
     #[error("could not spawn thread {name}")]
     Spawn {

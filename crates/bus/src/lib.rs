@@ -60,6 +60,8 @@ mod memory;
 mod message;
 mod options;
 pub mod protocol;
+mod remote;
+mod server;
 mod stats;
 mod topic;
 
@@ -76,5 +78,7 @@ pub use listener::{BrokerListener, DropReason, SubscriptionInfo};
 pub use memory::{InMemoryBroker, InMemoryConfig};
 pub use message::{DeliveryId, Message, MessageId, SubscriptionId};
 pub use options::{AckMode, Backoff, DeliveryMode, SubscribeOptions};
+pub use remote::{RemoteBroker, RemoteConfig};
+pub use server::{BusServer, ServerConfig, ServerStats};
 pub use stats::{QueueStats, StatsCollector, StatsSnapshot, TopicStats};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};

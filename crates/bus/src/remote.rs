@@ -1,0 +1,984 @@
+//! [`RemoteBroker`]: the [`Broker`] trait over a connection to a [`BusServer`](crate::BusServer),
+//! with reconnection and re-subscription.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
+use crate::error::{Error, Result};
+use crate::listener::{BrokerListener, Listeners, SubscriptionInfo};
+use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
+use crate::options::{AckMode, SubscribeOptions};
+use crate::protocol::{self, ErrorCode, Op, VERSION};
+use crate::queue::task::pump::{EventPump, PumpConfig};
+use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
+use crate::topic::{Pattern, validate_topic};
+
+/// How a [`RemoteBroker`] is set up: plain data with defaults, changed with the `with_*` methods.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// The token sent in HELLO (default none).
+    pub token: Option<String>,
+    /// The client's name, sent in HELLO for the server's logs (default `mixbus-client`).
+    pub name: String,
+    /// Whether `publish` waits for the server's CONFIRM and returns its message id (default
+    /// true). Without, `publish` returns once the frame is queued, with message id 0.
+    pub confirm: bool,
+    /// How long `publish` waits for a confirm, and for a reconnection while the connection is
+    /// down (default 5 s).
+    pub publish_timeout: Duration,
+    /// How long `subscribe`, `stats` and `ping` wait for the answer (default 5 s).
+    pub request_timeout: Duration,
+    /// How long `connect` keeps trying the first connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// First delay between reconnection attempts (default 10 ms), doubled up to
+    /// `reconnect_backoff_max` (default 500 ms).
+    pub reconnect_backoff: Duration,
+    /// The longest delay between reconnection attempts.
+    pub reconnect_backoff_max: Duration,
+    /// The largest frame accepted from the server (default 16 MiB).
+    pub max_frame_len: usize,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            name: "mixbus-client".to_owned(),
+            confirm: true,
+            publish_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_backoff: Duration::from_millis(10),
+            reconnect_backoff_max: Duration::from_millis(500),
+            max_frame_len: 16 << 20,
+        }
+    }
+}
+
+impl RemoteConfig {
+    /// Sets the token sent in HELLO.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the client's name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets whether `publish` waits for the server's confirm.
+    #[must_use]
+    pub fn with_confirm(mut self, confirm: bool) -> Self {
+        self.confirm = confirm;
+        self
+    }
+
+    /// Sets the publish timeout.
+    #[must_use]
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets the request timeout.
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the first connection's timeout.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the reconnection back-off.
+    #[must_use]
+    pub fn with_reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = initial;
+        self.reconnect_backoff_max = max.max(initial);
+        self
+    }
+
+    /// Sets the largest frame accepted from the server.
+    #[must_use]
+    pub fn with_max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An answer to a request, routed by request id.
+enum Reply {
+    Confirm(u64),
+    Subscribed,
+    Stats(Vec<(String, String)>),
+    Pong,
+    Refused(ErrorCode, String),
+    Disconnected,
+}
+
+/// One subscription as the client keeps it, to dispatch and to re-subscribe.
+struct RemoteSub {
+    id: u64,
+    pattern: String,
+    options: SubscribeOptions,
+    info: SubscriptionInfo,
+    tx: Mutex<Option<flume::Sender<Message>>>,
+    active: AtomicBool,
+}
+
+#[derive(Default)]
+struct Link {
+    queue: Option<MessageQueue>,
+    generation: u64,
+    closed: bool,
+    reconnecting: bool,
+    /// A connection that closed before it was installed.
+    lost_generation: u64,
+}
+
+struct Client {
+    config: RemoteConfig,
+    addr: SocketAddr,
+    queues: QueueBroker,
+    link: Mutex<Link>,
+    changed: Condvar,
+    pending: Mutex<HashMap<u64, flume::Sender<Reply>>>,
+    subs: Mutex<HashMap<u64, Arc<RemoteSub>>>,
+    next_id: AtomicU64,
+    listeners: Listeners,
+    /// Manual deliveries handed to handlers and not yet acked or nacked.
+    unacked: Mutex<HashSet<DeliveryId>>,
+    delivered: AtomicU64,
+    queued: AtomicU64,
+    running: AtomicU64,
+}
+
+impl Client {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The live queue, waiting up to `wait` for a reconnection.
+    fn queue(&self, wait: Duration) -> Result<MessageQueue> {
+        let deadline = Instant::now() + wait;
+        let mut link = lock(&self.link);
+        loop {
+            if link.closed {
+                return Err(Error::Closed);
+            }
+            if let Some(q) = &link.queue {
+                return Ok(q.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Disconnected { waited: wait });
+            }
+            link = self
+                .changed
+                .wait_timeout(link, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends a frame, waiting (bounded by `deadline`) for room when the outbound queue is full.
+    fn send_frame(&self, queue: &MessageQueue, mut frame: Bytes, deadline: Instant) -> Result<()> {
+        loop {
+            match queue.send(frame) {
+                Ok(()) => return Ok(()),
+                Err(SendError::Full { msg, .. }) => {
+                    frame = msg;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::Timeout {
+                            what: "room in the outbound queue",
+                            after: self.config.publish_timeout,
+                        });
+                    }
+                    // `writable` notifies the condvar when room comes back.
+                    let link = lock(&self.link);
+                    let wait = (deadline - now).min(Duration::from_millis(10));
+                    drop(self.changed.wait_timeout(link, wait));
+                }
+                Err(SendError::Closed(_)) => {
+                    return Err(Error::Disconnected {
+                        waited: Duration::ZERO,
+                    });
+                }
+                Err(err) => {
+                    return Err(Error::Refused {
+                        code: ErrorCode::FrameTooLarge,
+                        text: err.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends a request on `queue` and waits for its answer.
+    fn request(
+        &self,
+        queue: &MessageQueue,
+        id: u64,
+        op: &Op,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Reply> {
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = flume::bounded(1);
+        lock(&self.pending).insert(id, tx);
+        if let Err(err) = self.send_frame(queue, op.to_bytes(), deadline) {
+            lock(&self.pending).remove(&id);
+            return Err(err);
+        }
+        let reply = rx.recv_deadline(deadline);
+        lock(&self.pending).remove(&id);
+        match reply {
+            Ok(Reply::Disconnected) | Err(flume::RecvTimeoutError::Disconnected) => {
+                Err(Error::Disconnected {
+                    waited: Duration::ZERO,
+                })
+            }
+            Ok(Reply::Refused(code, text)) => Err(Error::Refused { code, text }),
+            Ok(reply) => Ok(reply),
+            Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                what,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Sends a frame on the live queue without waiting for anything; false if disconnected.
+    fn send_now(&self, op: &Op) -> bool {
+        let queue = lock(&self.link).queue.clone();
+        match queue {
+            Some(q) => q.send(op.to_bytes()).is_ok(),
+            None => false,
+        }
+    }
+
+    fn subscribe_op(sub: &RemoteSub) -> Op {
+        Op::Subscribe {
+            sub: sub.id,
+            pattern: sub.pattern.clone(),
+            options: sub.options.clone(),
+        }
+    }
+
+    /// Opens a connection, does the handshake and re-subscribes every live subscription.
+    fn connect_once(self: &Arc<Self>) -> Result<MessageQueue> {
+        let queue = self.queues.connect_blocking(self.addr)?;
+        let generation = lock(&self.link).generation + 1;
+        let (hello_tx, hello_rx) = flume::bounded(1);
+        queue.set_listener(ClientListener {
+            client: Arc::downgrade(self),
+            generation,
+            hello: Some(hello_tx),
+        })?;
+        let timeout = self.config.request_timeout;
+        let hello = Op::Hello {
+            version: VERSION,
+            token: self.config.token.clone(),
+            client: self.config.name.clone(),
+        };
+        let fail = |err: Error| {
+            queue.close();
+            Err(err)
+        };
+        if let Err(err) = self.send_frame(&queue, hello.to_bytes(), Instant::now() + timeout) {
+            return fail(err);
+        }
+        match hello_rx.recv_timeout(timeout) {
+            Ok(Ok(())) => {}
+            Ok(Err((code, text))) => return fail(Error::Refused { code, text }),
+            Err(_) => {
+                return fail(Error::Timeout {
+                    what: "HELLO",
+                    after: timeout,
+                });
+            }
+        }
+        let subs: Vec<Arc<RemoteSub>> = lock(&self.subs).values().cloned().collect();
+        for sub in subs {
+            if let Err(err) = self.request(
+                &queue,
+                sub.id,
+                &Self::subscribe_op(&sub),
+                "SUBSCRIBE",
+                timeout,
+            ) {
+                tracing::warn!(sub.id = sub.id, pattern = %sub.pattern, error = %err, "re-subscribe failed");
+                if matches!(err, Error::Disconnected { .. } | Error::Timeout { .. }) {
+                    return fail(err);
+                }
+            }
+        }
+        let mut link = lock(&self.link);
+        if link.closed {
+            drop(link);
+            return fail(Error::Closed);
+        }
+        if link.lost_generation == generation {
+            drop(link);
+            return fail(Error::Disconnected {
+                waited: Duration::ZERO,
+            });
+        }
+        link.queue = Some(queue.clone());
+        link.generation = generation;
+        self.changed.notify_all();
+        tracing::debug!(addr = %self.addr, conn.id = queue.id(), "connected to bus server");
+        Ok(queue)
+    }
+
+    /// Called on the pump when the connection of `generation` closed.
+    fn lost(self: &Arc<Self>, generation: u64, reason: String) {
+        {
+            let mut link = lock(&self.link);
+            if generation > link.generation {
+                // Still in its handshake: `connect_once` sees this and fails.
+                link.lost_generation = generation;
+                return;
+            }
+            if link.generation != generation || link.queue.is_none() {
+                return;
+            }
+            link.queue = None;
+            self.changed.notify_all();
+            if link.closed || link.reconnecting {
+                return;
+            }
+            link.reconnecting = true;
+        }
+        for (_, tx) in lock(&self.pending).drain() {
+            let _ = tx.send(Reply::Disconnected);
+        }
+        tracing::warn!(addr = %self.addr, reason, "connection to bus server lost; reconnecting");
+        let client = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("mixbus-reconnect".into())
+            .spawn(move || client.reconnect_loop());
+        if let Err(err) = spawned {
+            tracing::error!(error = %err, "could not start the reconnect thread");
+            lock(&self.link).reconnecting = false;
+        }
+    }
+
+    fn reconnect_loop(self: Arc<Self>) {
+        let mut delay = self.config.reconnect_backoff;
+        loop {
+            {
+                // Wait out the back-off; close wakes us.
+                let link = lock(&self.link);
+                if link.closed {
+                    break;
+                }
+                let (link, _) = self
+                    .changed
+                    .wait_timeout_while(link, delay, |l| !l.closed)
+                    .unwrap_or_else(|p| p.into_inner());
+                if link.closed {
+                    break;
+                }
+            }
+            match self.connect_once() {
+                Ok(_) => {
+                    let mut link = lock(&self.link);
+                    if link.queue.is_some() || link.closed {
+                        link.reconnecting = false;
+                        return;
+                    }
+                    // Lost again before we got here: `lost` left the reconnecting to us.
+                }
+                Err(Error::Closed) => break,
+                Err(err) => {
+                    tracing::debug!(addr = %self.addr, error = %err, delay_ms = delay.as_millis() as u64, "reconnect failed");
+                    delay = (delay * 2).min(self.config.reconnect_backoff_max);
+                }
+            }
+        }
+        lock(&self.link).reconnecting = false;
+    }
+
+    fn deliver(&self, op: Op) {
+        let Op::Deliver {
+            sub,
+            message,
+            attempt,
+            published_us,
+            topic,
+            headers,
+            payload,
+        } = op
+        else {
+            return;
+        };
+        let Some(s) = lock(&self.subs).get(&sub).cloned() else {
+            tracing::debug!(
+                sub.id = sub,
+                msg.id = message,
+                "delivery for an ended subscription"
+            );
+            return;
+        };
+        let published = UNIX_EPOCH + Duration::from_micros(published_us);
+        let msg = Message::new(topic, payload)
+            .with_headers(headers)
+            .with_id(MessageId(message))
+            .with_published_at(published)
+            .with_attempt(attempt)
+            .with_delivery(DeliveryId {
+                subscription: SubscriptionId(sub),
+                message: MessageId(message),
+            });
+        let tx = lock(&s.tx).clone();
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if tx.is_none_or(|tx| tx.send(msg).is_err()) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn reply(&self, request: u64, reply: Reply) {
+        if let Some(tx) = lock(&self.pending).remove(&request) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Runs a subscription's handler on each delivery, on the subscription's own thread.
+    fn dispatch_loop(
+        self: Arc<Self>,
+        sub: Arc<RemoteSub>,
+        handler: Handler,
+        rx: flume::Receiver<Message>,
+    ) {
+        let manual = sub.options.ack_mode == AckMode::Manual;
+        while let Ok(msg) = rx.recv() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if !sub.active.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(delivery) = msg.delivery_id() else {
+                continue;
+            };
+            self.running.fetch_add(1, Ordering::AcqRel);
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            if manual {
+                lock(&self.unacked).insert(delivery);
+            }
+            let notifier = self.listeners.snapshot();
+            notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
+            let result = match catch_unwind(AssertUnwindSafe(|| handler.call(&msg))) {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("handler panicked".to_owned()),
+            };
+            let ack = match &result {
+                Ok(()) => {
+                    notifier.each("processed", |l| l.processed(&msg, &sub.info));
+                    (!manual).then_some(Op::Ack {
+                        sub: sub.id,
+                        message: delivery.message.0,
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        sub.id = sub.id,
+                        msg.id = delivery.message.0,
+                        attempt = msg.attempt(),
+                        error,
+                        "handler failed"
+                    );
+                    notifier.each("failed", |l| l.failed(&msg, &sub.info, error));
+                    if manual {
+                        lock(&self.unacked).remove(&delivery);
+                    }
+                    Some(Op::Nack {
+                        sub: sub.id,
+                        message: delivery.message.0,
+                        requeue: true,
+                    })
+                }
+            };
+            if let Some(op) = ack
+                && sub.active.load(Ordering::Acquire)
+            {
+                self.send_now(&op);
+            }
+            self.running.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn end_subscription(&self, id: u64) -> bool {
+        let Some(sub) = lock(&self.subs).remove(&id) else {
+            return false;
+        };
+        sub.active.store(false, Ordering::Release);
+        lock(&sub.tx).take();
+        self.send_now(&Op::Unsubscribe { sub: id });
+        lock(&self.unacked).retain(|d| d.subscription.0 != id);
+        self.listeners
+            .snapshot()
+            .each("unsubscribed", |l| l.unsubscribed(&sub.info));
+        tracing::debug!(sub.id = id, pattern = %sub.pattern, "unsubscribed");
+        true
+    }
+}
+
+/// The queue listener of the client's connection, on the client's pump.
+struct ClientListener {
+    client: Weak<Client>,
+    generation: u64,
+    hello: Option<flume::Sender<std::result::Result<(), (ErrorCode, String)>>>,
+}
+
+impl QueueListener for ClientListener {
+    fn received(&mut self, queue: &MessageQueue, msg: Bytes) {
+        let Some(client) = self.client.upgrade() else {
+            return;
+        };
+        let op = match protocol::decode(msg) {
+            Ok(op) => op,
+            Err(err) => {
+                tracing::warn!(conn.id = queue.id(), error = %err, "malformed frame from the server");
+                let _ = queue.send(
+                    Op::Error {
+                        request: 0,
+                        code: ErrorCode::Malformed,
+                        text: err.to_string(),
+                    }
+                    .to_bytes(),
+                );
+                queue.close();
+                return;
+            }
+        };
+        match op {
+            Op::Deliver { .. } => client.deliver(op),
+            Op::Confirm { request, message } => client.reply(request, Reply::Confirm(message)),
+            Op::Subscribed { sub } => client.reply(sub, Reply::Subscribed),
+            Op::Pong { nonce } => client.reply(nonce, Reply::Pong),
+            Op::Ping { nonce } => {
+                let _ = queue.send(Op::Pong { nonce }.to_bytes());
+            }
+            Op::StatsReply { request, rows } => client.reply(request, Reply::Stats(rows)),
+            Op::Welcome { .. } => {
+                if let Some(tx) = self.hello.take() {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Op::Error {
+                request: 0,
+                code,
+                text,
+            } => {
+                tracing::warn!(conn.id = queue.id(), %code, text, "server closes the connection");
+                if let Some(tx) = self.hello.take() {
+                    let _ = tx.send(Err((code, text)));
+                }
+            }
+            Op::Error {
+                request,
+                code,
+                text,
+            } => client.reply(request, Reply::Refused(code, text)),
+            other => {
+                tracing::debug!(
+                    conn.id = queue.id(),
+                    op = other.name(),
+                    "unexpected operation ignored"
+                )
+            }
+        }
+    }
+
+    fn writable(&mut self, _queue: &MessageQueue) {
+        if let Some(client) = self.client.upgrade() {
+            let _guard = lock(&client.link);
+            client.changed.notify_all();
+        }
+    }
+
+    fn closed(&mut self, _queue: &MessageQueue, info: CloseInfo) {
+        if let Some(tx) = self.hello.take() {
+            let _ = tx.send(Err((ErrorCode::Closed, info.reason.to_string())));
+        }
+        if let Some(client) = self.client.upgrade() {
+            client.lost(self.generation, info.reason.to_string());
+        }
+    }
+}
+
+/// A [`Broker`] whose bus lives in a [`BusServer`](crate::BusServer), reached over TCP.
+///
+/// Handlers run on the client, one thread per subscription (`mixbus-dispatch-N`), never on the
+/// pump; an auto-ack subscription acks after its handler returns `Ok` and nacks (with requeue)
+/// after an `Err` or a panic. If the connection drops, the client reconnects with back-off and
+/// re-subscribes every live subscription under the same ids; meanwhile `publish` waits up to
+/// [`RemoteConfig::publish_timeout`] for the connection and then fails with
+/// [`Error::Disconnected`]. Deliveries not acked before the drop come again from the server.
+///
+/// Listeners added here see the client's side: `published`, `dispatched`, `processed`,
+/// `failed`, `subscribed`, `unsubscribed`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mixbus_bus::{Broker, BusServer, Handler, Message, RemoteBroker, RemoteConfig, ServerConfig, SubscribeOptions};
+/// let server = BusServer::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::default())?;
+/// let client = RemoteBroker::connect(server.local_addr(), RemoteConfig::default())?;
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let tx = std::sync::Mutex::new(tx);
+/// let _sub = client.subscribe("jobs.*", SubscribeOptions::group("workers"), Handler::new(move |m| {
+///     tx.lock().unwrap().send(m.payload().clone())?;
+///     Ok(())
+/// }))?;
+/// client.publish(Message::new("jobs.resize", "image 1"))?;
+/// assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "image 1");
+/// client.close(Duration::from_secs(1));
+/// # Ok::<(), mixbus_bus::Error>(())
+/// ```
+pub struct RemoteBroker {
+    client: Arc<Client>,
+    pump: Mutex<Option<EventPump>>,
+    report: Mutex<Option<CloseReport>>,
+}
+
+impl RemoteBroker {
+    /// Connects to a server at `addr` and does the handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Queue`] when the connection cannot be made within
+    /// [`RemoteConfig::connect_timeout`], [`Error::Refused`] when the server refuses the
+    /// handshake (wrong token, version, connection limit), [`Error::Timeout`] when it does not
+    /// answer, [`Error::Pump`] when the client's pump cannot start.
+    pub fn connect(addr: SocketAddr, config: RemoteConfig) -> Result<RemoteBroker> {
+        let pump = EventPump::with_config(PumpConfig::default().with_workers(1))?;
+        let queue_config = QueueConfig::default()
+            .with_max_frame_len(config.max_frame_len)
+            .with_connect_timeout(config.connect_timeout)
+            .with_linger(Duration::from_millis(500));
+        let queues = QueueBroker::new(pump.handle(), queue_config);
+        let client = Arc::new(Client {
+            config,
+            addr,
+            queues,
+            link: Mutex::new(Link::default()),
+            changed: Condvar::new(),
+            pending: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            listeners: Listeners::default(),
+            unacked: Mutex::new(HashSet::new()),
+            delivered: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+        });
+        if let Err(err) = client.connect_once() {
+            lock(&client.link).closed = true;
+            pump.shutdown(Duration::from_millis(500));
+            return Err(err);
+        }
+        Ok(RemoteBroker {
+            client,
+            pump: Mutex::new(Some(pump)),
+            report: Mutex::new(None),
+        })
+    }
+
+    /// The server's address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.client.addr
+    }
+
+    /// Whether the connection is up now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.client.link).queue.is_some()
+    }
+
+    /// Waits up to `timeout` for the connection to be up (after a drop, for the reconnection);
+    /// returns whether it is.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        self.client.queue(timeout).is_ok()
+    }
+
+    /// Sends a PING and waits for the PONG; returns the round-trip time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`], [`Error::Timeout`], [`Error::Closed`].
+    pub fn ping(&self) -> Result<Duration> {
+        let c = &self.client;
+        let queue = c.queue(c.config.request_timeout)?;
+        let nonce = c.next_id();
+        let start = Instant::now();
+        c.request(
+            &queue,
+            nonce,
+            &Op::Ping { nonce },
+            "PING",
+            c.config.request_timeout,
+        )?;
+        Ok(start.elapsed())
+    }
+
+    /// Asks the server for its statistics, as key/value rows.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`], [`Error::Timeout`], [`Error::Closed`].
+    pub fn server_stats(&self) -> Result<Vec<(String, String)>> {
+        let c = &self.client;
+        let queue = c.queue(c.config.request_timeout)?;
+        let request = c.next_id();
+        match c.request(
+            &queue,
+            request,
+            &Op::Stats { request },
+            "STATS",
+            c.config.request_timeout,
+        )? {
+            Reply::Stats(rows) => Ok(rows),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Broker for RemoteBroker {
+    fn publish(&self, message: Message) -> Result<MessageId> {
+        let c = &self.client;
+        validate_topic(message.topic())?;
+        let timeout = c.config.publish_timeout;
+        let deadline = Instant::now() + timeout;
+        let queue = c.queue(timeout)?;
+        let request = if c.config.confirm { c.next_id() } else { 0 };
+        let op = Op::Publish {
+            request,
+            topic: message.topic().to_owned(),
+            headers: message.headers().to_vec(),
+            payload: message.payload().clone(),
+        };
+        if request == 0 {
+            c.send_frame(&queue, op.to_bytes(), deadline)?;
+            c.listeners
+                .snapshot()
+                .each("published", |l| l.published(&message));
+            return Ok(MessageId(0));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.request(&queue, request, &op, "PUBLISH", left)? {
+            Reply::Confirm(id) => {
+                let notifier = c.listeners.snapshot();
+                if !notifier.is_empty() {
+                    let published = message
+                        .with_id(MessageId(id))
+                        .with_published_at(SystemTime::now());
+                    notifier.each("published", |l| l.published(&published));
+                }
+                Ok(MessageId(id))
+            }
+            _ => Err(Error::Timeout {
+                what: "PUBLISH",
+                after: timeout,
+            }),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        handler: Handler,
+    ) -> Result<Subscription> {
+        let c = &self.client;
+        Pattern::parse(pattern)?;
+        options.validate()?;
+        let queue = c.queue(c.config.request_timeout)?;
+        let id = c.next_id();
+        let (tx, rx) = flume::unbounded();
+        let info = SubscriptionInfo {
+            id: SubscriptionId(id),
+            pattern: pattern.to_owned(),
+            group: options.group_name().map(str::to_owned),
+            ack_mode: options.ack_mode,
+            queue: options
+                .group_name()
+                .map_or_else(|| format!("sub.{id}"), str::to_owned),
+        };
+        let sub = Arc::new(RemoteSub {
+            id,
+            pattern: pattern.to_owned(),
+            options,
+            info,
+            tx: Mutex::new(Some(tx)),
+            active: AtomicBool::new(true),
+        });
+        let name = format!("mixbus-dispatch-{id}");
+        {
+            let client = Arc::clone(c);
+            let sub = Arc::clone(&sub);
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || client.dispatch_loop(sub, handler, rx))
+                .map_err(|source| Error::Spawn { name, source })?;
+        }
+        lock(&c.subs).insert(id, Arc::clone(&sub));
+        let op = Client::subscribe_op(&sub);
+        if let Err(err) = c.request(&queue, id, &op, "SUBSCRIBE", c.config.request_timeout) {
+            lock(&c.subs).remove(&id);
+            sub.active.store(false, Ordering::Release);
+            lock(&sub.tx).take();
+            // The server may have taken it after all: tell it to end it.
+            c.send_now(&Op::Unsubscribe { sub: id });
+            return Err(err);
+        }
+        c.listeners
+            .snapshot()
+            .each("subscribed", |l| l.subscribed(&sub.info));
+        tracing::debug!(sub.id = id, pattern, "subscribed");
+        let weak = Arc::downgrade(c);
+        Ok(Subscription::new(
+            SubscriptionId(id),
+            pattern,
+            sub.info.group.clone(),
+            move || {
+                if let Some(client) = weak.upgrade() {
+                    client.end_subscription(id);
+                }
+            },
+        ))
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.client.end_subscription(id.0)
+    }
+
+    fn ack(&self, delivery: DeliveryId) -> Result<()> {
+        let c = &self.client;
+        lock(&c.unacked).remove(&delivery);
+        let op = Op::Ack {
+            sub: delivery.subscription.0,
+            message: delivery.message.0,
+        };
+        if c.send_now(&op) {
+            Ok(())
+        } else {
+            Err(Error::Disconnected {
+                waited: Duration::ZERO,
+            })
+        }
+    }
+
+    fn nack(&self, delivery: DeliveryId, requeue: bool) -> Result<()> {
+        let c = &self.client;
+        lock(&c.unacked).remove(&delivery);
+        let op = Op::Nack {
+            sub: delivery.subscription.0,
+            message: delivery.message.0,
+            requeue,
+        };
+        if c.send_now(&op) {
+            Ok(())
+        } else {
+            Err(Error::Disconnected {
+                waited: Duration::ZERO,
+            })
+        }
+    }
+
+    fn add_listener(&self, listener: Arc<dyn BrokerListener>) -> ListenerId {
+        self.client.listeners.add(listener)
+    }
+
+    fn remove_listener(&self, id: ListenerId) -> bool {
+        self.client.listeners.remove(id)
+    }
+
+    fn close(&self, timeout: Duration) -> CloseReport {
+        let mut report = lock(&self.report);
+        if let Some(r) = report.as_ref() {
+            return r.clone();
+        }
+        let c = &self.client;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let queue = {
+            let mut link = lock(&c.link);
+            link.closed = true;
+            c.changed.notify_all();
+            link.queue.take()
+        };
+        // Let queued deliveries run, within the timeout.
+        let mut timed_out = false;
+        while c.queued.load(Ordering::Acquire) + c.running.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                timed_out = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let subs: Vec<Arc<RemoteSub>> = lock(&c.subs).drain().map(|(_, s)| s).collect();
+        for sub in &subs {
+            sub.active.store(false, Ordering::Release);
+            lock(&sub.tx).take();
+        }
+        drop(subs);
+        for (_, tx) in lock(&c.pending).drain() {
+            let _ = tx.send(Reply::Disconnected);
+        }
+        if let Some(q) = &queue {
+            q.close();
+        }
+        if let Some(pump) = lock(&self.pump).take() {
+            // The pump flushes the close (bounded by the queue's linger).
+            pump.shutdown(Duration::from_millis(600));
+        }
+        let r = CloseReport {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            unacked: lock(&c.unacked).len() as u64,
+            pending: c.queued.load(Ordering::Acquire),
+            running_handlers: c.running.load(Ordering::Acquire),
+            timed_out,
+            elapsed: start.elapsed(),
+        };
+        tracing::debug!(addr = %c.addr, report = %r, "remote broker closed");
+        *report = Some(r.clone());
+        r
+    }
+}
+
+impl Drop for RemoteBroker {
+    fn drop(&mut self) {
+        self.close(Duration::ZERO);
+    }
+}
+
+impl fmt::Debug for RemoteBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteBroker")
+            .field("server", &self.client.addr)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,736 @@
+//! [`BusServer`]: holds an [`InMemoryBroker`] and serves it to [`RemoteBroker`](crate::RemoteBroker)
+//! clients over the wire protocol.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::{Broker, CloseReport, Handler, Subscription};
+use crate::error::{Error, Result};
+use crate::memory::{InMemoryBroker, InMemoryConfig};
+use crate::message::{DeliveryId, Message, MessageId};
+use crate::options::AckMode;
+use crate::protocol::{self, ErrorCode, Op, VERSION};
+use crate::queue::task::pump::{EventPump, PumpConfig};
+use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
+use crate::stats::{StatsCollector, StatsSnapshot};
+
+/// How a [`BusServer`] is set up: plain data with defaults, changed with the `with_*` methods.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The shared secret clients must send in HELLO (default none; required to listen on an
+    /// address that is not loopback).
+    pub token: Option<String>,
+    /// Connections served at once; more are refused with an ERROR (default 1024).
+    pub max_connections: usize,
+    /// The largest frame a client may send, in bytes (default 16 MiB).
+    pub max_frame_len: usize,
+    /// Subscriptions one connection may hold (default 1024).
+    pub max_subscriptions_per_connection: usize,
+    /// Bytes queued to one connection before it counts as a slow consumer and is closed
+    /// (default 8 MiB).
+    pub max_outbound_bytes: usize,
+    /// How long closing a connection may spend flushing (default 500 ms).
+    pub linger: Duration,
+    /// The server's name, sent in WELCOME (default `mixbus`).
+    pub name: String,
+    /// The bus held by the server.
+    pub inner: InMemoryConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            max_connections: 1024,
+            max_frame_len: 16 << 20,
+            max_subscriptions_per_connection: 1024,
+            max_outbound_bytes: 8 << 20,
+            linger: Duration::from_millis(500),
+            name: "mixbus".to_owned(),
+            inner: InMemoryConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the token clients must present.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the connection limit.
+    #[must_use]
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets the largest frame accepted from a client.
+    #[must_use]
+    pub fn with_max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self
+    }
+
+    /// Sets the subscription limit per connection.
+    #[must_use]
+    pub fn with_max_subscriptions_per_connection(mut self, n: usize) -> Self {
+        self.max_subscriptions_per_connection = n;
+        self
+    }
+
+    /// Sets the outbound bytes past which a connection is a slow consumer.
+    #[must_use]
+    pub fn with_max_outbound_bytes(mut self, bytes: usize) -> Self {
+        self.max_outbound_bytes = bytes;
+        self
+    }
+
+    /// Sets the linger time of closing connections.
+    #[must_use]
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Sets the name sent in WELCOME.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the configuration of the bus the server holds.
+    #[must_use]
+    pub fn with_inner(mut self, inner: InMemoryConfig) -> Self {
+        self.inner = inner;
+        self
+    }
+}
+
+/// Counters of a running [`BusServer`], with the bus's own statistics.
+#[non_exhaustive]
+#[derive(Clone, Debug)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub connections: usize,
+    /// Connections accepted since the start.
+    pub accepted: u64,
+    /// Connections refused or closed for a fault (token, version, limits, malformed frames).
+    pub rejected: u64,
+    /// Connections closed for malformed or unexpected frames.
+    pub protocol_errors: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Remote subscriptions live now.
+    pub subscriptions: usize,
+    /// The bus's counters.
+    pub bus: StatsSnapshot,
+}
+
+impl ServerStats {
+    /// The counters as key/value rows (what a STATS request answers).
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let t = &self.bus.total;
+        vec![
+            ("connections".into(), self.connections.to_string()),
+            ("accepted".into(), self.accepted.to_string()),
+            ("rejected".into(), self.rejected.to_string()),
+            ("protocol_errors".into(), self.protocol_errors.to_string()),
+            ("slow_consumers".into(), self.slow_consumers.to_string()),
+            ("subscriptions".into(), self.subscriptions.to_string()),
+            ("published".into(), t.published.to_string()),
+            ("processed".into(), t.processed.to_string()),
+            ("dropped".into(), t.dropped.to_string()),
+            ("redelivered".into(), t.redelivered.to_string()),
+            ("dead_lettered".into(), t.dead_lettered.to_string()),
+        ]
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Compares two secrets in time that depends only on their lengths: xor-fold over the bytes.
+pub(crate) fn token_matches(expected: &[u8], given: &[u8]) -> bool {
+    let mut diff = expected.len() ^ given.len();
+    for (i, &e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!e);
+        diff |= usize::from(e ^ g);
+    }
+    diff == 0
+}
+
+pub(crate) fn micros_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn error_code(err: &Error) -> ErrorCode {
+    match err {
+        Error::Closed => ErrorCode::Closed,
+        Error::QueueFull { .. } => ErrorCode::QueueFull,
+        Error::InvalidTopic { .. } | Error::InvalidPattern { .. } | Error::InvalidOptions(_) => {
+            ErrorCode::Invalid
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    protocol_errors: AtomicU64,
+    slow_consumers: AtomicU64,
+}
+
+struct Shared {
+    config: ServerConfig,
+    bus: InMemoryBroker,
+    stats: Arc<StatsCollector>,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    counters: Counters,
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn stats(&self) -> ServerStats {
+        let conns = lock(&self.conns);
+        ServerStats {
+            connections: conns.len(),
+            accepted: self.counters.accepted.load(Ordering::Relaxed),
+            rejected: self.counters.rejected.load(Ordering::Relaxed),
+            protocol_errors: self.counters.protocol_errors.load(Ordering::Relaxed),
+            slow_consumers: self.counters.slow_consumers.load(Ordering::Relaxed),
+            subscriptions: conns.values().map(|c| lock(&c.state).subs.len()).sum(),
+            bus: self.stats.snapshot(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    welcomed: bool,
+    /// Client sub id → the inner subscription.
+    subs: HashMap<u64, Subscription>,
+}
+
+/// One client connection.
+struct Conn {
+    queue: MessageQueue,
+    state: Mutex<ConnState>,
+    /// Set once the connection is being closed: later frames are ignored.
+    closing: AtomicBool,
+}
+
+impl Conn {
+    fn send(&self, op: &Op) {
+        if let Err(err) = self.queue.send(op.to_bytes()) {
+            tracing::debug!(conn.id = self.queue.id(), op = op.name(), error = %err, "reply not sent");
+        }
+    }
+
+    /// Sends an ERROR for the connection and closes it (once).
+    fn fault(&self, code: ErrorCode, text: String) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(conn.id = self.queue.id(), peer = %self.queue.peer_addr(), %code, text, "closing connection");
+        self.send(&Op::Error {
+            request: 0,
+            code,
+            text,
+        });
+        self.queue.close();
+    }
+}
+
+/// The queue listener of one connection, running on the server's pump.
+struct ConnListener {
+    shared: Weak<Shared>,
+    conn: Arc<Conn>,
+}
+
+impl ConnListener {
+    fn protocol_fault(&self, shared: &Shared, code: ErrorCode, text: String) {
+        shared
+            .counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.conn.fault(code, text);
+    }
+
+    fn handle(&self, shared: &Arc<Shared>, op: Op) {
+        let conn = &self.conn;
+        let welcomed = lock(&conn.state).welcomed;
+        if !welcomed {
+            let Op::Hello { version, token, .. } = op else {
+                return self.protocol_fault(
+                    shared,
+                    ErrorCode::HandshakeRequired,
+                    format!("{} before HELLO", op.name()),
+                );
+            };
+            if version != VERSION {
+                return self.protocol_fault(
+                    shared,
+                    ErrorCode::UnsupportedVersion,
+                    format!("version {version} is not supported (this server speaks {VERSION})"),
+                );
+            }
+            if let Some(expected) = &shared.config.token {
+                let given = token.as_deref().unwrap_or("");
+                if !token_matches(expected.as_bytes(), given.as_bytes()) {
+                    shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return conn.fault(ErrorCode::Unauthorized, "wrong or missing token".into());
+                }
+            }
+            lock(&conn.state).welcomed = true;
+            return conn.send(&Op::Welcome {
+                version: VERSION,
+                server: shared.config.name.clone(),
+            });
+        }
+        match op {
+            Op::Publish {
+                request,
+                topic,
+                headers,
+                payload,
+            } => {
+                let msg = Message::new(topic, payload).with_headers(headers);
+                match shared.bus.publish(msg) {
+                    Ok(id) if request != 0 => conn.send(&Op::Confirm {
+                        request,
+                        message: id.0,
+                    }),
+                    Ok(_) => {}
+                    Err(err) if request != 0 => conn.send(&Op::Error {
+                        request,
+                        code: error_code(&err),
+                        text: err.to_string(),
+                    }),
+                    Err(err) => {
+                        tracing::debug!(conn.id = conn.queue.id(), error = %err, "unconfirmed publish failed")
+                    }
+                }
+            }
+            Op::Subscribe {
+                sub,
+                pattern,
+                options,
+            } => self.subscribe(shared, sub, &pattern, options),
+            Op::Unsubscribe { sub } => {
+                let removed = lock(&conn.state).subs.remove(&sub);
+                drop(removed);
+            }
+            Op::Ack { sub, message } => {
+                if let Some(delivery) = self.delivery(sub, message) {
+                    let _ = shared.bus.ack(delivery);
+                }
+            }
+            Op::Nack {
+                sub,
+                message,
+                requeue,
+            } => {
+                if let Some(delivery) = self.delivery(sub, message) {
+                    let _ = shared.bus.nack(delivery, requeue);
+                }
+            }
+            Op::Ping { nonce } => conn.send(&Op::Pong { nonce }),
+            Op::Pong { .. } => {}
+            Op::Stats { request } => conn.send(&Op::StatsReply {
+                request,
+                rows: shared.stats().rows(),
+            }),
+            Op::Error { code, text, .. } => {
+                tracing::debug!(conn.id = conn.queue.id(), %code, text, "client reported an error");
+            }
+            Op::Hello { .. } => {
+                self.protocol_fault(shared, ErrorCode::HandshakeRequired, "second HELLO".into())
+            }
+            other => self.protocol_fault(
+                shared,
+                ErrorCode::Invalid,
+                format!("{} is not a client operation", other.name()),
+            ),
+        }
+    }
+
+    fn delivery(&self, sub: u64, message: u64) -> Option<DeliveryId> {
+        let state = lock(&self.conn.state);
+        state.subs.get(&sub).map(|s| DeliveryId {
+            subscription: s.id(),
+            message: MessageId(message),
+        })
+    }
+
+    fn subscribe(
+        &self,
+        shared: &Arc<Shared>,
+        sub: u64,
+        pattern: &str,
+        options: crate::options::SubscribeOptions,
+    ) {
+        let conn = &self.conn;
+        let refuse = |code, text: String| {
+            conn.send(&Op::Error {
+                request: sub,
+                code,
+                text,
+            })
+        };
+        {
+            let state = lock(&conn.state);
+            if state.subs.contains_key(&sub) {
+                return refuse(ErrorCode::Invalid, format!("subscription {sub} exists"));
+            }
+            if state.subs.len() >= shared.config.max_subscriptions_per_connection {
+                return refuse(
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "connection holds {} subscriptions (the limit)",
+                        state.subs.len()
+                    ),
+                );
+            }
+        }
+        // The server always acks by hand: the client acks once its handler has run.
+        let inner_options = options.with_ack_mode(AckMode::Manual);
+        let handler = deliver_handler(Arc::downgrade(shared), Arc::downgrade(conn), sub);
+        match shared.bus.subscribe(pattern, inner_options, handler) {
+            Ok(subscription) => {
+                // ACKs are handled on this (pump) thread, so none can come before the insert.
+                lock(&conn.state).subs.insert(sub, subscription);
+                conn.send(&Op::Subscribed { sub });
+            }
+            Err(err) => refuse(error_code(&err), err.to_string()),
+        }
+    }
+}
+
+/// The inner subscription's handler: forwards each delivery to the connection, never blocking.
+fn deliver_handler(shared: Weak<Shared>, conn: Weak<Conn>, sub: u64) -> Handler {
+    Handler::new(move |msg: &Message| {
+        let (Some(conn), Some(shared)) = (conn.upgrade(), shared.upgrade()) else {
+            return Ok(());
+        };
+        if conn.closing.load(Ordering::Acquire) {
+            // Left un-acked: the connection's subscriptions end soon and its group messages go
+            // to other members.
+            return Ok(());
+        }
+        let mut buf = BytesMut::with_capacity(64 + msg.topic().len() + msg.payload().len());
+        protocol::encode(
+            &Op::Deliver {
+                sub,
+                message: msg.id().0,
+                attempt: msg.attempt(),
+                published_us: micros_since_epoch(msg.published_at()),
+                topic: msg.topic().to_owned(),
+                headers: msg.headers().to_vec(),
+                payload: msg.payload().clone(),
+            },
+            &mut buf,
+        );
+        let frame: Bytes = buf.freeze();
+        let limit = shared.config.max_outbound_bytes;
+        let queued = conn.queue.queued_bytes();
+        let slow = if queued + frame.len() > limit {
+            Some(format!(
+                "slow consumer: {queued} bytes queued, the limit is {limit}"
+            ))
+        } else {
+            match conn.queue.send(frame) {
+                Ok(()) => None,
+                Err(SendError::Full { queued, .. }) => Some(format!(
+                    "slow consumer: outbound queue full at {queued} bytes"
+                )),
+                Err(err) => {
+                    tracing::debug!(conn.id = conn.queue.id(), error = %err, "delivery not sent");
+                    None
+                }
+            }
+        };
+        if let Some(reason) = slow {
+            if !conn.closing.load(Ordering::Acquire) {
+                shared
+                    .counters
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn.id = conn.queue.id(), peer = %conn.queue.peer_addr(), reason, "disconnecting slow consumer");
+            }
+            conn.fault(ErrorCode::SlowConsumer, reason);
+        }
+        Ok(())
+    })
+}
+
+impl QueueListener for ConnListener {
+    fn received(&mut self, _queue: &MessageQueue, msg: Bytes) {
+        if self.conn.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let max = shared.config.max_frame_len;
+        if msg.len() > max {
+            return self.protocol_fault(
+                &shared,
+                ErrorCode::FrameTooLarge,
+                format!("frame of {} bytes exceeds the {max}-byte limit", msg.len()),
+            );
+        }
+        match protocol::decode(msg) {
+            Ok(op) => {
+                tracing::trace!(conn.id = self.conn.queue.id(), op = op.name(), "frame");
+                self.handle(&shared, op);
+            }
+            Err(err) => {
+                let code = match err {
+                    protocol::ProtocolError::UnknownOp(_) => ErrorCode::UnknownOp,
+                    _ => ErrorCode::Malformed,
+                };
+                self.protocol_fault(&shared, code, err.to_string());
+            }
+        }
+    }
+
+    fn closed(&mut self, queue: &MessageQueue, info: CloseInfo) {
+        self.conn.closing.store(true, Ordering::Release);
+        let subs: Vec<Subscription> = lock(&self.conn.state)
+            .subs
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        tracing::debug!(conn.id = queue.id(), reason = %info.reason, subs = subs.len(), "connection closed");
+        // Ending the inner subscriptions hands their un-acked group messages to other members.
+        drop(subs);
+        if let Some(shared) = self.shared.upgrade() {
+            lock(&shared.conns).remove(&queue.id());
+        }
+    }
+}
+
+/// A bus server: an [`InMemoryBroker`] served over TCP to [`RemoteBroker`](crate::RemoteBroker)s.
+///
+/// It runs its own event pump; frames are handled on it. Every remote subscription is a
+/// manual-ack subscription on the inner broker whose handler forwards DELIVER frames, so the
+/// inner broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
+/// re-delivery and dead letters. A connection that falls more than
+/// [`ServerConfig::max_outbound_bytes`] behind is closed with an ERROR; its subscriptions end and
+/// its un-acked group messages go to other members. A malformed frame closes only its connection.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mixbus_bus::{Broker, BusServer, Message, RemoteBroker, RemoteConfig, ServerConfig};
+/// let server = BusServer::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::default())?;
+/// let client = RemoteBroker::connect(server.local_addr(), RemoteConfig::default())?;
+/// let id = client.publish(Message::new("orders.created", "42"))?;
+/// assert!(id.0 > 0);
+/// client.close(Duration::from_secs(1));
+/// server.shutdown(Duration::from_secs(1));
+/// # Ok::<(), mixbus_bus::Error>(())
+/// ```
+pub struct BusServer {
+    shared: Arc<Shared>,
+    queues: QueueBroker,
+    pump: Mutex<Option<EventPump>>,
+    addr: SocketAddr,
+    report: Mutex<Option<CloseReport>>,
+}
+
+impl BusServer {
+    /// Starts a server listening on `addr` (port 0 picks a free port; see
+    /// [`local_addr`](Self::local_addr)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenRequired`] for a non-loopback address without a token, [`Error::Queue`] when
+    /// binding fails, [`Error::Pump`] or [`Error::Spawn`] when a thread cannot start.
+    pub fn bind(addr: SocketAddr, config: ServerConfig) -> Result<BusServer> {
+        let has_token = config.token.as_deref().is_some_and(|t| !t.is_empty());
+        if !addr.ip().is_loopback() && !has_token {
+            return Err(Error::TokenRequired { addr });
+        }
+        let bus = InMemoryBroker::with_config(config.inner.clone())?;
+        let stats = Arc::new(StatsCollector::new());
+        bus.add_listener(stats.clone());
+        let pump = EventPump::with_config(PumpConfig::default().with_name("mixbus-server"))?;
+        // The queue layer cuts frames above twice the limit without a word; frames between the
+        // limit and that get an ERROR naming the fault from this layer.
+        let queue_config = QueueConfig::default()
+            .with_max_frame_len(config.max_frame_len.saturating_mul(2).max(64))
+            .with_water_marks(
+                config.max_outbound_bytes.saturating_mul(2).max(1 << 16),
+                config.max_outbound_bytes.max(1 << 15),
+            )
+            .with_linger(config.linger);
+        let queues = QueueBroker::new(pump.handle(), queue_config);
+        let shared = Arc::new(Shared {
+            config,
+            bus,
+            stats,
+            conns: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            closing: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
+        let local = queues.bind(addr, move |queue: MessageQueue| accept(&weak, queue))?;
+        tracing::info!(addr = %local, "bus server listening");
+        Ok(BusServer {
+            shared,
+            queues,
+            pump: Mutex::new(Some(pump)),
+            addr: local,
+            report: Mutex::new(None),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The inner bus, for in-process publishers and subscribers next to the remote ones.
+    pub fn broker(&self) -> &InMemoryBroker {
+        &self.shared.bus
+    }
+
+    /// Counters of connections and of the bus.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
+    }
+
+    /// Stops listening, closes every connection, closes the bus (waiting up to `timeout` for its
+    /// in-flight work) and stops the pump. Calling it again returns the first report.
+    pub fn shutdown(&self, timeout: Duration) -> CloseReport {
+        let mut report = lock(&self.report);
+        if let Some(r) = report.as_ref() {
+            return r.clone();
+        }
+        let start = Instant::now();
+        self.shared.closing.store(true, Ordering::Release);
+        let _ = self.queues.unbind(self.addr);
+        let conns: Vec<Arc<Conn>> = lock(&self.shared.conns).values().cloned().collect();
+        for conn in &conns {
+            conn.fault(ErrorCode::Closed, "server shutting down".into());
+        }
+        let r = self.shared.bus.close(timeout);
+        // Wait (bounded) for the connections to finish closing before the pump stops.
+        let deadline = Instant::now() + self.shared.config.linger + Duration::from_millis(200);
+        while conns.iter().any(|c| !c.queue.is_closed()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for conn in &conns {
+            lock(&conn.state).subs.clear();
+        }
+        lock(&self.shared.conns).clear();
+        if let Some(pump) = lock(&self.pump).take() {
+            let left = timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(200));
+            pump.shutdown(left);
+        }
+        tracing::info!(addr = %self.addr, report = %r, "bus server stopped");
+        *report = Some(r.clone());
+        r
+    }
+}
+
+fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
+    let Some(shared) = shared.upgrade() else {
+        queue.close();
+        return;
+    };
+    let conn = Arc::new(Conn {
+        queue: queue.clone(),
+        state: Mutex::new(ConnState::default()),
+        closing: AtomicBool::new(false),
+    });
+    let refused = if shared.closing.load(Ordering::Acquire) {
+        Some((ErrorCode::Closed, "server shutting down".to_owned()))
+    } else {
+        let mut conns = lock(&shared.conns);
+        if conns.len() >= shared.config.max_connections {
+            Some((
+                ErrorCode::TooManyConnections,
+                format!("server holds {} connections (the limit)", conns.len()),
+            ))
+        } else {
+            conns.insert(queue.id(), conn.clone());
+            None
+        }
+    };
+    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    if let Some((code, text)) = refused {
+        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        conn.fault(code, text);
+        return;
+    }
+    tracing::debug!(conn.id = queue.id(), peer = %queue.peer_addr(), "client connected");
+    let listener = ConnListener {
+        shared: Arc::downgrade(&shared),
+        conn,
+    };
+    if let Err(err) = queue.set_listener(listener) {
+        tracing::warn!(conn.id = queue.id(), error = %err, "could not start reading");
+        lock(&shared.conns).remove(&queue.id());
+        queue.close();
+    }
+}
+
+impl Drop for BusServer {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(1));
+    }
+}
+
+impl fmt::Debug for BusServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusServer")
+            .field("addr", &self.addr)
+            .field("connections", &lock(&self.shared.conns).len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secret", b"secreT"));
+        assert!(!token_matches(b"secret", b"secre"));
+        assert!(!token_matches(b"secret", b"secrets"));
+        assert!(!token_matches(b"secret", b""));
+        assert!(token_matches(b"", b""));
+    }
+
+    #[test]
+    fn non_loopback_without_token_is_refused() {
+        let addr: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert!(matches!(
+            BusServer::bind(addr, ServerConfig::default()),
+            Err(Error::TokenRequired { .. })
+        ));
+    }
+}
