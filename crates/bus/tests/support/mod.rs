@@ -1,6 +1,8 @@
 //! Helpers shared by the bus integration tests: bounded waits, tracing, a recording listener.
 #![allow(dead_code)]
 
+pub(crate) mod suite;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -122,4 +124,25 @@ pub(crate) fn collector() -> (mixbus_bus::Handler, flume::Receiver<Message>) {
 /// Receives one message or panics after `WAIT`.
 pub(crate) fn recv(rx: &flume::Receiver<Message>) -> Message {
     rx.recv_timeout(WAIT).expect("a message within the wait")
+}
+
+/// A bus server on a free loopback port, with `threads` dispatch threads.
+pub(crate) fn server(threads: usize) -> mixbus_bus::BusServer {
+    server_with(mixbus_bus::ServerConfig::default(), threads)
+}
+
+/// A bus server with the given configuration on a free loopback port.
+pub(crate) fn server_with(
+    config: mixbus_bus::ServerConfig,
+    threads: usize,
+) -> mixbus_bus::BusServer {
+    init_tracing();
+    let config = config.with_inner(InMemoryConfig::default().with_dispatch_threads(threads));
+    mixbus_bus::BusServer::bind("127.0.0.1:0".parse().unwrap(), config).expect("start server")
+}
+
+/// A client of `server`.
+pub(crate) fn remote(server: &mixbus_bus::BusServer) -> mixbus_bus::RemoteBroker {
+    mixbus_bus::RemoteBroker::connect(server.local_addr(), mixbus_bus::RemoteConfig::default())
+        .expect("connect to server")
 }
