@@ -1,2 +1,258 @@
-//! queue benches (filled in by the queue issue). Run with `cargo bench --bench queue`.
-fn main() {}
+//! queue benches: one-way throughput and round-trip latency between two pumps over loopback,
+//! each against a raw blocking `std::net::TcpStream` baseline sending the same frames.
+//!
+//! Run with `cargo bench --bench queue`. Ids read `queue_throughput/<case>/<size>` and
+//! `queue_latency/<case>/<size>`, with cases `queue` and `raw_tcp`.
+use std::hint::black_box;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use mixbus::pump::EventPump;
+use mixbus::queue::task::Bytes;
+use mixbus::queue::{MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
+
+/// Message sizes of the throughput group.
+const SIZES: [usize; 3] = [16, 256, 4096];
+/// Message size of the latency group.
+const PING: usize = 64;
+/// Samples per case.
+const SAMPLES: usize = 10;
+/// Measurement time per case.
+const MEASURE: Duration = Duration::from_secs(3);
+/// How long a batch may take before the bench gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Messages per measured batch: about 50-200 ms of work at each size.
+fn batch(size: usize) -> u64 {
+    match size {
+        0..=64 => 200_000,
+        65..=1024 => 100_000,
+        _ => 25_000,
+    }
+}
+
+/// Counts messages on the receiving pump and signals each completed batch.
+struct Counter {
+    count: u64,
+    target: Arc<AtomicU64>,
+    done: flume::Sender<()>,
+}
+
+impl QueueListener for Counter {
+    fn received(&mut self, _queue: &MessageQueue, msg: Bytes) {
+        black_box(msg);
+        self.count += 1;
+        if self.count == self.target.load(Ordering::Relaxed) {
+            self.count = 0;
+            let _ = self.done.send(());
+        }
+    }
+}
+
+/// Signals `writable` to the sending thread.
+struct Room(flume::Sender<()>);
+
+impl QueueListener for Room {
+    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+    fn writable(&mut self, _queue: &MessageQueue) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Two pumps, two brokers, one connection: (pumps, sending queue, accepted queue).
+fn queue_pair() -> ([EventPump; 2], MessageQueue, MessageQueue) {
+    let server_pump = EventPump::new().expect("pump");
+    let client_pump = EventPump::new().expect("pump");
+    let server = QueueBroker::new(server_pump.handle(), QueueConfig::default());
+    let client = QueueBroker::new(client_pump.handle(), QueueConfig::default());
+    let (tx, rx) = flume::bounded(1);
+    let addr = server
+        .bind("127.0.0.1:0".parse().unwrap(), move |q: MessageQueue| {
+            let _ = tx.send(q);
+        })
+        .expect("bind");
+    let sender = client.connect_blocking(addr).expect("connect");
+    let receiver = rx.recv_timeout(PATIENCE).expect("accepted");
+    server.unbind(addr).expect("unbind");
+    ([server_pump, client_pump], sender, receiver)
+}
+
+fn send_all(queue: &MessageQueue, room: &flume::Receiver<()>, msg: &Bytes, n: u64) {
+    for _ in 0..n {
+        let mut m = msg.clone();
+        loop {
+            match queue.send(m) {
+                Ok(()) => break,
+                Err(SendError::Full { msg, .. }) => {
+                    m = msg;
+                    room.recv_timeout(PATIENCE).expect("writable");
+                }
+                Err(err) => panic!("send: {err}"),
+            }
+        }
+    }
+}
+
+/// A raw reader thread: parses length-prefixed frames and signals every `n`.
+fn raw_reader(stream: TcpStream, target: Arc<AtomicU64>, done: flume::Sender<()>) {
+    thread::spawn(move || {
+        let mut r = BufReader::with_capacity(256 << 10, stream);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut count = 0u64;
+        loop {
+            let mut header = [0u8; 4];
+            if r.read_exact(&mut header).is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes(header) as usize;
+            if r.read_exact(&mut buf[..len]).is_err() {
+                return;
+            }
+            black_box(&buf[..len]);
+            count += 1;
+            if count == target.load(Ordering::Relaxed) {
+                count = 0;
+                let _ = done.send(());
+            }
+        }
+    });
+}
+
+fn raw_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (b, _) = listener.accept().expect("accept");
+    a.set_nodelay(true).unwrap();
+    b.set_nodelay(true).unwrap();
+    (a, b)
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue_throughput");
+    group.sample_size(SAMPLES).measurement_time(MEASURE);
+    for size in SIZES {
+        let n = batch(size);
+        group.throughput(Throughput::Elements(n));
+        let msg = Bytes::from(vec![0xa5u8; size]);
+
+        group.bench_function(BenchmarkId::new("queue", size), |b| {
+            let (_pumps, sender, receiver) = queue_pair();
+            let target = Arc::new(AtomicU64::new(n));
+            let (done_tx, done) = flume::unbounded();
+            receiver
+                .set_listener(Counter {
+                    count: 0,
+                    target,
+                    done: done_tx,
+                })
+                .expect("listener");
+            let (room_tx, room) = flume::bounded(1);
+            sender.set_listener(Room(room_tx)).expect("listener");
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    send_all(&sender, &room, &msg, n);
+                    done.recv_timeout(PATIENCE).expect("all received");
+                    total += start.elapsed();
+                }
+                total
+            });
+            sender.close();
+        });
+
+        group.bench_function(BenchmarkId::new("raw_tcp", size), |b| {
+            let (writer, reader) = raw_pair();
+            let target = Arc::new(AtomicU64::new(n));
+            let (done_tx, done) = flume::unbounded();
+            raw_reader(reader, target, done_tx);
+            let mut w = BufWriter::with_capacity(64 << 10, writer);
+            let header = (size as u32).to_be_bytes();
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        w.write_all(&header).unwrap();
+                        w.write_all(&msg).unwrap();
+                    }
+                    w.flush().unwrap();
+                    done.recv_timeout(PATIENCE).expect("all received");
+                    total += start.elapsed();
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Forwards each message to the pinging thread.
+struct Pong(flume::Sender<Bytes>);
+
+impl QueueListener for Pong {
+    fn received(&mut self, _queue: &MessageQueue, msg: Bytes) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// Echoes on its pump.
+struct Echo;
+
+impl QueueListener for Echo {
+    fn received(&mut self, queue: &MessageQueue, msg: Bytes) {
+        queue.send(msg).expect("echo");
+    }
+}
+
+fn latency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue_latency");
+    group.sample_size(SAMPLES).measurement_time(MEASURE);
+    let msg = Bytes::from(vec![0x5au8; PING]);
+
+    group.bench_function(BenchmarkId::new("queue", PING), |b| {
+        let (_pumps, pinger, echo) = queue_pair();
+        echo.set_listener(Echo).expect("listener");
+        let (tx, rx) = flume::unbounded();
+        pinger.set_listener(Pong(tx)).expect("listener");
+        b.iter(|| {
+            pinger.send(msg.clone()).expect("send");
+            black_box(rx.recv_timeout(PATIENCE).expect("pong"));
+        });
+        pinger.close();
+    });
+
+    group.bench_function(BenchmarkId::new("raw_tcp", PING), |b| {
+        let (mut a, peer) = raw_pair();
+        thread::spawn(move || {
+            let mut peer = peer;
+            let mut frame = [0u8; 4 + PING];
+            while peer.read_exact(&mut frame).is_ok() {
+                if peer.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut frame = [0x5au8; 4 + PING];
+        frame[..4].copy_from_slice(&(PING as u32).to_be_bytes());
+        let mut back = [0u8; 4 + PING];
+        b.iter(|| {
+            a.write_all(&frame).unwrap();
+            a.read_exact(&mut back).unwrap();
+            black_box(&back);
+        });
+    });
+    group.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    throughput(&mut c);
+    latency(&mut c);
+    c.final_summary();
+}
