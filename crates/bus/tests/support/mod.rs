@@ -146,3 +146,116 @@ pub(crate) fn remote(server: &mixbus_bus::BusServer) -> mixbus_bus::RemoteBroker
     mixbus_bus::RemoteBroker::connect(server.local_addr(), mixbus_bus::RemoteConfig::default())
         .expect("connect to server")
 }
+
+/// A raw client speaking length-prefixed frames over a blocking std `TcpStream`, for tests that
+/// misbehave on purpose.
+pub(crate) struct Raw {
+    pub(crate) stream: std::net::TcpStream,
+}
+
+impl Raw {
+    /// Connects with a read timeout of `WAIT`.
+    pub(crate) fn connect(addr: std::net::SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).expect("raw connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream }
+    }
+
+    /// Writes raw bytes.
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("raw write");
+    }
+
+    /// Writes one frame: a 4-byte big-endian length, then `body`.
+    pub(crate) fn send_frame(&mut self, body: &[u8]) {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        self.write(&v);
+    }
+
+    /// Writes one operation.
+    pub(crate) fn send(&mut self, op: &mixbus_bus::protocol::Op) {
+        self.send_frame(&op.to_bytes());
+    }
+
+    /// Reads one frame; `None` at end of stream or on a reset.
+    pub(crate) fn read_frame(&mut self) -> Option<Vec<u8>> {
+        use std::io::{ErrorKind, Read};
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("raw read failed: {e}"),
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        match self.stream.read_exact(&mut body) {
+            Ok(()) => Some(body),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("raw read failed: {e}"),
+        }
+    }
+
+    /// Reads and decodes one operation; `None` at end of stream.
+    pub(crate) fn read_op(&mut self) -> Option<mixbus_bus::protocol::Op> {
+        self.read_frame()
+            .map(|f| mixbus_bus::protocol::decode(f.into()).expect("server frames decode"))
+    }
+
+    /// Sends HELLO (version 1) and returns the answer.
+    pub(crate) fn hello(&mut self, token: Option<&str>) -> mixbus_bus::protocol::Op {
+        self.send(&mixbus_bus::protocol::Op::Hello {
+            version: mixbus_bus::protocol::VERSION,
+            token: token.map(str::to_owned),
+            client: "raw".into(),
+        });
+        self.read_op().expect("an answer to HELLO")
+    }
+
+    /// Reads until an ERROR for the connection, checks its code, then checks the stream ends.
+    pub(crate) fn expect_error_and_close(
+        &mut self,
+        code: mixbus_bus::protocol::ErrorCode,
+    ) -> String {
+        use mixbus_bus::protocol::Op;
+        let text = loop {
+            match self.read_op() {
+                Some(Op::Error {
+                    request: 0,
+                    code: c,
+                    text,
+                }) => {
+                    assert_eq!(c, code, "error text: {text}");
+                    break text;
+                }
+                Some(_) => continue,
+                None => panic!("connection closed without an ERROR frame"),
+            }
+        };
+        assert!(
+            self.read_frame().is_none(),
+            "connection still open after the ERROR"
+        );
+        text
+    }
+
+    /// Checks the stream ends (after whatever frames were already on their way).
+    pub(crate) fn expect_closed(&mut self) {
+        while self.read_frame().is_some() {}
+    }
+}
