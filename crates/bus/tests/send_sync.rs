@@ -20,6 +20,13 @@ fn smoke() {
     assert_send_sync::<CloseReport>();
     assert_send_sync::<Error>();
     assert_send_sync::<SubscribeOptions>();
+    assert_send_sync::<mixbus_bus::BusServer>();
+    assert_send_sync::<mixbus_bus::RemoteBroker>();
+    assert_send_sync::<mixbus_bus::ServerConfig>();
+    assert_send_sync::<mixbus_bus::RemoteConfig>();
+    assert_send_sync::<mixbus_bus::ServerStats>();
+    assert_send_sync::<mixbus_bus::protocol::Op>();
+    assert_send_sync::<mixbus_bus::protocol::ProtocolError>();
 }
 
 #[test]

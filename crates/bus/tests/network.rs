@@ -1,0 +1,242 @@
+//! The bus across connections: killed consumers, a restarted server, many clients at once and a
+//! slow consumer cut off while a fast one keeps up.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mixbus_bus::protocol::{Op, VERSION};
+use mixbus_bus::{
+    Broker, BusServer, Error, Handler, Message, RemoteBroker, RemoteConfig, ServerConfig,
+    SubscribeOptions,
+};
+use support::{Raw, WAIT, collector, recv, remote, server, server_with, wait_until};
+
+#[test]
+fn smoke() {
+    let server = server(2);
+    let a = remote(&server);
+    let b = remote(&server);
+    let (h, rx) = collector();
+    let _sub = b
+        .subscribe("net.*", SubscribeOptions::default(), h)
+        .unwrap();
+    let id = a.publish(Message::new("net.hello", "hi")).unwrap();
+    let m = recv(&rx);
+    assert_eq!(m.id(), id);
+    assert_eq!(&m.payload()[..], b"hi");
+    assert!(a.ping().unwrap() < WAIT);
+    let rows = a.server_stats().unwrap();
+    assert!(
+        rows.iter().any(|(k, v)| k == "connections" && v == "2"),
+        "{rows:?}"
+    );
+}
+
+/// A member that takes group messages and never acks them, on a raw socket.
+fn raw_member(server: &BusServer, group: &str, topic: &str) -> Raw {
+    let mut raw = Raw::connect(server.local_addr());
+    assert!(matches!(raw.hello(None), Op::Welcome { .. }));
+    raw.send(&Op::Subscribe {
+        sub: 1,
+        pattern: topic.into(),
+        options: SubscribeOptions::group(group)
+            .manual_ack()
+            .with_max_in_flight(5),
+    });
+    assert_eq!(raw.read_op(), Some(Op::Subscribed { sub: 1 }));
+    raw
+}
+
+#[test]
+fn a_killed_consumers_unacked_messages_reach_the_other_member() {
+    let server = server(2);
+    let mut doomed = raw_member(&server, "g", "work");
+    let publisher = remote(&server);
+    const N: u64 = 20;
+    for i in 0..N {
+        publisher
+            .publish(Message::new("work", i.to_string()))
+            .unwrap();
+    }
+    // The doomed member holds up to 5 un-acked deliveries; see one arrive, then kill it.
+    assert!(matches!(doomed.read_op(), Some(Op::Deliver { .. })));
+    let survivor = remote(&server);
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    let _sub = survivor
+        .subscribe(
+            "work",
+            SubscribeOptions::group("g"),
+            Handler::new(move |m| {
+                s.lock().unwrap().insert(m.id().0);
+                Ok(())
+            }),
+        )
+        .unwrap();
+    drop(doomed);
+    wait_until("every message at the survivor", || {
+        seen.lock().unwrap().len() as u64 == N
+    });
+}
+
+#[test]
+fn a_dropped_client_hands_its_unacked_messages_to_the_other_member() {
+    let server = server(2);
+    let doomed = remote(&server);
+    let (h, rx) = collector();
+    let opts = SubscribeOptions::group("g")
+        .manual_ack()
+        .with_max_in_flight(3);
+    let _doomed_sub = doomed.subscribe("work", opts.clone(), h).unwrap();
+    let publisher = remote(&server);
+    const N: u64 = 10;
+    for i in 0..N {
+        publisher
+            .publish(Message::new("work", i.to_string()))
+            .unwrap();
+    }
+    let held = recv(&rx);
+    assert_eq!(held.attempt(), 1);
+    let survivor = remote(&server);
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    let _sub = survivor
+        .subscribe(
+            "work",
+            SubscribeOptions::group("g"),
+            Handler::new(move |m| {
+                s.lock().unwrap().insert(m.id().0);
+                Ok(())
+            }),
+        )
+        .unwrap();
+    drop(_doomed_sub);
+    drop(doomed);
+    wait_until("every message at the survivor", || {
+        seen.lock().unwrap().len() as u64 == N
+    });
+    assert!(seen.lock().unwrap().contains(&held.id().0));
+}
+
+#[test]
+fn clients_reconnect_to_a_restarted_server_and_resubscribe() {
+    let first = server(2);
+    let addr = first.local_addr();
+    let config = RemoteConfig::default().with_publish_timeout(Duration::from_millis(300));
+    let client = RemoteBroker::connect(addr, config).unwrap();
+    let (h, rx) = collector();
+    let _sub = client
+        .subscribe("r.*", SubscribeOptions::default(), h)
+        .unwrap();
+    client.publish(Message::new("r.one", "before")).unwrap();
+    assert_eq!(&recv(&rx).payload()[..], b"before");
+
+    first.shutdown(Duration::from_secs(2));
+    drop(first);
+    wait_until("the client to notice", || !client.is_connected());
+    let down = client.publish(Message::new("r.one", "lost"));
+    assert!(matches!(down, Err(Error::Disconnected { .. })), "{down:?}");
+
+    let second = BusServer::bind(addr, ServerConfig::default()).expect("rebind the same address");
+    assert!(client.wait_connected(WAIT), "no reconnection");
+    let id = client.publish(Message::new("r.two", "after")).unwrap();
+    let m = recv(&rx);
+    assert_eq!((m.id(), &m.payload()[..]), (id, &b"after"[..]));
+    // A client of the new server reaches the re-subscribed handler too.
+    let other = remote(&second);
+    other.publish(Message::new("r.three", "other")).unwrap();
+    assert_eq!(&recv(&rx).payload()[..], b"other");
+}
+
+#[test]
+fn two_hundred_clients_connecting_at_once_are_all_served() {
+    let server = server(2);
+    let addr = server.local_addr();
+    let (h, rx) = collector();
+    let _sub = server
+        .broker()
+        .subscribe("crowd", SubscribeOptions::default(), h)
+        .unwrap();
+    const CLIENTS: usize = 200;
+    let barrier = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let client = RemoteBroker::connect(addr, RemoteConfig::default()).unwrap();
+                client
+                    .publish(Message::new("crowd", i.to_string()))
+                    .unwrap();
+                client
+            })
+        })
+        .collect();
+    let clients: Vec<RemoteBroker> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let got: HashSet<String> = (0..CLIENTS)
+        .map(|_| String::from_utf8(recv(&rx).payload().to_vec()).unwrap())
+        .collect();
+    assert_eq!(got.len(), CLIENTS);
+    assert_eq!(server.stats().connections, CLIENTS);
+    drop(clients);
+    wait_until("the connections to close", || {
+        server.stats().connections == 0
+    });
+}
+
+#[test]
+fn a_slow_consumer_is_cut_off_while_a_fast_one_gets_everything() {
+    let config = ServerConfig::default().with_max_outbound_bytes(2 << 20);
+    let server = server_with(config, 2);
+    // The slow consumer subscribes and then never reads its socket.
+    let mut slow = Raw::connect(server.local_addr());
+    assert!(matches!(
+        slow.hello(None),
+        Op::Welcome {
+            version: VERSION,
+            ..
+        }
+    ));
+    slow.send(&Op::Subscribe {
+        sub: 1,
+        pattern: "feed".into(),
+        options: SubscribeOptions::default().with_max_in_flight(1 << 20),
+    });
+    let fast = remote(&server);
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let _sub = fast
+        .subscribe(
+            "feed",
+            SubscribeOptions::default().with_max_in_flight(1 << 20),
+            Handler::new(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        )
+        .unwrap();
+    // Confirmed publishes pace the publisher at one round trip each, so a consumer that reads
+    // keeps up; one that does not falls behind without bound.
+    let publisher = remote(&server);
+    const N: u64 = 3_000;
+    let payload = mixbus_bus::Bytes::from(vec![7u8; 4096]);
+    for _ in 0..N {
+        publisher
+            .publish(Message::new("feed", payload.clone()))
+            .unwrap();
+    }
+    wait_until("the fast consumer to get everything", || {
+        count.load(Ordering::SeqCst) == N
+    });
+    wait_until("the slow consumer to be cut off", || {
+        let s = server.stats();
+        s.slow_consumers == 1 && s.connections == 2
+    });
+    // Its stream holds what the kernel had buffered, then ends.
+    slow.expect_closed();
+    assert!(fast.is_connected());
+}
