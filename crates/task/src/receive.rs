@@ -90,12 +90,19 @@ impl<E: ReceiveEvents> ReceiveTask<E> {
     }
 
     /// Delivers every whole frame buffered; `Some(next)` when the task must end.
+    /// Stops with `Some(Next::Repost)` when the budget is used up: the rest stays buffered and is
+    /// delivered first on the next run, so one large read never holds the pump for long.
     fn deliver(&mut self, cx: &mut Context<'_>) -> Option<Next> {
+        let mut delivered = 0u32;
         loop {
             match self.decoder.decode() {
                 Ok(Some(frame)) => {
                     if self.events.received(frame, cx) == Flow::Stop {
                         return Some(self.finish(ReceiveOutcome::Stopped, cx));
+                    }
+                    delivered += 1;
+                    if delivered.is_multiple_of(64) && cx.should_yield() {
+                        return Some(Next::Repost);
                     }
                 }
                 Ok(None) => return None,
@@ -114,6 +121,10 @@ impl<E: ReceiveEvents> Task for ReceiveTask<E> {
     }
 
     fn run(&mut self, cx: &mut Context<'_>) -> Next {
+        // Frames left buffered when the last run yielded go first, in order.
+        if let Some(next) = self.deliver(cx) {
+            return next;
+        }
         loop {
             let Some(source) = self.source.as_ref() else {
                 return Next::Done;
