@@ -161,13 +161,17 @@ fn publish_retrying(broker: &dyn Broker, mut msg: Message) -> Result<(), BusErro
 }
 
 /// Runs `plan` against `broker`, which must be fresh (no other subscriptions on `bench.>`).
+///
+/// Publishers use `broker`; subscribers use `subscriber` (the same broker in memory, a second
+/// connection over the network, so each direction has its own socket).
 pub(crate) fn run(
     broker: Arc<dyn Broker>,
+    subscriber: Arc<dyn Broker>,
     backend: &str,
     plan: &Plan,
 ) -> Result<Outcome, CliError> {
     if plan.workload == Workload::Reqrep {
-        return run_reqrep(broker, backend, plan);
+        return run_reqrep(broker, subscriber, backend, plan);
     }
     let size = plan.size.max(MIN_SIZE);
     let publishers = if plan.workload == Workload::Fanout {
@@ -206,7 +210,7 @@ pub(crate) fn run(
             .collect(),
         duplicates: 0,
     }));
-    let weak: Weak<dyn Broker> = Arc::downgrade(&broker);
+    let weak: Weak<dyn Broker> = Arc::downgrade(&subscriber);
     let mut subs = Vec::new();
     for s in 0..subscribers {
         let seen = seen[s].clone();
@@ -250,7 +254,7 @@ pub(crate) fn run(
             delivered.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
-        subs.push(broker.subscribe("bench.data", options, handler)?);
+        subs.push(subscriber.subscribe("bench.data", options, handler)?);
     }
 
     let stop_progress = Arc::new(AtomicBool::new(false));
@@ -355,12 +359,17 @@ pub(crate) fn run(
     })
 }
 
-fn run_reqrep(broker: Arc<dyn Broker>, backend: &str, plan: &Plan) -> Result<Outcome, CliError> {
+fn run_reqrep(
+    broker: Arc<dyn Broker>,
+    responder_broker: Arc<dyn Broker>,
+    backend: &str,
+    plan: &Plan,
+) -> Result<Outcome, CliError> {
     let size = plan.size.max(MIN_SIZE);
     let origin = Instant::now();
-    let weak: Weak<dyn Broker> = Arc::downgrade(&broker);
+    let weak: Weak<dyn Broker> = Arc::downgrade(&responder_broker);
     // The responder answers each request on the reply topic with the same payload.
-    let responder = broker.subscribe(
+    let responder = responder_broker.subscribe(
         "bench.req",
         SubscribeOptions::group("responders"),
         Handler::new(move |msg: &Message| {

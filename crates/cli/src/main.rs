@@ -3,13 +3,16 @@
 //! Errors are one clear line on standard error and a non-zero exit; `RUST_LOG` sets the log level.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mixbus::bus::{Broker, InMemoryBroker, InMemoryConfig};
+use mixbus::bus::{Broker, InMemoryBroker, InMemoryConfig, ServerConfig};
 
 mod bench;
+mod net;
 
 /// A message bus built on a hybrid of threads and events.
 #[derive(Debug, Parser)]
@@ -19,13 +22,102 @@ struct Cli {
     command: Command,
 }
 
+/// Where a client command finds the server.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// The server's address.
+    #[arg(long, default_value = net::DEFAULT_ADDR)]
+    server: SocketAddr,
+    /// The server's token, if it asks for one.
+    #[arg(long, env = "MIXBUS_TOKEN")]
+    token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a bus server (loopback by default; another address needs --token).
+    #[command(
+        after_help = "Examples:\n  mixbus serve\n  mixbus serve --listen 0.0.0.0:4999 --token s3cret --max-connections 5000"
+    )]
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = net::DEFAULT_ADDR)]
+        listen: SocketAddr,
+        /// Token clients must present; required to listen on a non-loopback address.
+        #[arg(long, env = "MIXBUS_TOKEN")]
+        token: Option<String>,
+        /// Most connections served at once.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Largest frame a client may send, in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_frame_len: usize,
+        /// Most subscriptions per connection.
+        #[arg(long, default_value_t = 1024)]
+        max_subscriptions: usize,
+        /// Bytes queued to one connection before it is cut off as a slow consumer.
+        #[arg(long, default_value_t = 8 << 20)]
+        max_outbound_bytes: usize,
+    },
+    /// Publish a message (or each line of standard input) to a topic.
+    #[command(
+        name = "pub",
+        after_help = "Examples:\n  mixbus pub orders.created '{\"id\": 1}'\n  mixbus pub logs.app --header host=web1 < app.log\n  mixbus pub jobs.resize img.png --count 100"
+    )]
+    Pub {
+        /// Topic: dot-separated tokens.
+        topic: String,
+        /// The message; without it, each line of standard input is one message.
+        message: Option<String>,
+        /// Publish the message this many times.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// A header KEY=VALUE (repeatable).
+        #[arg(long = "header", value_parser = net::parse_header)]
+        headers: Vec<(String, String)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Subscribe to a topic or pattern and print each payload on its own line.
+    #[command(
+        name = "sub",
+        after_help = "Examples:\n  mixbus sub 'orders.>'\n  mixbus sub jobs.resize --group workers --ack manual\n  mixbus sub 'logs.*' --count 10"
+    )]
+    Sub {
+        /// Topic or pattern (`*` one token, `>` the rest).
+        pattern: String,
+        /// Join this consumer group: each message goes to one member.
+        #[arg(long)]
+        group: Option<String>,
+        /// Acknowledge automatically, or manually after printing.
+        #[arg(long, value_enum, default_value_t = AckArg::Auto)]
+        ack: AckArg,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the server's counters.
+    #[command(after_help = "Examples:\n  mixbus stats\n  mixbus stats --watch")]
+    Stats {
+        /// Refresh every second with rates, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure throughput and latency; every message is checked on arrival.
     #[command(
         after_help = "Examples:\n  mixbus bench\n  mixbus bench --workload group --subscribers 4 --count 200000\n  mixbus bench --workload reqrep --count 10000 --json"
     )]
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AckArg {
+    Auto,
+    Manual,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,9 +137,15 @@ struct BenchArgs {
     /// Subscribers (broadcast subscribers, or group members).
     #[arg(long, default_value_t = 1)]
     subscribers: usize,
-    /// Run on the in-memory broker, in this process.
-    #[arg(long)]
+    /// Run on the in-memory broker, in this process, instead of through a server.
+    #[arg(long, conflicts_with = "server")]
     memory: bool,
+    /// Bench a running server instead of starting an embedded one.
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// The server's token, if it asks for one.
+    #[arg(long, env = "MIXBUS_TOKEN")]
+    token: Option<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -108,11 +206,41 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
         progress: !args.quiet && !args.json,
     };
     let threads = (args.subscribers + 1).clamp(2, 8);
-    let broker: Arc<dyn Broker> = Arc::new(InMemoryBroker::with_config(
-        InMemoryConfig::default().with_dispatch_threads(threads),
-    )?);
-    let outcome = bench::run(broker.clone(), "memory", &plan)?;
-    broker.close(std::time::Duration::from_secs(5));
+    let mut embedded = None;
+    let (publisher, subscriber, backend): (Arc<dyn Broker>, Arc<dyn Broker>, String) =
+        if args.memory {
+            let broker: Arc<dyn Broker> = Arc::new(InMemoryBroker::with_config(
+                InMemoryConfig::default().with_dispatch_threads(threads),
+            )?);
+            (broker.clone(), broker, "memory".into())
+        } else {
+            let addr = match args.server {
+                Some(addr) => addr,
+                None => {
+                    let server = net::embedded_server()?;
+                    let addr = server.local_addr();
+                    embedded = Some(server);
+                    addr
+                }
+            };
+            let token = args.token.as_deref();
+            // Publishers stream without waiting for a confirm per message, as a bench should;
+            // every message is still checked on arrival.
+            let publisher: Arc<dyn Broker> = Arc::new(net::connect_with(addr, token, false)?);
+            let subscriber: Arc<dyn Broker> = Arc::new(net::connect(addr, token)?);
+            let name = if embedded.is_some() {
+                "embedded"
+            } else {
+                "server"
+            };
+            (publisher, subscriber, name.into())
+        };
+    let outcome = bench::run(publisher.clone(), subscriber.clone(), &backend, &plan)?;
+    publisher.close(Duration::from_secs(5));
+    subscriber.close(Duration::from_secs(5));
+    if let Some(server) = embedded {
+        server.shutdown(Duration::from_secs(5));
+    }
     if args.json {
         println!("{}", outcome.json());
     } else {
@@ -129,6 +257,43 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Bench(args) => bench(args),
+        Command::Serve {
+            listen,
+            token,
+            max_connections,
+            max_frame_len,
+            max_subscriptions,
+            max_outbound_bytes,
+        } => {
+            let mut config = ServerConfig::default()
+                .with_max_connections(max_connections)
+                .with_max_frame_len(max_frame_len)
+                .with_max_subscriptions_per_connection(max_subscriptions)
+                .with_max_outbound_bytes(max_outbound_bytes);
+            if let Some(token) = token {
+                config = config.with_token(token);
+            }
+            net::serve(listen, config)
+        }
+        Command::Pub {
+            topic,
+            message,
+            count,
+            headers,
+            client,
+        } => net::connect(client.server, client.token.as_deref())
+            .and_then(|b| net::publish(&b, &topic, message, count, &headers)),
+        Command::Sub {
+            pattern,
+            group,
+            ack,
+            count,
+            client,
+        } => net::connect(client.server, client.token.as_deref())
+            .and_then(|b| net::subscribe(&b, &pattern, group, ack == AckArg::Manual, count)),
+        Command::Stats { watch, client } => {
+            net::connect(client.server, client.token.as_deref()).and_then(|b| net::stats(&b, watch))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,210 @@
+//! The networked commands: `serve`, `pub`, `sub` and `stats`.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mixbus::bus::{
+    Broker, BusServer, Handler, Message, RemoteBroker, RemoteConfig, ServerConfig, SubscribeOptions,
+};
+
+use crate::CliError;
+
+/// Where `serve` listens by default, and where client commands look by default.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:4999";
+
+/// Connects to a server as a client.
+pub(crate) fn connect(server: SocketAddr, token: Option<&str>) -> Result<RemoteBroker, CliError> {
+    connect_with(server, token, true)
+}
+
+/// Connects as a client; without `confirm`, publish returns once the message is queued to the
+/// socket instead of waiting for the server's confirmation.
+pub(crate) fn connect_with(
+    server: SocketAddr,
+    token: Option<&str>,
+    confirm: bool,
+) -> Result<RemoteBroker, CliError> {
+    let mut config = RemoteConfig::default()
+        .with_confirm(confirm)
+        .with_name("mixbus-cli")
+        .with_connect_timeout(Duration::from_secs(3));
+    if let Some(token) = token {
+        config = config.with_token(token);
+    }
+    RemoteBroker::connect(server, config).map_err(|err| {
+        CliError::msg(format!(
+            "cannot reach the server at {server}: {}",
+            CliError::from(err)
+        ))
+    })
+}
+
+/// Stops on Ctrl-C or SIGTERM.
+fn stop_signal() -> Result<flume::Receiver<()>, CliError> {
+    let (tx, rx) = flume::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .map_err(|err| CliError::msg(format!("cannot install the signal handler: {err}")))?;
+    Ok(rx)
+}
+
+/// `mixbus serve`.
+pub(crate) fn serve(listen: SocketAddr, config: ServerConfig) -> Result<(), CliError> {
+    let server = BusServer::bind(listen, config)?;
+    let stop = stop_signal()?;
+    eprintln!(
+        "mixbus: serving on {} (Ctrl-C to stop)",
+        server.local_addr()
+    );
+    // The address alone on stdout, so scripts can read where we listen.
+    println!("{}", server.local_addr());
+    let _ = std::io::stdout().flush();
+    let _ = stop.recv();
+    eprintln!("mixbus: stopping");
+    let report = server.shutdown(Duration::from_secs(5));
+    eprintln!("mixbus: stopped ({report:?})");
+    Ok(())
+}
+
+/// `mixbus pub`.
+pub(crate) fn publish(
+    broker: &RemoteBroker,
+    topic: &str,
+    message: Option<String>,
+    count: u64,
+    headers: &[(String, String)],
+) -> Result<(), CliError> {
+    let send = |payload: String| -> Result<(), CliError> {
+        let mut msg = Message::new(topic.to_owned(), payload);
+        for (k, v) in headers {
+            msg = msg.with_header(k.clone(), v.clone());
+        }
+        broker.publish(msg)?;
+        Ok(())
+    };
+    let mut sent = 0u64;
+    match message {
+        Some(text) => {
+            for _ in 0..count.max(1) {
+                send(text.clone())?;
+                sent += 1;
+            }
+        }
+        None => {
+            for line in std::io::stdin().lock().lines() {
+                send(line.map_err(|err| CliError::msg(format!("reading standard input: {err}")))?)?;
+                sent += 1;
+            }
+        }
+    }
+    eprintln!("mixbus: published {sent} message(s) to {topic}");
+    broker.close(Duration::from_secs(5));
+    Ok(())
+}
+
+/// `mixbus sub`.
+pub(crate) fn subscribe(
+    broker: &RemoteBroker,
+    pattern: &str,
+    group: Option<String>,
+    manual_ack: bool,
+    count: Option<u64>,
+) -> Result<(), CliError> {
+    let mut options = match group {
+        Some(name) => SubscribeOptions::group(name),
+        None => SubscribeOptions::broadcast(),
+    };
+    if manual_ack {
+        options = options.manual_ack();
+    }
+    let (tx, rx) = flume::unbounded::<Message>();
+    let _sub = broker.subscribe(
+        pattern,
+        options,
+        Handler::new(move |msg: &Message| {
+            tx.send(msg.clone())
+                .map_err(|_| "the printer has stopped")?;
+            Ok(())
+        }),
+    )?;
+    let stop = stop_signal()?;
+    // On standard error, so that the payloads alone go to standard output.
+    eprintln!("mixbus: subscribed to {pattern}");
+    let stdout = std::io::stdout();
+    let mut seen = 0u64;
+    loop {
+        if count.is_some_and(|n| seen >= n) {
+            break;
+        }
+        let next = flume::Selector::new()
+            .recv(&rx, |msg| msg.ok())
+            .recv(&stop, |_| None)
+            .wait();
+        let Some(msg) = next else { break };
+        let mut out = stdout.lock();
+        let _ = out.write_all(msg.payload());
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+        if manual_ack && let Some(delivery) = msg.delivery_id() {
+            let _ = broker.ack(delivery);
+        }
+        seen += 1;
+    }
+    broker.close(Duration::from_secs(2));
+    Ok(())
+}
+
+/// `mixbus stats`.
+pub(crate) fn stats(broker: &RemoteBroker, watch: bool) -> Result<(), CliError> {
+    let stop = if watch { Some(stop_signal()?) } else { None };
+    let mut previous: Option<(Instant, Vec<(String, String)>)> = None;
+    loop {
+        let rows = broker.server_stats()?;
+        let now = Instant::now();
+        let mut out = String::new();
+        if watch {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        out.push_str(&format!(
+            "{:<28} {:>14} {:>12}\n",
+            "counter", "value", "per second"
+        ));
+        for (key, value) in &rows {
+            let rate = previous
+                .as_ref()
+                .and_then(|(at, old)| {
+                    let old: f64 = old.iter().find(|(k, _)| k == key)?.1.parse().ok()?;
+                    let new: f64 = value.parse().ok()?;
+                    Some((new - old) / now.duration_since(*at).as_secs_f64().max(1e-9))
+                })
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_default();
+            out.push_str(&format!("{key:<28} {value:>14} {rate:>12}\n"));
+        }
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        let Some(stop) = &stop else { break };
+        previous = Some((now, rows));
+        if stop.recv_timeout(Duration::from_secs(1)).is_ok() {
+            break;
+        }
+    }
+    broker.close(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Parses `K=V` header flags.
+pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("header `{text}` is not of the form KEY=VALUE")),
+    }
+}
+
+/// Starts a server on a free loopback port, for `bench` without `--server`.
+pub(crate) fn embedded_server() -> Result<BusServer, CliError> {
+    let addr = "127.0.0.1:0".parse().expect("a valid literal address");
+    Ok(BusServer::bind(addr, ServerConfig::default())?)
+}
