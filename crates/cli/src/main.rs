@@ -217,7 +217,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
             let addr = match args.server {
                 Some(addr) => addr,
                 None => {
-                    let server = net::embedded_server()?;
+                    let server = net::embedded_server(args.count)?;
                     let addr = server.local_addr();
                     embedded = Some(server);
                     addr

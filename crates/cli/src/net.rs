@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mixbus::bus::{
-    Broker, BusServer, Handler, Message, RemoteBroker, RemoteConfig, ServerConfig, SubscribeOptions,
+    Broker, BusServer, Handler, InMemoryConfig, Message, RemoteBroker, RemoteConfig, ServerConfig,
+    SubscribeOptions,
 };
 
 use crate::CliError;
@@ -204,7 +205,15 @@ pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 /// Starts a server on a free loopback port, for `bench` without `--server`.
-pub(crate) fn embedded_server() -> Result<BusServer, CliError> {
+///
+/// Bench publishers stream without confirms, so a consumer-group queue that fills would refuse
+/// messages the publisher never hears about: the embedded server's group queues hold `count`.
+pub(crate) fn embedded_server(count: u64) -> Result<BusServer, CliError> {
     let addr = "127.0.0.1:0".parse().expect("a valid literal address");
-    Ok(BusServer::bind(addr, ServerConfig::default())?)
+    let capacity = usize::try_from(count).unwrap_or(usize::MAX).max(65_536);
+    let inner = InMemoryConfig::default().with_group_capacity(capacity);
+    Ok(BusServer::bind(
+        addr,
+        ServerConfig::default().with_inner(inner),
+    )?)
 }
