@@ -323,7 +323,7 @@ impl ConnListener {
                         text: err.to_string(),
                     }),
                     Err(err) => {
-                        tracing::debug!(conn.id = conn.queue.id(), error = %err, "unconfirmed publish failed")
+                        tracing::warn!(conn.id = conn.queue.id(), error = %err, "unconfirmed publish failed")
                     }
                 }
             }

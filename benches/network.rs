@@ -1,0 +1,346 @@
+//! network benches: the bus through a `BusServer` over loopback, beside a raw one-hop TCP baseline.
+//!
+//! Run with `cargo bench --bench network`. Ids read `network_throughput/<case>/<size>` (one
+//! publisher to one subscriber, cases `bus` and `raw_tcp`), `network_fanout/bus/<size>` (to 4
+//! subscribers), `network_group/bus_manual_ack/<size>` (a group of 2 members acking by hand) and
+//! `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_publish_confirm`, `raw_tcp`).
+use std::hint::black_box;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use mixbus::bus::{
+    Broker, BusServer, Bytes, Handler, InMemoryConfig, Message, RemoteBroker, RemoteConfig,
+    ServerConfig, SubscribeOptions, Subscription,
+};
+
+/// Message sizes of the throughput group.
+const SIZES: [usize; 3] = [16, 256, 4096];
+/// Message size of the fan-out and group cases.
+const FAN_SIZE: usize = 256;
+/// Subscribers of the fan-out case.
+const FAN_OUT: usize = 4;
+/// Message size of the latency group.
+const PING: usize = 64;
+/// Samples per case.
+const SAMPLES: usize = 10;
+/// Measurement time per case.
+const MEASURE: Duration = Duration::from_secs(2);
+/// How long a batch may take before the bench gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn server() -> BusServer {
+    let config = ServerConfig::default()
+        .with_max_outbound_bytes(512 << 20)
+        .with_inner(InMemoryConfig::default().with_dispatch_threads(2));
+    BusServer::bind("127.0.0.1:0".parse().unwrap(), config).expect("server")
+}
+
+fn client(server: &BusServer, confirm: bool) -> RemoteBroker {
+    RemoteBroker::connect(
+        server.local_addr(),
+        RemoteConfig::default()
+            .with_confirm(confirm)
+            .with_publish_timeout(PATIENCE),
+    )
+    .expect("client")
+}
+
+/// A counter that a handler bumps, with a bounded wait for a target.
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Count {
+    fn handler(self: &Arc<Self>) -> Handler {
+        let me = self.clone();
+        Handler::new(move |m| {
+            black_box(m.payload());
+            me.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    fn wait_for(&self, target: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.0.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "bench batch stalled");
+            thread::yield_now();
+        }
+    }
+}
+
+fn publish_batch(publisher: &RemoteBroker, topic: &str, payload: &Bytes, n: u64) {
+    for _ in 0..n {
+        publisher
+            .publish(Message::new(topic, payload.clone()))
+            .expect("publish");
+    }
+}
+
+/// Messages a paced publisher lets run ahead of its consumers: below the server's group
+/// capacity (65 536), past which an unconfirmed publish fails on the server unseen.
+const WINDOW: u64 = 16_384;
+
+/// Publishes `n` messages, never more than `WINDOW` ahead of `count` (which starts at `base`).
+fn publish_paced(
+    publisher: &RemoteBroker,
+    topic: &str,
+    payload: &Bytes,
+    n: u64,
+    count: &Count,
+    base: u64,
+) {
+    let mut sent = 0;
+    while sent < n {
+        let chunk = (n - sent).min(WINDOW / 2);
+        publish_batch(publisher, topic, payload, chunk);
+        sent += chunk;
+        count.wait_for((base + sent).saturating_sub(WINDOW / 2));
+    }
+}
+
+/// Raw baseline receiver: counts length-prefixed frames and reports the running count.
+fn raw_sink() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut r = BufReader::with_capacity(256 << 10, stream);
+        let mut len = [0u8; 4];
+        let mut buf = Vec::new();
+        while r.read_exact(&mut len).is_ok() {
+            buf.resize(u32::from_be_bytes(len) as usize, 0);
+            if r.read_exact(&mut buf).is_err() {
+                break;
+            }
+            black_box(&buf);
+            c.fetch_add(1, Ordering::Release);
+        }
+    });
+    (addr, count)
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut g = c.benchmark_group("network_throughput");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    let server = server();
+    let publisher = client(&server, false);
+    let subscriber = client(&server, true);
+    for size in SIZES {
+        g.throughput(Throughput::Elements(1));
+        let payload = Bytes::from(vec![7u8; size]);
+        let topic = format!("tp.{size}");
+        let count = Arc::new(Count::default());
+        let _sub = subscriber
+            .subscribe(&topic, SubscribeOptions::default(), count.handler())
+            .unwrap();
+        g.bench_with_input(BenchmarkId::new("bus", size), &size, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let target = count.0.load(Ordering::Relaxed) + iters;
+                publish_batch(&publisher, &topic, &payload, iters);
+                count.wait_for(target);
+                start.elapsed()
+            })
+        });
+        let (addr, received) = raw_sink();
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut w = BufWriter::with_capacity(256 << 10, stream);
+        let len = (size as u32).to_be_bytes();
+        g.bench_with_input(BenchmarkId::new("raw_tcp", size), &size, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let target = received.load(Ordering::Acquire) + iters;
+                for _ in 0..iters {
+                    w.write_all(&len).unwrap();
+                    w.write_all(&payload).unwrap();
+                }
+                w.flush().unwrap();
+                let deadline = Instant::now() + PATIENCE;
+                while received.load(Ordering::Acquire) < target {
+                    assert!(Instant::now() < deadline, "raw batch stalled");
+                    thread::yield_now();
+                }
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn fanout_and_group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("network_fanout");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    g.throughput(Throughput::Elements(1));
+    let server = server();
+    let publisher = client(&server, false);
+    let payload = Bytes::from(vec![7u8; FAN_SIZE]);
+    let count = Arc::new(Count::default());
+    let subscribers: Vec<(RemoteBroker, Subscription)> = (0..FAN_OUT)
+        .map(|_| {
+            let s = client(&server, true);
+            let sub = s
+                .subscribe("fan", SubscribeOptions::default(), count.handler())
+                .unwrap();
+            (s, sub)
+        })
+        .collect();
+    g.bench_with_input(BenchmarkId::new("bus", FAN_SIZE), &FAN_SIZE, |b, _| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let target = count.0.load(Ordering::Relaxed) + iters * FAN_OUT as u64;
+            publish_batch(&publisher, "fan", &payload, iters);
+            count.wait_for(target);
+            start.elapsed()
+        })
+    });
+    g.finish();
+    drop(subscribers);
+
+    let mut g = c.benchmark_group("network_group");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    g.throughput(Throughput::Elements(1));
+    let count = Arc::new(Count::default());
+    let members: Vec<(Arc<RemoteBroker>, Subscription)> = (0..2)
+        .map(|_| {
+            let me: Arc<OnceLock<Weak<RemoteBroker>>> = Arc::new(OnceLock::new());
+            let m = me.clone();
+            let counter = count.clone();
+            let handler = Handler::new(move |msg| {
+                if let Some(broker) = m.get().and_then(Weak::upgrade) {
+                    broker.ack(msg.delivery_id().unwrap())?;
+                }
+                counter.0.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+            let s = Arc::new(client(&server, true));
+            let _ = me.set(Arc::downgrade(&s));
+            let opts = SubscribeOptions::group("g").manual_ack();
+            let sub = s.subscribe("work", opts, handler).unwrap();
+            (s, sub)
+        })
+        .collect();
+    g.bench_with_input(
+        BenchmarkId::new("bus_manual_ack", FAN_SIZE),
+        &FAN_SIZE,
+        |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let base = count.0.load(Ordering::Relaxed);
+                let target = base + iters;
+                publish_paced(&publisher, "work", &payload, iters, &count, base);
+                count.wait_for(target);
+                start.elapsed()
+            })
+        },
+    );
+    g.finish();
+    drop(members);
+}
+
+fn latency(c: &mut Criterion) {
+    let mut g = c.benchmark_group("network_latency");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    let server = server();
+    let payload = Bytes::from(vec![7u8; PING]);
+
+    // Request/reply: the requester publishes on `req`, a responder answers on `rep`.
+    let requester = client(&server, false);
+    let responder = Arc::new(client(&server, false));
+    let me: Arc<OnceLock<Weak<RemoteBroker>>> = Arc::new(OnceLock::new());
+    let _ = me.set(Arc::downgrade(&responder));
+    let m = me.clone();
+    let _answer = responder
+        .subscribe(
+            "req",
+            SubscribeOptions::default(),
+            Handler::new(move |msg| {
+                if let Some(r) = m.get().and_then(Weak::upgrade) {
+                    r.publish(Message::new("rep", msg.payload().clone()))?;
+                }
+                Ok(())
+            }),
+        )
+        .unwrap();
+    let (tx, rx) = flume::unbounded();
+    let tx = Mutex::new(tx);
+    let _replies = requester
+        .subscribe(
+            "rep",
+            SubscribeOptions::default(),
+            Handler::new(move |_| {
+                tx.lock().unwrap().send(())?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    g.bench_with_input(
+        BenchmarkId::new("bus_request_reply", PING),
+        &PING,
+        |b, _| {
+            b.iter(|| {
+                requester
+                    .publish(Message::new("req", payload.clone()))
+                    .unwrap();
+                rx.recv_timeout(PATIENCE).expect("reply");
+            })
+        },
+    );
+
+    let confirmer = client(&server, true);
+    g.bench_with_input(
+        BenchmarkId::new("bus_publish_confirm", PING),
+        &PING,
+        |b, _| {
+            b.iter(|| {
+                black_box(
+                    confirmer
+                        .publish(Message::new("nobody", payload.clone()))
+                        .unwrap(),
+                )
+            })
+        },
+    );
+
+    // Raw baseline: a frame to an echo thread and back.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 4 + PING];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut frame = (PING as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    let mut back = vec![0u8; 4 + PING];
+    g.bench_with_input(BenchmarkId::new("raw_tcp", PING), &PING, |b, _| {
+        b.iter(|| {
+            s.write_all(&frame).unwrap();
+            s.read_exact(&mut back).unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    throughput(&mut c);
+    fanout_and_group(&mut c);
+    latency(&mut c);
+    c.final_summary();
+}
