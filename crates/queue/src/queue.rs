@@ -427,6 +427,19 @@ impl SendEvents for SendSide {
         }
     }
 
+    fn sent_all(&mut self, msgs: &mut Vec<Bytes>, _cx: &mut Context<'_>) {
+        // One lookup and one lock for everything a write finished.
+        if let Some(queue) = self.queue() {
+            let mut listener = lock(&queue.inner.listener);
+            if let Some(l) = listener.as_deref_mut() {
+                for msg in msgs.drain(..) {
+                    l.sent(&queue, msg);
+                }
+            }
+        }
+        msgs.clear();
+    }
+
     fn drained(&mut self, _cx: &mut Context<'_>) {
         if let Some(queue) = self.queue() {
             queue.with_listener(|l, q| l.writable(q));
@@ -453,6 +466,23 @@ impl ReceiveEvents for RecvSide {
                 Flow::Continue
             }
             None => Flow::Stop,
+        }
+    }
+
+    fn received_all(&mut self, frames: &mut Vec<Bytes>, _cx: &mut Context<'_>) -> Flow {
+        // One lock for the whole batch.
+        let mut listener = lock(&self.queue.inner.listener);
+        match listener.as_deref_mut() {
+            Some(l) => {
+                for frame in frames.drain(..) {
+                    l.received(&self.queue, frame);
+                }
+                Flow::Continue
+            }
+            None => {
+                frames.clear();
+                Flow::Stop
+            }
         }
     }
 

@@ -10,6 +10,9 @@ use crate::error::FrameError;
 use crate::pump::eventq::net::TcpStream;
 use crate::pump::{Context, IoSource, Next, PumpHandle, Task};
 
+/// Frames handed to the events at once; the budget is checked between batches.
+const DELIVER_BATCH: usize = 64;
+
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK: usize = 256 * 1024;
 
@@ -46,6 +49,18 @@ pub trait ReceiveEvents: Send + 'static {
     /// One whole frame's payload, in arrival order.
     fn received(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Flow;
 
+    /// Several whole frames, in arrival order; the default calls [`ReceiveEvents::received`] for
+    /// each until one says stop. Override it to pay per-batch costs once. It must leave `frames`
+    /// empty.
+    fn received_all(&mut self, frames: &mut Vec<Bytes>, cx: &mut Context<'_>) -> Flow {
+        for frame in frames.drain(..) {
+            if self.received(frame, cx) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
     /// The receive side ended; called exactly once, after every `received`.
     fn finished(&mut self, outcome: ReceiveOutcome, cx: &mut Context<'_>);
 }
@@ -57,6 +72,8 @@ pub struct ReceiveTask<E> {
     source: Option<IoSource<TcpStream>>,
     decoder: FrameDecoder,
     events: E,
+    /// Frames decoded and not yet delivered (reused between deliveries).
+    batch: Vec<Bytes>,
 }
 
 impl<E: ReceiveEvents> ReceiveTask<E> {
@@ -74,6 +91,7 @@ impl<E: ReceiveEvents> ReceiveTask<E> {
             source: Some(pump.register(stream)?),
             decoder: FrameDecoder::new(max_frame_len),
             events,
+            batch: Vec::with_capacity(DELIVER_BATCH),
         })
     }
 
@@ -93,23 +111,35 @@ impl<E: ReceiveEvents> ReceiveTask<E> {
     /// Stops with `Some(Next::Repost)` when the budget is used up: the rest stays buffered and is
     /// delivered first on the next run, so one large read never holds the pump for long.
     fn deliver(&mut self, cx: &mut Context<'_>) -> Option<Next> {
-        let mut delivered = 0u32;
         loop {
-            match self.decoder.decode() {
-                Ok(Some(frame)) => {
-                    if self.events.received(frame, cx) == Flow::Stop {
-                        return Some(self.finish(ReceiveOutcome::Stopped, cx));
-                    }
-                    delivered += 1;
-                    if delivered.is_multiple_of(64) && cx.should_yield() {
-                        return Some(Next::Repost);
+            let mut error = None;
+            while self.batch.len() < DELIVER_BATCH {
+                match self.decoder.decode() {
+                    Ok(Some(frame)) => self.batch.push(frame),
+                    Ok(None) => break,
+                    Err(err) => {
+                        error = Some(err);
+                        break;
                     }
                 }
-                Ok(None) => return None,
-                Err(err) => {
-                    tracing::warn!(error = %err, "protocol error; closing the connection");
-                    return Some(self.finish(ReceiveOutcome::Protocol(err), cx));
+            }
+            let full = self.batch.len() == DELIVER_BATCH;
+            if !self.batch.is_empty() {
+                let flow = self.events.received_all(&mut self.batch, cx);
+                self.batch.clear();
+                if flow == Flow::Stop {
+                    return Some(self.finish(ReceiveOutcome::Stopped, cx));
                 }
+            }
+            if let Some(err) = error {
+                tracing::warn!(error = %err, "protocol error; closing the connection");
+                return Some(self.finish(ReceiveOutcome::Protocol(err), cx));
+            }
+            if !full {
+                return None;
+            }
+            if cx.should_yield() {
+                return Some(Next::Repost);
             }
         }
     }

@@ -115,6 +115,15 @@ pub trait SendEvents: Send + 'static {
     /// A message was written to the socket whole; it is handed back. Called in order.
     fn sent(&mut self, msg: Bytes, cx: &mut Context<'_>);
 
+    /// Every message one write finished, in order; the default calls [`SendEvents::sent`] for each.
+    /// Override it to pay per-batch costs (a lock, a lookup) once per write instead of per message.
+    /// It must leave `msgs` empty.
+    fn sent_all(&mut self, msgs: &mut Vec<Bytes>, cx: &mut Context<'_>) {
+        for msg in msgs.drain(..) {
+            self.sent(msg, cx);
+        }
+    }
+
     /// The queue fell below the low water mark after a push was refused: there is room again.
     fn drained(&mut self, _cx: &mut Context<'_>) {}
 
@@ -187,6 +196,8 @@ struct Writer {
     stalled_since: Option<Instant>,
     events: Box<dyn SendEvents>,
     scratch: Vec<u8>,
+    /// Messages the last write finished, handed back together.
+    done: Vec<Bytes>,
 }
 
 struct Shared {
@@ -450,6 +461,7 @@ impl SendTask {
                 stalled_since: None,
                 events: Box::new(events),
                 scratch: Vec::with_capacity(64 * 1024),
+                done: Vec::new(),
             }),
             pump: pump.clone(),
             owner,
@@ -596,7 +608,11 @@ impl Writer {
             freed += left;
             self.offset = 0;
             let msg = self.inflight.pop_front().expect("front exists");
-            self.events.sent(msg, cx);
+            self.done.push(msg);
+        }
+        if !self.done.is_empty() {
+            self.events.sent_all(&mut self.done, cx);
+            self.done.clear();
         }
         // SeqCst pairs with `Outbox::push`: see the re-check there.
         let before = shared.queued_bytes.fetch_sub(freed, Ordering::SeqCst);
