@@ -4,6 +4,9 @@
 //! publisher to one subscriber, cases `bus` and `raw_tcp`), `network_fanout/bus/<size>` (to 4
 //! subscribers), `network_group/bus_manual_ack/<size>` (a group of 2 members acking by hand) and
 //! `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_publish_confirm`, `raw_tcp`).
+//! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput and request/reply cases also
+//! run against that nats-server (`network_throughput/nats/<size>`,
+//! `network_latency/nats_request_reply/64`).
 use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -337,10 +340,140 @@ fn latency(c: &mut Criterion) {
     g.finish();
 }
 
+/// Connects to a nats-server and starts a reader thread that answers server PINGs (only when
+/// asked: its writes would interleave with another thread's), reports
+/// PONGs on the returned channel and hands each MSG payload to `on_msg` with a writer.
+fn nats_connect(
+    addr: &str,
+    answer_pings: bool,
+    mut on_msg: impl FnMut(&mut TcpStream, &[u8]) + Send + 'static,
+) -> (TcpStream, flume::Receiver<()>) {
+    use std::io::BufRead;
+    let mut stream = TcpStream::connect(addr).expect("nats connect");
+    stream.set_nodelay(true).unwrap();
+    stream
+        .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .unwrap();
+    let (pong_tx, pong_rx) = flume::unbounded();
+    let mut writer = stream.try_clone().unwrap();
+    let reader = stream.try_clone().unwrap();
+    thread::spawn(move || {
+        let mut r = BufReader::with_capacity(256 << 10, reader);
+        let mut line = String::new();
+        let mut body = Vec::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                let len: usize = rest.split_whitespace().last().unwrap().parse().unwrap();
+                body.resize(len + 2, 0);
+                if r.read_exact(&mut body).is_err() {
+                    break;
+                }
+                on_msg(&mut writer, &body[..len]);
+            } else if answer_pings && line.starts_with("PING") {
+                let _ = writer.write_all(b"PONG\r\n");
+            } else if line.starts_with("PONG") {
+                let _ = pong_tx.send(());
+            }
+        }
+    });
+    (stream, pong_rx)
+}
+
+/// Subscribes and waits until the server has registered the subscription (a PING round trip).
+fn nats_sub(stream: &mut TcpStream, pongs: &flume::Receiver<()>, subject: &str) {
+    write!(stream, "SUB {subject} 1\r\nPING\r\n").unwrap();
+    pongs.recv_timeout(PATIENCE).expect("nats PONG");
+}
+
+/// The same throughput and request/reply cases against a nats-server, when `MIXBUS_NATS_ADDR`
+/// names one (for example `127.0.0.1:4222`), spoken in NATS's text protocol over std sockets.
+fn nats(c: &mut Criterion) {
+    let Ok(addr) = std::env::var("MIXBUS_NATS_ADDR") else {
+        return;
+    };
+    let mut g = c.benchmark_group("network_throughput");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    g.throughput(Throughput::Elements(1));
+    let count = Arc::new(AtomicU64::new(0));
+    let c2 = count.clone();
+    let (mut sub, pongs) = nats_connect(&addr, true, move |_, body| {
+        black_box(body);
+        c2.fetch_add(1, Ordering::Release);
+    });
+    nats_sub(&mut sub, &pongs, "tp.*");
+    let (publisher, _) = nats_connect(&addr, false, |_, _| {});
+    let mut w = BufWriter::with_capacity(256 << 10, publisher);
+    for size in SIZES {
+        let payload = vec![7u8; size];
+        let head = format!("PUB tp.{size} {size}\r\n");
+        // NATS cuts a subscriber more than 64 MiB behind: keep at most 4 MiB in flight.
+        let window = ((4u64 << 20) / size as u64).max(1024);
+        g.bench_with_input(BenchmarkId::new("nats", size), &size, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let base = count.load(Ordering::Acquire);
+                let wait_for = |target: u64| {
+                    let deadline = Instant::now() + PATIENCE;
+                    while count.load(Ordering::Acquire) < target {
+                        assert!(Instant::now() < deadline, "nats batch stalled");
+                        thread::yield_now();
+                    }
+                };
+                for i in 1..=iters {
+                    w.write_all(head.as_bytes()).unwrap();
+                    w.write_all(&payload).unwrap();
+                    w.write_all(b"\r\n").unwrap();
+                    if i % window == 0 {
+                        w.flush().unwrap();
+                        wait_for((base + i).saturating_sub(window));
+                    }
+                }
+                w.flush().unwrap();
+                wait_for(base + iters);
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("network_latency");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    let (mut responder, pongs) = nats_connect(&addr, true, move |w, body| {
+        let _ = write!(w, "PUB rep {}\r\n", body.len());
+        let _ = w.write_all(body);
+        let _ = w.write_all(b"\r\n");
+    });
+    nats_sub(&mut responder, &pongs, "req");
+    let (tx, rx) = flume::unbounded();
+    let (mut requester, pongs) = nats_connect(&addr, false, move |_, _| {
+        let _ = tx.send(());
+    });
+    nats_sub(&mut requester, &pongs, "rep");
+    let mut frame = format!("PUB req {PING}\r\n").into_bytes();
+    frame.extend_from_slice(&[7u8; PING]);
+    frame.extend_from_slice(b"\r\n");
+    g.bench_with_input(
+        BenchmarkId::new("nats_request_reply", PING),
+        &PING,
+        |b, _| {
+            b.iter(|| {
+                requester.write_all(&frame).unwrap();
+                rx.recv_timeout(PATIENCE).expect("nats reply");
+            })
+        },
+    );
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     throughput(&mut c);
     fanout_and_group(&mut c);
     latency(&mut c);
+    nats(&mut c);
     c.final_summary();
 }
