@@ -17,8 +17,8 @@ pub type HandlerResult = std::result::Result<(), HandlerError>;
 
 /// The code a subscription runs for each message.
 ///
-/// A handler runs on one of the broker's dispatch threads (for a remote broker, on its client's
-/// receive thread), so it is `Send + Sync + 'static` and must return quickly: hand heavy work to
+/// A handler runs on one of the broker's dispatch threads (for a [`RemoteBroker`](crate::RemoteBroker),
+/// on the client's thread for that subscription), so it is `Send + Sync + 'static` and must return quickly: hand heavy work to
 /// a thread of your own. An `Err` or a panic is a failed delivery; the dispatch thread goes on.
 ///
 /// # Examples
@@ -164,7 +164,8 @@ impl fmt::Display for CloseReport {
 }
 
 /// The message bus contract, one for every backend: [`InMemoryBroker`](crate::InMemoryBroker)
-/// (threads in one process), and later a networked client and a Redis backend.
+/// (threads in one process), [`RemoteBroker`](crate::RemoteBroker) (a client of a
+/// [`BusServer`](crate::BusServer)), and later a Redis backend.
 ///
 /// Everything in it is plain data or a `Send + Sync + 'static` handler, so an implementation may
 /// live across a socket: messages are named by [`DeliveryId`]s, not references.

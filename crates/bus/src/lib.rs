@@ -12,8 +12,14 @@
 //! publishing, lets in-flight work finish within a timeout and reports what was left.
 //!
 //! [`InMemoryBroker`] is the first backend: threads in one process, handlers on a pool of dispatch
-//! threads. Networked and Redis backends implement the same trait later. [`BrokerListener`] hooks
-//! observe every event; [`StatsCollector`] is a listener counting them.
+//! threads. [`BusServer`] serves an in-memory bus over TCP and [`RemoteBroker`] is the second
+//! backend, the same trait over a connection to it: handlers run on the client, the server's
+//! delivery rules (groups, retention, ack wait, re-delivery, dead letters) apply unchanged, the
+//! client reconnects with back-off and re-subscribes, and a consumer that falls too far behind or
+//! disappears has its un-acked group messages handed to another member. The versioned wire
+//! protocol is in [`protocol`] (and `docs/PROTOCOL.md`); its decoder never panics. A Redis backend
+//! comes later. [`BrokerListener`] hooks observe every event; [`StatsCollector`] is a listener
+//! counting them.
 //!
 //! # Examples
 //!
