@@ -16,7 +16,7 @@ use crate::memory::{InMemoryBroker, InMemoryConfig};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, Op, VERSION};
-use crate::queue::task::pump::{EventPump, PumpConfig};
+use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::stats::{StatsCollector, StatsSnapshot};
 
@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub max_outbound_bytes: usize,
     /// How long closing a connection may spend flushing (default 500 ms).
     pub linger: Duration,
+    /// How long a new connection has to send its HELLO before it is closed (default 5 s).
+    pub handshake_timeout: Duration,
     /// The server's name, sent in WELCOME (default `mixbus`).
     pub name: String,
     /// The bus held by the server.
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             max_subscriptions_per_connection: 1024,
             max_outbound_bytes: 8 << 20,
             linger: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(5),
             name: "mixbus".to_owned(),
             inner: InMemoryConfig::default(),
         }
@@ -99,6 +102,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
+        self
+    }
+
+    /// Sets how long a new connection has to send its HELLO.
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -685,6 +695,23 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         return;
     }
     tracing::debug!(conn.id = queue.id(), peer = %queue.peer_addr(), "client connected");
+    let timeout = shared.config.handshake_timeout;
+    let (weak_conn, weak_shared) = (Arc::downgrade(&conn), Arc::downgrade(&shared));
+    let check = OnceTask::new("bus-handshake-timeout", move |_cx: &mut _| {
+        let (Some(conn), Some(shared)) = (weak_conn.upgrade(), weak_shared.upgrade()) else {
+            return;
+        };
+        if !lock(&conn.state).welcomed && !conn.closing.load(Ordering::Acquire) {
+            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            conn.fault(
+                ErrorCode::HandshakeRequired,
+                format!("no HELLO within {timeout:?}"),
+            );
+        }
+    });
+    if queue.pump().post_after(timeout, check).is_err() {
+        tracing::debug!(conn.id = queue.id(), "handshake timer not set: pump closed");
+    }
     let listener = ConnListener {
         shared: Arc::downgrade(&shared),
         conn,

@@ -183,3 +183,19 @@ fn non_loopback_bind_requires_a_token() {
     );
     assert!(bound.is_ok());
 }
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed() {
+    let config =
+        ServerConfig::default().with_handshake_timeout(std::time::Duration::from_millis(100));
+    let server = server_with(config, 2);
+    let by = Bystander::new(&server, None);
+    let start = std::time::Instant::now();
+    let mut raw = Raw::connect(server.local_addr());
+    let text = raw.expect_error_and_close(ErrorCode::HandshakeRequired);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(100),
+        "closed early: {text}"
+    );
+    by.check();
+}
