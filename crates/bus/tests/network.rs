@@ -240,3 +240,53 @@ fn a_slow_consumer_is_cut_off_while_a_fast_one_gets_everything() {
     slow.expect_closed();
     assert!(fast.is_connected());
 }
+
+#[test]
+fn a_blocked_remote_handler_is_held_to_its_in_flight_limit_and_others_go_on() {
+    let server = server(2);
+    let blocked = remote(&server);
+    let (gate_tx, gate_rx) = flume::unbounded::<()>();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let _blocked_sub = blocked
+        .subscribe(
+            "feed",
+            SubscribeOptions::default().with_max_in_flight(4),
+            Handler::new(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                gate_rx.recv_timeout(WAIT)?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    let fast = remote(&server);
+    let (h, rx) = collector();
+    let _fast_sub = fast
+        .subscribe("feed", SubscribeOptions::default(), h)
+        .unwrap();
+    let publisher = remote(&server);
+    const N: u64 = 100;
+    for i in 0..N {
+        publisher
+            .publish(Message::new("feed", i.to_string()))
+            .unwrap();
+    }
+    for _ in 0..N {
+        recv(&rx);
+    }
+    // The server forwarded the blocked subscription only its 4 un-acked deliveries; the rest
+    // wait on the server, not in the client's memory or on the wire.
+    wait_until("the fast deliveries to be acked", || {
+        server.stats().bus.total.acked == N
+    });
+    assert_eq!(server.stats().bus.total.dispatched, N + 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(blocked.is_connected());
+    // Released, it gets everything, in order, without loss.
+    for _ in 0..N {
+        gate_tx.send(()).unwrap();
+    }
+    wait_until("the blocked subscriber to catch up", || {
+        calls.load(Ordering::SeqCst) == N
+    });
+}
