@@ -151,7 +151,7 @@ impl ServerStats {
     /// The counters as key/value rows (what a STATS request answers).
     pub fn rows(&self) -> Vec<(String, String)> {
         let t = &self.bus.total;
-        vec![
+        let mut rows: Vec<(String, String)> = vec![
             ("connections".into(), self.connections.to_string()),
             ("accepted".into(), self.accepted.to_string()),
             ("rejected".into(), self.rejected.to_string()),
@@ -163,7 +163,26 @@ impl ServerStats {
             ("dropped".into(), t.dropped.to_string()),
             ("redelivered".into(), t.redelivered.to_string()),
             ("dead_lettered".into(), t.dead_lettered.to_string()),
-        ]
+        ];
+        // Per topic and per queue, as `topic.<name>.<counter>` and `queue.<name>.depth`.
+        for topic in &self.bus.topics {
+            for (name, value) in [
+                ("published", topic.published),
+                ("processed", topic.processed),
+                ("failed", topic.failed),
+                ("redelivered", topic.redelivered),
+                ("depth", topic.depth),
+            ] {
+                rows.push((format!("topic.{}.{name}", topic.topic), value.to_string()));
+            }
+        }
+        for queue in &self.bus.queues {
+            rows.push((
+                format!("queue.{}.depth", queue.queue),
+                queue.depth.to_string(),
+            ));
+        }
+        rows
     }
 }
 

@@ -164,16 +164,8 @@ pub(crate) fn stats(broker: &RemoteBroker, watch: bool) -> Result<(), CliError> 
     loop {
         let rows = broker.server_stats()?;
         let now = Instant::now();
-        let mut out = String::new();
-        if watch {
-            out.push_str("\x1b[2J\x1b[H");
-        }
-        out.push_str(&format!(
-            "{:<28} {:>14} {:>12}\n",
-            "counter", "value", "per second"
-        ));
-        for (key, value) in &rows {
-            let rate = previous
+        let rate = |key: &str, value: &str| -> String {
+            previous
                 .as_ref()
                 .and_then(|(at, old)| {
                     let old: f64 = old.iter().find(|(k, _)| k == key)?.1.parse().ok()?;
@@ -181,8 +173,72 @@ pub(crate) fn stats(broker: &RemoteBroker, watch: bool) -> Result<(), CliError> 
                     Some((new - old) / now.duration_since(*at).as_secs_f64().max(1e-9))
                 })
                 .map(|r| format!("{r:.0}"))
-                .unwrap_or_default();
-            out.push_str(&format!("{key:<28} {value:>14} {rate:>12}\n"));
+                .unwrap_or_else(|| "-".into())
+        };
+        let get = |key: &str| {
+            rows.iter()
+                .find(|(k, _)| k == key)
+                .map_or("0", |(_, v)| v.as_str())
+        };
+        let mut out = String::new();
+        if watch {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        out.push_str(&format!(
+            "{:<24} {:>14} {:>12}\n",
+            "server", "value", "per second"
+        ));
+        for (key, value) in rows.iter().filter(|(k, _)| !k.contains('.')) {
+            out.push_str(&format!("{key:<24} {value:>14} {:>12}\n", rate(key, value)));
+        }
+        let mut topics: Vec<&str> = rows
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("topic.")?.rsplit_once('.').map(|(t, _)| t))
+            .collect();
+        topics.dedup();
+        if !topics.is_empty() {
+            out.push_str(&format!(
+                "\n{:<28} {:>11} {:>9} {:>11} {:>9} {:>7} {:>11} {:>7}\n",
+                "topic",
+                "published",
+                "pub/s",
+                "processed",
+                "proc/s",
+                "failed",
+                "redelivered",
+                "depth"
+            ));
+        }
+        for topic in topics {
+            let key = |c: &str| format!("topic.{topic}.{c}");
+            let published = get(&key("published"));
+            let processed = get(&key("processed"));
+            out.push_str(&format!(
+                "{topic:<28} {published:>11} {:>9} {processed:>11} {:>9} {:>7} {:>11} {:>7}\n",
+                rate(&key("published"), published),
+                rate(&key("processed"), processed),
+                get(&key("failed")),
+                get(&key("redelivered")),
+                get(&key("depth")),
+            ));
+        }
+        let queues: Vec<(&str, &str)> = rows
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.strip_prefix("queue.")?.strip_suffix(".depth")?,
+                    v.as_str(),
+                ))
+            })
+            .collect();
+        if !queues.is_empty() {
+            out.push_str(&format!(
+                "\n{:<40} {:>9}\n",
+                "queue (subscription or group)", "depth"
+            ));
+        }
+        for (queue, depth) in queues {
+            out.push_str(&format!("{queue:<40} {depth:>9}\n"));
         }
         print!("{out}");
         let _ = std::io::stdout().flush();

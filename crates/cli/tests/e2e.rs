@@ -195,3 +195,26 @@ fn a_client_without_a_server_fails_with_one_line() {
     assert!(stderr.contains("cannot reach the server"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn stats_shows_a_row_per_topic() {
+    let (_server, addr) = serve();
+    let (_sub, lines) = sub(&addr, &["metrics.*", "--count", "3"]);
+    let sent: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+    publish(&addr, "metrics.cpu", &sent);
+    for _ in 0..3 {
+        lines.recv_timeout(PATIENCE).unwrap();
+    }
+    let out = mixbus()
+        .args(["stats", "--server", &addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("metrics.cpu"))
+        .unwrap_or_else(|| panic!("no row for the topic in:\n{stdout}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "3", "published count in {row}");
+}
