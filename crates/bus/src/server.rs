@@ -141,6 +141,9 @@ pub struct ServerStats {
     pub protocol_errors: u64,
     /// Connections closed as slow consumers.
     pub slow_consumers: u64,
+    /// Publishes sent without a confirm that the bus refused (a full group queue, an invalid
+    /// topic): the publisher asked for no answer, so they are counted here.
+    pub refused_publishes: u64,
     /// Remote subscriptions live now.
     pub subscriptions: usize,
     /// The bus's counters.
@@ -157,6 +160,10 @@ impl ServerStats {
             ("rejected".into(), self.rejected.to_string()),
             ("protocol_errors".into(), self.protocol_errors.to_string()),
             ("slow_consumers".into(), self.slow_consumers.to_string()),
+            (
+                "refused_publishes".into(),
+                self.refused_publishes.to_string(),
+            ),
             ("subscriptions".into(), self.subscriptions.to_string()),
             ("published".into(), t.published.to_string()),
             ("processed".into(), t.processed.to_string()),
@@ -222,6 +229,7 @@ struct Counters {
     rejected: AtomicU64,
     protocol_errors: AtomicU64,
     slow_consumers: AtomicU64,
+    refused_publishes: AtomicU64,
 }
 
 struct Shared {
@@ -242,6 +250,7 @@ impl Shared {
             rejected: self.counters.rejected.load(Ordering::Relaxed),
             protocol_errors: self.counters.protocol_errors.load(Ordering::Relaxed),
             slow_consumers: self.counters.slow_consumers.load(Ordering::Relaxed),
+            refused_publishes: self.counters.refused_publishes.load(Ordering::Relaxed),
             subscriptions: conns.values().map(|c| lock(&c.state).subs.len()).sum(),
             bus: self.stats.snapshot(),
         }
@@ -352,7 +361,12 @@ impl ConnListener {
                         text: err.to_string(),
                     }),
                     Err(err) => {
-                        tracing::warn!(conn.id = conn.queue.id(), error = %err, "unconfirmed publish failed")
+                        // The publisher asked for no answer; count it so that `stats` shows it.
+                        shared
+                            .counters
+                            .refused_publishes
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(conn.id = conn.queue.id(), error = %err, "unconfirmed publish refused")
                     }
                 }
             }
