@@ -144,7 +144,6 @@ fn layer_deps(package: &str) -> Result<Vec<String>> {
         .args([
             "tree",
             "--quiet",
-            "--offline",
             "-p",
             package,
             "-e",
