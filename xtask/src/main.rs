@@ -142,18 +142,8 @@ fn ci() -> Result {
 fn layer_deps(package: &str) -> Result<Vec<String>> {
     let out = cargo()
         .args([
-            "tree",
-            "--quiet",
-            "-p",
-            package,
-            "-e",
-            "normal",
-            "--depth",
-            "1",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
+            "tree", "--quiet", "-p", package, "-e", "normal", "--depth", "1", "--prefix", "none",
+            "--format", "{p}",
         ])
         .output()
         .map_err(|err| format!("could not run cargo tree: {err}"))?;
