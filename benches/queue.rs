@@ -211,6 +211,23 @@ impl QueueListener for Echo {
     }
 }
 
+/// Plays ping-pong on its pump: each pong sends the next ping until the round is done, so a
+/// round trip crosses only the two pumps (as the raw baseline crosses only its two threads).
+struct Rally {
+    left: Arc<AtomicU64>,
+    done: flume::Sender<()>,
+}
+
+impl QueueListener for Rally {
+    fn received(&mut self, queue: &MessageQueue, msg: Bytes) {
+        if self.left.fetch_sub(1, Ordering::Relaxed) > 1 {
+            queue.send(msg).expect("ping");
+        } else {
+            let _ = self.done.send(());
+        }
+    }
+}
+
 fn latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue_latency");
     group.sample_size(SAMPLES).measurement_time(MEASURE);
@@ -224,6 +241,27 @@ fn latency(c: &mut Criterion) {
         b.iter(|| {
             pinger.send(msg.clone()).expect("send");
             black_box(rx.recv_timeout(PATIENCE).expect("pong"));
+        });
+        pinger.close();
+    });
+
+    group.bench_function(BenchmarkId::new("queue_pumps", PING), |b| {
+        let (_pumps, pinger, echo) = queue_pair();
+        echo.set_listener(Echo).expect("listener");
+        let left = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = flume::unbounded();
+        pinger
+            .set_listener(Rally {
+                left: left.clone(),
+                done: tx,
+            })
+            .expect("listener");
+        b.iter_custom(|iters| {
+            left.store(iters, Ordering::Relaxed);
+            let start = Instant::now();
+            pinger.send(msg.clone()).expect("send");
+            rx.recv_timeout(PATIENCE).expect("rally done");
+            start.elapsed()
         });
         pinger.close();
     });
