@@ -99,6 +99,23 @@ fn send_all(queue: &MessageQueue, room: &flume::Receiver<()>, msg: &Bytes, n: u6
     }
 }
 
+/// Sends `n` copies of `msg` with `send_all`, 1,024 at a time, waiting for room when the
+/// outbound queue is full.
+fn send_batched(sender: &MessageQueue, room: &flume::Receiver<()>, msg: &Bytes, n: u64) {
+    let mut batch = std::collections::VecDeque::with_capacity(1024);
+    let mut left = n;
+    while left > 0 || !batch.is_empty() {
+        while batch.len() < 1024 && left > 0 {
+            batch.push_back(msg.clone());
+            left -= 1;
+        }
+        sender.send_all(&mut batch).expect("send_all");
+        if !batch.is_empty() {
+            room.recv_timeout(PATIENCE).expect("room");
+        }
+    }
+}
+
 /// A raw reader thread: parses length-prefixed frames and signals every `n`.
 fn raw_reader(stream: TcpStream, target: Arc<AtomicU64>, done: flume::Sender<()>) {
     thread::spawn(move || {
@@ -159,6 +176,32 @@ fn throughput(c: &mut Criterion) {
                 for _ in 0..iters {
                     let start = Instant::now();
                     send_all(&sender, &room, &msg, n);
+                    done.recv_timeout(PATIENCE).expect("all received");
+                    total += start.elapsed();
+                }
+                total
+            });
+            sender.close();
+        });
+
+        group.bench_function(BenchmarkId::new("queue_batched", size), |b| {
+            let (_pumps, sender, receiver) = queue_pair();
+            let target = Arc::new(AtomicU64::new(n));
+            let (done_tx, done) = flume::unbounded();
+            receiver
+                .set_listener(Counter {
+                    count: 0,
+                    target,
+                    done: done_tx,
+                })
+                .expect("listener");
+            let (room_tx, room) = flume::bounded(1);
+            sender.set_listener(Room(room_tx)).expect("listener");
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    send_batched(&sender, &room, &msg, n);
                     done.recv_timeout(PATIENCE).expect("all received");
                     total += start.elapsed();
                 }

@@ -230,6 +230,54 @@ impl Outbox {
     /// loss), in [`PushError::TooLarge`] above the frame limit, and in [`PushError::Closed`] after
     /// close.
     pub fn push(&self, msg: Bytes) -> Result<(), PushError> {
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            self.admit(&mut pending, msg)?;
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if post {
+            self.schedule();
+        }
+        Ok(())
+    }
+
+    /// Queues messages from the front of `msgs`, in order, under one lock: the batched `push`.
+    ///
+    /// Returns how many were taken. It stops at the first message past the high water mark and
+    /// leaves it and the rest in `msgs` (wait for [`SendEvents::drained`], then call again).
+    ///
+    /// # Errors
+    /// [`PushError::TooLarge`] or [`PushError::Closed`] with the message that was refused, taken out
+    /// of `msgs`; the messages before it were queued, those after it stay in `msgs`.
+    pub fn push_all(&self, msgs: &mut VecDeque<Bytes>) -> Result<usize, PushError> {
+        let mut taken = 0;
+        let (post, result) = {
+            let mut pending = lock(&self.shared.pending);
+            let mut result = Ok(());
+            while let Some(msg) = msgs.pop_front() {
+                match self.admit(&mut pending, msg) {
+                    Ok(()) => taken += 1,
+                    Err(PushError::Full { msg, .. }) => {
+                        msgs.push_front(msg);
+                        break;
+                    }
+                    Err(other) => {
+                        result = Err(other);
+                        break;
+                    }
+                }
+            }
+            let post = taken > 0 && !std::mem::replace(&mut pending.scheduled, true);
+            (post, result)
+        };
+        if post {
+            self.schedule();
+        }
+        result.map(|()| taken)
+    }
+
+    /// Checks one message against the limits and queues it; the caller holds the pending lock.
+    fn admit(&self, pending: &mut Pending, msg: Bytes) -> Result<(), PushError> {
         let options = &self.shared.options;
         if msg.len() > options.max_frame_len {
             return Err(PushError::TooLarge {
@@ -239,36 +287,29 @@ impl Outbox {
             });
         }
         let size = HEADER_LEN + msg.len();
-        let post = {
-            let mut pending = lock(&self.shared.pending);
-            if pending.state != State::Open {
-                return Err(PushError::Closed(msg));
-            }
-            let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
-            if queued > 0 && queued + size > options.high_water_bytes {
-                self.shared.refused.store(true, Ordering::SeqCst);
-                // Bug fix: the writer lowers `queued_bytes` without the pending lock. If it fell
-                // to the low water mark between the load above and the store of `refused`, the
-                // writer saw no refusal and will not call `drained`: refusing now would leave the
-                // producer waiting for ever. Re-check after raising the flag (both sides use
-                // SeqCst, so either the writer sees the flag or this load sees its decrease). The
-                // flag stays raised for earlier refusals; at worst a later `drained` is spurious.
-                let now = self.shared.queued_bytes.load(Ordering::SeqCst);
-                if now > options.low_water_bytes {
-                    return Err(PushError::Full {
-                        msg,
-                        queued,
-                        high_water: options.high_water_bytes,
-                    });
-                }
-            }
-            self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
-            pending.queue.push_back(msg);
-            !std::mem::replace(&mut pending.scheduled, true)
-        };
-        if post {
-            self.schedule();
+        if pending.state != State::Open {
+            return Err(PushError::Closed(msg));
         }
+        let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
+        if queued > 0 && queued + size > options.high_water_bytes {
+            self.shared.refused.store(true, Ordering::SeqCst);
+            // Bug fix: the writer lowers `queued_bytes` without the pending lock. If it fell
+            // to the low water mark between the load above and the store of `refused`, the
+            // writer saw no refusal and will not call `drained`: refusing now would leave the
+            // producer waiting for ever. Re-check after raising the flag (both sides use
+            // SeqCst, so either the writer sees the flag or this load sees its decrease). The
+            // flag stays raised for earlier refusals; at worst a later `drained` is spurious.
+            let now = self.shared.queued_bytes.load(Ordering::SeqCst);
+            if now > options.low_water_bytes {
+                return Err(PushError::Full {
+                    msg,
+                    queued,
+                    high_water: options.high_water_bytes,
+                });
+            }
+        }
+        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        pending.queue.push_back(msg);
         Ok(())
     }
 
