@@ -171,6 +171,8 @@ impl<'a> IntoIterator for &'a Events {
 struct WakerState {
     token: Token,
     pending: AtomicBool,
+    /// The `Waker` is gone; its state stays listed until a pending wake has been reported.
+    dropped: AtomicBool,
 }
 
 struct Shared {
@@ -272,7 +274,7 @@ impl Poll {
     }
 
     fn collect_wakes(&self, events: &mut Events) {
-        let wakers = self
+        let mut wakers = self
             .shared
             .wakers
             .lock()
@@ -288,6 +290,8 @@ impl Poll {
                 });
             }
         }
+        // A waker dropped right after its wake is still reported once, then forgotten.
+        wakers.retain(|w| !w.dropped.load(Ordering::Acquire));
     }
 }
 
@@ -344,6 +348,7 @@ impl Waker {
         let state = Arc::new(WakerState {
             token,
             pending: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
         });
         registry
             .shared
@@ -378,7 +383,12 @@ impl Drop for Waker {
             .wakers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        wakers.retain(|w| !Arc::ptr_eq(w, &self.state));
+        self.state.dropped.store(true, Ordering::Release);
+        // Under the list's lock, so `Poll` either reports the pending wake before forgetting
+        // the state, or sees neither the wake nor the state.
+        if !self.state.pending.load(Ordering::Acquire) {
+            wakers.retain(|w| !Arc::ptr_eq(w, &self.state));
+        }
     }
 }
 

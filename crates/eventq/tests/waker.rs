@@ -72,3 +72,24 @@ fn two_wakers_each_report_their_token() {
     tokens.sort();
     assert_eq!(tokens, vec![1, 2]);
 }
+
+#[test]
+fn a_wake_from_a_waker_dropped_right_after_is_still_reported() {
+    // Regression: dropping the waker used to forget its pending wake, so a poll that ran after
+    // the waking thread had finished returned with no event.
+    let mut poll = Poll::new().unwrap();
+    let waker = Waker::new(&poll.registry(), Token(9)).unwrap();
+    thread::spawn(move || {
+        waker.wake().unwrap();
+        drop(waker);
+    })
+    .join()
+    .unwrap();
+    let mut events = Events::with_capacity(4);
+    poll.poll(&mut events, Some(PATIENCE)).unwrap();
+    assert_eq!(events.iter().next().map(|e| e.token()), Some(Token(9)));
+    // Reported once, then forgotten.
+    poll.poll(&mut events, Some(Duration::from_millis(20)))
+        .unwrap();
+    assert!(events.is_empty(), "got {events:?}");
+}
