@@ -65,7 +65,7 @@ pub(crate) fn serve(listen: SocketAddr, config: ServerConfig) -> Result<(), CliE
     let _ = stop.recv();
     eprintln!("mixbus: stopping");
     let report = server.shutdown(Duration::from_secs(5));
-    eprintln!("mixbus: stopped ({report:?})");
+    eprintln!("mixbus: stopped: {report}");
     Ok(())
 }
 
