@@ -61,65 +61,9 @@ pub(crate) fn free_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// A tiny xorshift64* generator: seeded, reproducible, no extra crate.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let x = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&x[..chunk.len()]);
-        }
-    }
-}
-
-/// Prints the seed if the test panics while it is alive, so a failure can be replayed.
-#[derive(Debug)]
-pub(crate) struct Seed(pub(crate) u64);
-
-impl Drop for Seed {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "test failed with seed {0} (replay: MIXBUS_SEED={0})",
-                self.0
-            );
-        }
-    }
-}
-
-/// The seed to use: `MIXBUS_SEED` if set, else one from the clock. Keep the guard alive.
-pub(crate) fn seed() -> Seed {
-    let seed = std::env::var("MIXBUS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    Seed(seed)
-}
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub(crate) use mixbus_testkit::{Rng, Seed, seed};
 
 /// The payload of frame `index`: `len` bytes derived from the index, so it can be checked.
 /// Frames of 8 bytes or more start with the index (little-endian).
