@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mixbus_pump::EventPump;
-use support::{Rng, SLACK, SeedGuard, recv};
+use support::{Rng, SLACK, recv, seed};
 
 #[test]
 fn smoke() {
@@ -51,8 +51,8 @@ fn a_timer_never_fires_early() {
 #[test]
 fn a_thousand_random_timers_fire_in_deadline_order() {
     const N: usize = 1_000;
-    let mut rng = Rng::from_env();
-    let _guard = SeedGuard(rng.seed());
+    let guard = seed();
+    let mut rng = Rng::new(guard.0);
     let pump = EventPump::new().unwrap();
     let (tx, rx) = flume::unbounded();
     // The pump computes each deadline inside the post, so it lies in [lo, hi].

@@ -82,59 +82,6 @@ pub(crate) fn loopback_pair() -> (TcpStream, TcpStream) {
     )
 }
 
-/// A tiny xorshift64* generator for seeded, reproducible random tests.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded from `MIXBUS_SEED` if set, else from the clock.
-    pub(crate) fn from_env() -> Rng {
-        let seed = std::env::var("MIXBUS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        Rng::new(seed)
-    }
-
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    pub(crate) fn seed(&self) -> u64 {
-        self.0
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n`.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
-/// Prints the seed if the test fails while this guard lives.
-#[derive(Debug)]
-pub(crate) struct SeedGuard(pub(crate) u64);
-
-impl Drop for SeedGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "test failed with seed {0}; rerun with MIXBUS_SEED={0}",
-                self.0
-            );
-        }
-    }
-}
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub(crate) use mixbus_testkit::{Rng, Seed, seed};
