@@ -150,6 +150,39 @@ fn raw_pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
+/// One-way throughput through a queue pair: `send` pushes `n` messages from this thread, a
+/// counting listener on the other pump signals when all arrived.
+fn bench_queue(
+    b: &mut criterion::Bencher<'_>,
+    msg: &Bytes,
+    n: u64,
+    send: fn(&MessageQueue, &flume::Receiver<()>, &Bytes, u64),
+) {
+    let (_pumps, sender, receiver) = queue_pair();
+    let target = Arc::new(AtomicU64::new(n));
+    let (done_tx, done) = flume::unbounded();
+    receiver
+        .set_listener(Counter {
+            count: 0,
+            target,
+            done: done_tx,
+        })
+        .expect("listener");
+    let (room_tx, room) = flume::bounded(1);
+    sender.set_listener(Room(room_tx)).expect("listener");
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let start = Instant::now();
+            send(&sender, &room, msg, n);
+            done.recv_timeout(PATIENCE).expect("all received");
+            total += start.elapsed();
+        }
+        total
+    });
+    sender.close();
+}
+
 fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue_throughput");
     group.sample_size(SAMPLES).measurement_time(MEASURE);
@@ -158,57 +191,13 @@ fn throughput(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n));
         let msg = Bytes::from(vec![0xa5u8; size]);
 
-        group.bench_function(BenchmarkId::new("queue", size), |b| {
-            let (_pumps, sender, receiver) = queue_pair();
-            let target = Arc::new(AtomicU64::new(n));
-            let (done_tx, done) = flume::unbounded();
-            receiver
-                .set_listener(Counter {
-                    count: 0,
-                    target,
-                    done: done_tx,
-                })
-                .expect("listener");
-            let (room_tx, room) = flume::bounded(1);
-            sender.set_listener(Room(room_tx)).expect("listener");
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    send_all(&sender, &room, &msg, n);
-                    done.recv_timeout(PATIENCE).expect("all received");
-                    total += start.elapsed();
-                }
-                total
+        type Send = fn(&MessageQueue, &flume::Receiver<()>, &Bytes, u64);
+        let cases: [(&str, Send); 2] = [("queue", send_all), ("queue_batched", send_batched)];
+        for (case, send) in cases {
+            group.bench_function(BenchmarkId::new(case, size), |b| {
+                bench_queue(b, &msg, n, send)
             });
-            sender.close();
-        });
-
-        group.bench_function(BenchmarkId::new("queue_batched", size), |b| {
-            let (_pumps, sender, receiver) = queue_pair();
-            let target = Arc::new(AtomicU64::new(n));
-            let (done_tx, done) = flume::unbounded();
-            receiver
-                .set_listener(Counter {
-                    count: 0,
-                    target,
-                    done: done_tx,
-                })
-                .expect("listener");
-            let (room_tx, room) = flume::bounded(1);
-            sender.set_listener(Room(room_tx)).expect("listener");
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    send_batched(&sender, &room, &msg, n);
-                    done.recv_timeout(PATIENCE).expect("all received");
-                    total += start.elapsed();
-                }
-                total
-            });
-            sender.close();
-        });
+        }
 
         group.bench_function(BenchmarkId::new("raw_tcp", size), |b| {
             let (writer, reader) = raw_pair();

@@ -619,6 +619,12 @@ impl Reader {
         Ok(self.frame.slice(start..start + n))
     }
 
+    /// Headers: a `u16` count, then that many key/value strings.
+    fn headers(&mut self) -> Result<Vec<(String, String)>, ProtocolError> {
+        let count = usize::from(self.u16("header_count")?);
+        self.pairs(count, "header")
+    }
+
     fn pairs(
         &mut self,
         count: usize,
@@ -751,8 +757,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         code::PUBLISH => {
             let request = r.u64("request")?;
             let topic = r.string("topic")?;
-            let n = usize::from(r.u16("header_count")?);
-            let headers = r.pairs(n, "header")?;
+            let headers = r.headers()?;
             let payload = r.blob("payload")?;
             Op::Publish {
                 request,
@@ -778,8 +783,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
             let attempt = r.u32("attempt")?;
             let published_us = r.u64("published_us")?;
             let topic = r.string("topic")?;
-            let n = usize::from(r.u16("header_count")?);
-            let headers = r.pairs(n, "header")?;
+            let headers = r.headers()?;
             let payload = r.blob("payload")?;
             Op::Deliver {
                 sub,

@@ -64,7 +64,21 @@ impl Outcome {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// The derived figures both outputs show.
+    fn figures(&self) -> Figures {
+        Figures {
+            workload: format!("{:?}", self.workload).to_lowercase(),
+            seconds: self.elapsed.as_secs_f64(),
+            msgs_per_sec: self.msgs_per_sec(),
+            mb_per_sec: self.mb_per_sec(),
+            p50: self.pct_us(0.50),
+            p99: self.pct_us(0.99),
+            p999: self.pct_us(0.999),
+        }
+    }
+
     pub(crate) fn table(&self) -> String {
+        let f = self.figures();
         let verdict = match &self.verified {
             Ok(text) => format!("verified: {text}"),
             Err(text) => format!("NOT VERIFIED: {text}"),
@@ -73,20 +87,21 @@ impl Outcome {
             "backend   workload  size   published  delivered  seconds  msgs/s        MB/s      p50 us   p99 us   p99.9 us\n\
              {:<9} {:<9} {:<6} {:<10} {:<10} {:<8.3} {:<13.0} {:<9.1} {:<8.1} {:<8.1} {:.1}\n{verdict}",
             self.backend,
-            format!("{:?}", self.workload).to_lowercase(),
+            f.workload,
             self.size,
             self.published,
             self.delivered,
-            self.elapsed.as_secs_f64(),
-            self.msgs_per_sec(),
-            self.mb_per_sec(),
-            self.pct_us(0.50),
-            self.pct_us(0.99),
-            self.pct_us(0.999),
+            f.seconds,
+            f.msgs_per_sec,
+            f.mb_per_sec,
+            f.p50,
+            f.p99,
+            f.p999,
         )
     }
 
     pub(crate) fn json(&self) -> String {
+        let f = self.figures();
         let (ok, text) = match &self.verified {
             Ok(t) => (true, t.as_str()),
             Err(t) => (false, t.as_str()),
@@ -94,20 +109,31 @@ impl Outcome {
         format!(
             "{{\"backend\":\"{}\",\"workload\":\"{}\",\"size\":{},\"published\":{},\"delivered\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"verified\":{},\"verdict\":\"{}\"}}",
             self.backend,
-            format!("{:?}", self.workload).to_lowercase(),
+            f.workload,
             self.size,
             self.published,
             self.delivered,
-            self.elapsed.as_secs_f64(),
-            self.msgs_per_sec(),
-            self.mb_per_sec(),
-            self.pct_us(0.50),
-            self.pct_us(0.99),
-            self.pct_us(0.999),
+            f.seconds,
+            f.msgs_per_sec,
+            f.mb_per_sec,
+            f.p50,
+            f.p99,
+            f.p999,
             ok,
             text.replace('"', "'"),
         )
     }
+}
+
+/// Figures derived from an [`Outcome`].
+struct Figures {
+    workload: String,
+    seconds: f64,
+    msgs_per_sec: f64,
+    mb_per_sec: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
 }
 
 fn histogram() -> Histogram<u64> {
