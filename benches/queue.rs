@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use mixbus::pump::EventPump;
-use mixbus::queue::task::Bytes;
+use mixbus::queue::task::{Bytes, Frames};
 use mixbus::queue::{MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 
 /// Message sizes of the throughput group.
@@ -42,15 +42,36 @@ struct Counter {
     count: u64,
     target: Arc<AtomicU64>,
     done: flume::Sender<()>,
+    /// Read each batch in place (`received_frames`) instead of one `Bytes` per message.
+    in_place: bool,
+}
+
+impl Counter {
+    fn count(&mut self) {
+        self.count += 1;
+        if self.count == self.target.load(Ordering::Relaxed) {
+            self.count = 0;
+            let _ = self.done.send(());
+        }
+    }
 }
 
 impl QueueListener for Counter {
     fn received(&mut self, _queue: &MessageQueue, msg: Bytes) {
         black_box(msg);
-        self.count += 1;
-        if self.count == self.target.load(Ordering::Relaxed) {
-            self.count = 0;
-            let _ = self.done.send(());
+        self.count();
+    }
+
+    fn received_frames(&mut self, queue: &MessageQueue, frames: &Frames) {
+        if !self.in_place {
+            for msg in frames.iter_bytes() {
+                self.received(queue, msg);
+            }
+            return;
+        }
+        for msg in frames.iter() {
+            black_box(msg);
+            self.count();
         }
     }
 }
@@ -157,6 +178,7 @@ fn bench_queue(
     msg: &Bytes,
     n: u64,
     send: fn(&MessageQueue, &flume::Receiver<()>, &Bytes, u64),
+    in_place: bool,
 ) {
     let (_pumps, sender, receiver) = queue_pair();
     let target = Arc::new(AtomicU64::new(n));
@@ -166,6 +188,7 @@ fn bench_queue(
             count: 0,
             target,
             done: done_tx,
+            in_place,
         })
         .expect("listener");
     let (room_tx, room) = flume::bounded(1);
@@ -192,10 +215,15 @@ fn throughput(c: &mut Criterion) {
         let msg = Bytes::from(vec![0xa5u8; size]);
 
         type Send = fn(&MessageQueue, &flume::Receiver<()>, &Bytes, u64);
-        let cases: [(&str, Send); 2] = [("queue", send_all), ("queue_batched", send_batched)];
-        for (case, send) in cases {
+        // `queue`: one `send` and one `Bytes` per message; `queue_batched`: `send_all` and
+        // reading each received batch in place.
+        let cases: [(&str, Send, bool); 2] = [
+            ("queue", send_all, false),
+            ("queue_batched", send_batched, true),
+        ];
+        for (case, send, in_place) in cases {
             group.bench_function(BenchmarkId::new(case, size), |b| {
-                bench_queue(b, &msg, n, send)
+                bench_queue(b, &msg, n, send, in_place)
             });
         }
 

@@ -11,8 +11,8 @@ use crate::error::{Error, Result, SendError};
 use crate::task::pump::eventq::net::TcpStream;
 use crate::task::pump::{Context, OnceTask, Owner, PumpHandle};
 use crate::task::{
-    Bytes, Flow, FrameError, Outbox, ReceiveEvents, ReceiveOutcome, ReceiveTask, SendEvents,
-    SendOutcome, SendTask, TaskEvent,
+    Bytes, Flow, FrameError, Frames, Outbox, ReceiveEvents, ReceiveOutcome, ReceiveTask,
+    SendEvents, SendOutcome, SendTask, TaskEvent,
 };
 
 static NEXT_QUEUE: AtomicU64 = AtomicU64::new(1);
@@ -66,6 +66,16 @@ pub struct CloseInfo {
 pub trait QueueListener: Send + 'static {
     /// A whole message arrived; messages arrive in order, exactly once.
     fn received(&mut self, queue: &MessageQueue, msg: Bytes);
+
+    /// Several whole messages that arrived together, in order, sharing one buffer. The default
+    /// hands each to [`received`](Self::received) as a zero-copy [`Bytes`]; override it to read
+    /// them in place ([`Frames::iter`]), which saves a reference count per message, or to pay a
+    /// per-batch cost once. Either way each message is seen exactly once.
+    fn received_frames(&mut self, queue: &MessageQueue, frames: &Frames) {
+        for msg in frames.iter_bytes() {
+            self.received(queue, msg);
+        }
+    }
 
     /// A message was written to the socket; it is handed back. In send order.
     fn sent(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
@@ -442,7 +452,7 @@ impl SendEvents for SendSide {
         }
     }
 
-    fn sent_all(&mut self, msgs: &mut Vec<Bytes>, _cx: &mut Context<'_>) {
+    fn sent_all(&mut self, msgs: &mut std::collections::VecDeque<Bytes>, _cx: &mut Context<'_>) {
         // One lookup and one lock for everything a write finished.
         if let Some(queue) = self.queue() {
             let mut listener = lock(&queue.inner.listener);
@@ -484,20 +494,15 @@ impl ReceiveEvents for RecvSide {
         }
     }
 
-    fn received_all(&mut self, frames: &mut Vec<Bytes>, _cx: &mut Context<'_>) -> Flow {
+    fn received_frames(&mut self, frames: &Frames, _cx: &mut Context<'_>) -> Flow {
         // One lock for the whole batch.
         let mut listener = lock(&self.queue.inner.listener);
         match listener.as_deref_mut() {
             Some(l) => {
-                for frame in frames.drain(..) {
-                    l.received(&self.queue, frame);
-                }
+                l.received_frames(&self.queue, frames);
                 Flow::Continue
             }
-            None => {
-                frames.clear();
-                Flow::Stop
-            }
+            None => Flow::Stop,
         }
     }
 

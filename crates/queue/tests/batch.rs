@@ -5,7 +5,8 @@ mod support;
 use std::collections::VecDeque;
 
 use mixbus_queue::task::Bytes;
-use mixbus_queue::{QueueConfig, SendError};
+use mixbus_queue::task::Frames;
+use mixbus_queue::{MessageQueue, QueueConfig, QueueListener, SendError};
 use support::{Ev, Forward, broker, pair, recv};
 
 #[test]
@@ -100,4 +101,50 @@ fn a_too_large_message_is_handed_back_and_the_rest_stays() {
         Err(SendError::Closed(msg)) => assert_eq!(msg, "late"),
         other => panic!("expected Closed, got {other:?}"),
     }
+}
+
+/// Reads each received batch in place and forwards (batch size, payloads) to the test.
+struct InPlace(flume::Sender<(usize, Vec<u64>)>);
+
+impl QueueListener for InPlace {
+    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {
+        panic!("received_frames is overridden: received must not be called");
+    }
+
+    fn received_frames(&mut self, _queue: &MessageQueue, frames: &Frames) {
+        let seqs = frames
+            .iter()
+            .map(|f| u64::from_be_bytes(f.try_into().expect("8-byte payload")))
+            .collect();
+        let _ = self.0.send((frames.len(), seqs));
+    }
+}
+
+#[test]
+fn batches_read_in_place_hold_every_message_once_in_order() {
+    let (_pump, broker) = broker(QueueConfig::default());
+    let (client, server) = pair(&broker);
+    let (tx, rx) = flume::unbounded();
+    server.set_listener(InPlace(tx)).unwrap();
+
+    const N: u64 = 200_000;
+    let mut msgs: VecDeque<Bytes> = (0..N)
+        .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
+        .collect();
+    assert_eq!(client.send_all(&mut msgs).unwrap(), N as usize);
+    let mut next = 0;
+    let mut largest = 0;
+    while next < N {
+        let (len, seqs) = rx
+            .recv_timeout(support::PATIENCE)
+            .expect("a batch within the patience");
+        assert_eq!(len, seqs.len());
+        largest = largest.max(len);
+        for seq in seqs {
+            assert_eq!(seq, next, "in order, exactly once");
+            next += 1;
+        }
+    }
+    assert!(largest > 1, "a stream of small messages arrives in batches");
+    client.close();
 }

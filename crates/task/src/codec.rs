@@ -206,6 +206,137 @@ impl FrameDecoder {
         self.filled -= total;
         Ok(Some(self.buf.split_to(len).freeze()))
     }
+
+    /// Splits off up to `max` whole frames at once into `frames` (which is cleared first) and
+    /// returns how many: the batched [`decode`](Self::decode).
+    ///
+    /// The frames share one buffer split off the decoder in a single step, so a batch costs one
+    /// reference count however many frames it holds; read them in place with [`Frames::iter`], or
+    /// take a zero-copy [`Bytes`] of one with [`Frames::bytes`]. `Ok(0)` means no whole frame is
+    /// buffered (or `max` is zero).
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the first buffered header announces more than the maximum
+    /// frame length. Frames before a bad header are returned first; the next call reports it, and
+    /// every later one too (the decoder stays stuck on it, as with `decode`).
+    ///
+    /// # Examples
+    /// ```
+    /// use mixbus_task::{BytesMut, FrameDecoder, Frames, encode};
+    ///
+    /// let mut wire = BytesMut::new();
+    /// for word in ["one", "two", "three"] {
+    ///     encode(word.as_bytes(), &mut wire);
+    /// }
+    /// let mut decoder = FrameDecoder::default();
+    /// decoder.extend_from_slice(&wire);
+    /// let mut frames = Frames::new();
+    /// assert_eq!(decoder.decode_frames(&mut frames, 64)?, 3);
+    /// let words: Vec<&[u8]> = frames.iter().collect();
+    /// assert_eq!(words, [&b"one"[..], b"two", b"three"]);
+    /// assert_eq!(frames.bytes(2), "three"); // A zero-copy handle that may outlive the batch.
+    /// assert_eq!(decoder.decode_frames(&mut frames, 64)?, 0);
+    /// # Ok::<(), mixbus_task::FrameError>(())
+    /// ```
+    pub fn decode_frames(&mut self, frames: &mut Frames, max: usize) -> Result<usize, FrameError> {
+        frames.clear();
+        let data = &self.buf[..self.filled];
+        let mut pos = 0;
+        while frames.spans.len() < max {
+            let Some(header) = data.get(pos..pos + HEADER_LEN) else {
+                break;
+            };
+            let header: [u8; HEADER_LEN] = header.try_into().expect("the slice is HEADER_LEN long");
+            let len = u32::from_be_bytes(header) as usize;
+            if len > self.max_frame_len {
+                if frames.spans.is_empty() {
+                    return Err(FrameError::TooLarge {
+                        len,
+                        max: self.max_frame_len,
+                    });
+                }
+                break;
+            }
+            let start = pos + HEADER_LEN;
+            let end = start + len;
+            if end > data.len() {
+                break;
+            }
+            frames.spans.push((start, end));
+            pos = end;
+        }
+        if pos > 0 {
+            frames.chunk = self.buf.split_to(pos).freeze();
+            self.filled -= pos;
+        }
+        Ok(frames.spans.len())
+    }
+}
+
+/// A batch of whole frames from [`FrameDecoder::decode_frames`]: the payloads, in order, all in
+/// one shared buffer.
+///
+/// Reading them in place ([`iter`](Self::iter), [`get`](Self::get)) costs nothing per frame;
+/// [`bytes`](Self::bytes) hands out one payload as a zero-copy [`Bytes`] that may outlive the
+/// batch (one reference count each).
+#[derive(Debug, Default, Clone)]
+pub struct Frames {
+    chunk: Bytes,
+    /// Where each payload lies in `chunk`.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Frames {
+    /// An empty batch, to be filled by [`FrameDecoder::decode_frames`].
+    pub fn new() -> Frames {
+        Frames::default()
+    }
+
+    /// How many frames the batch holds.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The payload of frame `i`, in place, if there is one.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.spans
+            .get(i)
+            .map(|&(start, end)| &self.chunk[start..end])
+    }
+
+    /// The payload of frame `i` as a zero-copy [`Bytes`] sharing the batch's buffer.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn bytes(&self, i: usize) -> Bytes {
+        let (start, end) = self.spans[i];
+        self.chunk.slice(start..end)
+    }
+
+    /// The payloads, in order, in place.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(start, end)| &self.chunk[start..end])
+    }
+
+    /// The payloads, in order, each as a zero-copy [`Bytes`].
+    pub fn iter_bytes(&self) -> impl ExactSizeIterator<Item = Bytes> + '_ {
+        self.spans
+            .iter()
+            .map(|&(start, end)| self.chunk.slice(start..end))
+    }
+
+    /// Empties the batch and lets go of its buffer.
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.chunk = Bytes::new();
+    }
 }
 
 impl Default for FrameDecoder {
@@ -425,6 +556,79 @@ mod tests {
         let b = decoder.decode().unwrap().unwrap();
         // Zero-copy: the second payload starts right after the first one's end and its header.
         assert_eq!(b.as_ptr() as usize, a.as_ptr() as usize + 8 + HEADER_LEN);
+    }
+
+    /// Feeds `wire` in the given pieces, decoding batches of at most `max` after each read.
+    fn decode_frame_pieces(pieces: &[&[u8]], max: usize) -> Vec<Bytes> {
+        let mut decoder = FrameDecoder::default();
+        let mut frames = Frames::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            let mut r = *piece;
+            while !r.is_empty() {
+                decoder.read_from(&mut r, 64).unwrap();
+                while decoder.decode_frames(&mut frames, max).unwrap() > 0 {
+                    assert!(frames.len() <= max);
+                    let in_place: Vec<&[u8]> = frames.iter().collect();
+                    let shared: Vec<Bytes> = frames.iter_bytes().collect();
+                    assert_eq!(in_place, shared);
+                    out.extend(shared);
+                }
+            }
+        }
+        assert_eq!(decoder.buffered(), 0);
+        out
+    }
+
+    #[test]
+    fn batches_at_every_pair_of_split_points() {
+        let (payloads, wire) = stream(&SIZES);
+        for max in [1, 2, 64] {
+            for i in 0..=wire.len() {
+                for j in i..=wire.len() {
+                    let got = decode_frame_pieces(&[&wire[..i], &wire[i..j], &wire[j..]], max);
+                    assert_eq!(got, payloads, "max {max}, split at {i} and {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_stops_before_a_bad_header_then_reports_it() {
+        let mut wire = BytesMut::new();
+        encode(b"ok", &mut wire);
+        encode(b"fine", &mut wire);
+        wire.extend_from_slice(&encode_header(100));
+        let mut decoder = FrameDecoder::new(10);
+        decoder.extend_from_slice(&wire);
+        let mut frames = Frames::new();
+        assert_eq!(decoder.decode_frames(&mut frames, 64), Ok(2));
+        assert_eq!(frames.get(0), Some(&b"ok"[..]));
+        assert_eq!(frames.bytes(1), "fine");
+        assert_eq!(frames.get(2), None);
+        let err = FrameError::TooLarge { len: 100, max: 10 };
+        assert_eq!(decoder.decode_frames(&mut frames, 64), Err(err.clone()));
+        assert!(frames.is_empty());
+        assert_eq!(decoder.decode_frames(&mut frames, 64), Err(err));
+    }
+
+    #[test]
+    fn batch_payloads_share_one_buffer_and_outlive_it() {
+        let (_, wire) = stream(&[8, 8]);
+        let mut decoder = FrameDecoder::default();
+        decoder.extend_from_slice(&wire);
+        let mut frames = Frames::new();
+        assert_eq!(decoder.decode_frames(&mut frames, 64), Ok(2));
+        let a = frames.bytes(0);
+        let b = frames.bytes(1);
+        assert_eq!(b.as_ptr() as usize, a.as_ptr() as usize + 8 + HEADER_LEN);
+        frames.clear();
+        assert!(frames.is_empty());
+        assert_eq!(
+            a.len() + b.len(),
+            16,
+            "handles stay valid after the batch is cleared"
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub use accept::AcceptTask;
 pub use bytes::{Bytes, BytesMut};
 pub use close::CloseTask;
 pub use codec::{
-    DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, check_len, encode, encode_header,
+    DEFAULT_MAX_FRAME_LEN, FrameDecoder, Frames, HEADER_LEN, check_len, encode, encode_header,
 };
 pub use connect::{ConnectError, ConnectOptions, ConnectTask};
 pub use error::{Error, FrameError, Result};

@@ -5,13 +5,13 @@ use std::io;
 
 use bytes::Bytes;
 
-use crate::codec::FrameDecoder;
+use crate::codec::{FrameDecoder, Frames};
 use crate::error::FrameError;
 use crate::pump::eventq::net::TcpStream;
 use crate::pump::{Context, IoSource, Next, PumpHandle, Task};
 
-/// Frames handed to the events at once; the budget is checked between batches.
-const DELIVER_BATCH: usize = 64;
+/// Most frames handed to the events at once; the budget is checked between batches.
+const DELIVER_BATCH: usize = 1024;
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -49,11 +49,12 @@ pub trait ReceiveEvents: Send + 'static {
     /// One whole frame's payload, in arrival order.
     fn received(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Flow;
 
-    /// Several whole frames, in arrival order; the default calls [`ReceiveEvents::received`] for
-    /// each until one says stop. Override it to pay per-batch costs once. It must leave `frames`
-    /// empty.
-    fn received_all(&mut self, frames: &mut Vec<Bytes>, cx: &mut Context<'_>) -> Flow {
-        for frame in frames.drain(..) {
+    /// Several whole frames, in arrival order, sharing one buffer; the default calls
+    /// [`ReceiveEvents::received`] with each as a zero-copy [`Bytes`] until one says stop.
+    /// Override it to pay per-batch costs once, or to read the frames in place with
+    /// [`Frames::iter`] (no reference count per frame).
+    fn received_frames(&mut self, frames: &Frames, cx: &mut Context<'_>) -> Flow {
+        for frame in frames.iter_bytes() {
             if self.received(frame, cx) == Flow::Stop {
                 return Flow::Stop;
             }
@@ -72,8 +73,8 @@ pub struct ReceiveTask<E> {
     source: Option<IoSource<TcpStream>>,
     decoder: FrameDecoder,
     events: E,
-    /// Frames decoded and not yet delivered (reused between deliveries).
-    batch: Vec<Bytes>,
+    /// The last batch of frames delivered (its span list is reused).
+    frames: Frames,
 }
 
 impl<E: ReceiveEvents> ReceiveTask<E> {
@@ -91,7 +92,7 @@ impl<E: ReceiveEvents> ReceiveTask<E> {
             source: Some(pump.register(stream)?),
             decoder: FrameDecoder::new(max_frame_len),
             events,
-            batch: Vec::with_capacity(DELIVER_BATCH),
+            frames: Frames::new(),
         })
     }
 
@@ -112,33 +113,25 @@ impl<E: ReceiveEvents> ReceiveTask<E> {
     /// delivered first on the next run, so one large read never holds the pump for long.
     fn deliver(&mut self, cx: &mut Context<'_>) -> Option<Next> {
         loop {
-            let mut error = None;
-            while self.batch.len() < DELIVER_BATCH {
-                match self.decoder.decode() {
-                    Ok(Some(frame)) => self.batch.push(frame),
-                    Ok(None) => break,
-                    Err(err) => {
-                        error = Some(err);
-                        break;
-                    }
+            let count = match self.decoder.decode_frames(&mut self.frames, DELIVER_BATCH) {
+                Ok(count) => count,
+                Err(err) => {
+                    tracing::warn!(error = %err, "protocol error; closing the connection");
+                    return Some(self.finish(ReceiveOutcome::Protocol(err), cx));
                 }
-            }
-            let full = self.batch.len() == DELIVER_BATCH;
-            if !self.batch.is_empty() {
-                let flow = self.events.received_all(&mut self.batch, cx);
-                self.batch.clear();
-                if flow == Flow::Stop {
-                    return Some(self.finish(ReceiveOutcome::Stopped, cx));
-                }
-            }
-            if let Some(err) = error {
-                tracing::warn!(error = %err, "protocol error; closing the connection");
-                return Some(self.finish(ReceiveOutcome::Protocol(err), cx));
-            }
-            if !full {
+            };
+            if count == 0 {
                 return None;
             }
-            if cx.should_yield() {
+            let flow = self.events.received_frames(&self.frames, cx);
+            // Let go of the buffer now, so the decoder can reuse it for the next read.
+            self.frames.clear();
+            if flow == Flow::Stop {
+                return Some(self.finish(ReceiveOutcome::Stopped, cx));
+            }
+            // Decode again even after a short batch: it may have stopped before a bad header,
+            // which must be reported now, not after more data arrives.
+            if count == DELIVER_BATCH && cx.should_yield() {
                 return Some(Next::Repost);
             }
         }

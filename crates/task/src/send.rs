@@ -118,7 +118,7 @@ pub trait SendEvents: Send + 'static {
     /// Every message one write finished, in order; the default calls [`SendEvents::sent`] for each.
     /// Override it to pay per-batch costs (a lock, a lookup) once per write instead of per message.
     /// It must leave `msgs` empty.
-    fn sent_all(&mut self, msgs: &mut Vec<Bytes>, cx: &mut Context<'_>) {
+    fn sent_all(&mut self, msgs: &mut VecDeque<Bytes>, cx: &mut Context<'_>) {
         for msg in msgs.drain(..) {
             self.sent(msg, cx);
         }
@@ -197,7 +197,9 @@ struct Writer {
     events: Box<dyn SendEvents>,
     scratch: Vec<u8>,
     /// Messages the last write finished, handed back together.
-    done: Vec<Bytes>,
+    done: VecDeque<Bytes>,
+    /// Frames and bytes the last `write_batch` gathered (the first frame from `offset` on).
+    gathered: (usize, usize),
 }
 
 struct Shared {
@@ -250,9 +252,9 @@ impl Outbox {
     /// [`PushError::TooLarge`] or [`PushError::Closed`] with the message that was refused, taken out
     /// of `msgs`; the messages before it were queued, those after it stay in `msgs`.
     pub fn push_all(&self, msgs: &mut VecDeque<Bytes>) -> Result<usize, PushError> {
-        let mut taken = 0;
-        let (post, result) = {
+        let (taken, post, result) = {
             let mut pending = lock(&self.shared.pending);
+            let mut taken = self.admit_run(&mut pending, msgs);
             let mut result = Ok(());
             while let Some(msg) = msgs.pop_front() {
                 match self.admit(&mut pending, msg) {
@@ -268,12 +270,53 @@ impl Outbox {
                 }
             }
             let post = taken > 0 && !std::mem::replace(&mut pending.scheduled, true);
-            (post, result)
+            (taken, post, result)
         };
         if post {
             self.schedule();
         }
         result.map(|()| taken)
+    }
+
+    /// Queues, with one update of the byte count, the longest run at the front of `msgs` that
+    /// passes every check of [`admit`](Self::admit) without a refusal; returns how many. The
+    /// caller holds the pending lock and hands the rest to `admit`, one at a time.
+    fn admit_run(&self, pending: &mut Pending, msgs: &mut VecDeque<Bytes>) -> usize {
+        let options = &self.shared.options;
+        if pending.state != State::Open {
+            return 0;
+        }
+        // The writer only lowers the count, so a stale reading errs on the side of refusing,
+        // and `admit` decides those cases exactly.
+        let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
+        let mut total = 0;
+        let mut run = 0;
+        for msg in msgs.iter() {
+            let size = HEADER_LEN + msg.len();
+            let after = queued + total;
+            if msg.len() > options.max_frame_len
+                || (after > 0 && after + size > options.high_water_bytes)
+            {
+                break;
+            }
+            total += size;
+            run += 1;
+        }
+        if run == 0 {
+            return 0;
+        }
+        self.shared.queued_bytes.fetch_add(total, Ordering::AcqRel);
+        if run == msgs.len() {
+            // The whole batch: trade buffers, or move the messages in bulk.
+            if pending.queue.is_empty() {
+                std::mem::swap(&mut pending.queue, msgs);
+            } else {
+                pending.queue.append(msgs);
+            }
+        } else {
+            pending.queue.extend(msgs.drain(..run));
+        }
+        run
     }
 
     /// Checks one message against the limits and queues it; the caller holds the pending lock.
@@ -502,7 +545,8 @@ impl SendTask {
                 stalled_since: None,
                 events: Box::new(events),
                 scratch: Vec::with_capacity(64 * 1024),
-                done: Vec::new(),
+                done: VecDeque::new(),
+                gathered: (0, 0),
             }),
             pump: pump.clone(),
             owner,
@@ -578,45 +622,52 @@ enum Piece {
 
 impl Writer {
     /// Gathers up to [`MAX_SLICES`] slices from the front of `inflight` and writes them once.
+    ///
+    /// Small frames are copied, header and payload, into one scratch buffer; consecutive copies
+    /// make one slice, so a stream of small messages costs one `writev` per megabyte.
     fn write_batch(&mut self) -> io::Result<usize> {
         self.scratch.clear();
         let mut pieces = [Piece::Scratch(0, 0); MAX_SLICES];
         let mut count = 0;
         let mut bytes = 0;
+        // Start of the scratch run not yet closed into a piece.
+        let mut run: Option<usize> = None;
+        let mut frames = 0;
         for (i, msg) in self.inflight.iter().enumerate() {
-            let skip = if i == 0 { self.offset } else { 0 };
-            let header = encode_header(msg.len());
-            let mut push_scratch =
-                |data: &[u8], pieces: &mut [Piece; MAX_SLICES], count: &mut usize| {
-                    let start = self.scratch.len();
-                    self.scratch.extend_from_slice(data);
-                    let end = self.scratch.len();
-                    match (*count).checked_sub(1).map(|last| &mut pieces[last]) {
-                        Some(Piece::Scratch(_, last_end)) if *last_end == start => *last_end = end,
-                        _ => {
-                            pieces[*count] = Piece::Scratch(start, end);
-                            *count += 1;
-                        }
-                    }
-                };
-            // Each frame needs at most two more slices.
-            if count + 2 > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
+            // Each frame needs at most two more slices, and an open run one more.
+            if count + usize::from(run.is_some()) + 2 > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
                 break;
             }
-            if skip < HEADER_LEN {
-                push_scratch(&header[skip..], &mut pieces, &mut count);
-            }
+            frames += 1;
+            let skip = if i == 0 { self.offset } else { 0 };
+            bytes += HEADER_LEN + msg.len() - skip;
             let from = skip.saturating_sub(HEADER_LEN);
+            let copy = msg.len() < COPY_BELOW;
+            if skip < HEADER_LEN || (copy && msg.len() > from) {
+                run.get_or_insert(self.scratch.len());
+            }
+            if skip < HEADER_LEN {
+                self.scratch
+                    .extend_from_slice(&encode_header(msg.len())[skip..]);
+            }
             if msg.len() > from {
-                if msg.len() < COPY_BELOW {
-                    push_scratch(&msg[from..], &mut pieces, &mut count);
+                if copy {
+                    self.scratch.extend_from_slice(&msg[from..]);
                 } else {
+                    if let Some(start) = run.take() {
+                        pieces[count] = Piece::Scratch(start, self.scratch.len());
+                        count += 1;
+                    }
                     pieces[count] = Piece::Payload(i, from);
                     count += 1;
                 }
             }
-            bytes += HEADER_LEN + msg.len() - skip;
         }
+        if let Some(start) = run {
+            pieces[count] = Piece::Scratch(start, self.scratch.len());
+            count += 1;
+        }
+        self.gathered = (frames, bytes);
         if bytes == 0 {
             return Ok(0);
         }
@@ -638,8 +689,20 @@ impl Writer {
     /// Accounts `n` written bytes: pops finished frames and hands them back.
     fn advance(&mut self, mut n: usize, shared: &Shared, cx: &mut Context<'_>) {
         let mut freed = 0;
-        while let Some(front) = self.inflight.front() {
-            let left = HEADER_LEN + front.len() - self.offset;
+        let mut finished = 0;
+        let (frames, bytes) = self.gathered;
+        if n == bytes {
+            // The whole batch went out (the usual case): no need to walk it again.
+            freed = n;
+            finished = frames;
+            n = 0;
+            self.offset = 0;
+        }
+        for msg in self.inflight.iter().skip(finished) {
+            if n == 0 {
+                break;
+            }
+            let left = HEADER_LEN + msg.len() - self.offset;
             if n < left {
                 self.offset += n;
                 freed += n;
@@ -648,10 +711,15 @@ impl Writer {
             n -= left;
             freed += left;
             self.offset = 0;
-            let msg = self.inflight.pop_front().expect("front exists");
-            self.done.push(msg);
+            finished += 1;
         }
-        if !self.done.is_empty() {
+        if finished > 0 {
+            if finished == self.inflight.len() {
+                // Everything written (the usual case): trade buffers.
+                std::mem::swap(&mut self.done, &mut self.inflight);
+            } else {
+                self.done.extend(self.inflight.drain(..finished));
+            }
             self.events.sent_all(&mut self.done, cx);
             self.done.clear();
         }
