@@ -2,17 +2,21 @@
 //! each against a raw blocking `std::net::TcpStream` baseline sending the same frames.
 //!
 //! Run with `cargo bench --bench queue`. Ids read `queue_throughput/<case>/<size>` and
-//! `queue_latency/<case>/<size>`, with cases `queue` and `raw_tcp`.
+//! `queue_latency/<case>/<size>`. Throughput cases: `queue` (one `send` per message from a
+//! thread, one `Bytes` per message received), `queue_batched` (`send_all` from a thread, batches
+//! read in place), `queue_on_pump` (`send_all` from a task on the sending pump, batches read in
+//! place) and `raw_tcp`; latency cases: `queue`, `queue_pumps` and `raw_tcp`.
 use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use mixbus::pump::EventPump;
+use mixbus::pump::{Context, EventPump, FnTask, Next};
 use mixbus::queue::task::{Bytes, Frames};
 use mixbus::queue::{MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 
@@ -181,16 +185,7 @@ fn bench_queue(
     in_place: bool,
 ) {
     let (_pumps, sender, receiver) = queue_pair();
-    let target = Arc::new(AtomicU64::new(n));
-    let (done_tx, done) = flume::unbounded();
-    receiver
-        .set_listener(Counter {
-            count: 0,
-            target,
-            done: done_tx,
-            in_place,
-        })
-        .expect("listener");
+    let done = count_received(&receiver, n, in_place);
     let (room_tx, room) = flume::bounded(1);
     sender.set_listener(Room(room_tx)).expect("listener");
     b.iter_custom(|iters| {
@@ -198,6 +193,91 @@ fn bench_queue(
         for _ in 0..iters {
             let start = Instant::now();
             send(&sender, &room, msg, n);
+            done.recv_timeout(PATIENCE).expect("all received");
+            total += start.elapsed();
+        }
+        total
+    });
+    sender.close();
+}
+
+/// Sets a [`Counter`] on `receiver`; the returned channel ticks once per `n` messages.
+fn count_received(receiver: &MessageQueue, n: u64, in_place: bool) -> flume::Receiver<()> {
+    let (done_tx, done) = flume::unbounded();
+    receiver
+        .set_listener(Counter {
+            count: 0,
+            target: Arc::new(AtomicU64::new(n)),
+            done: done_tx,
+            in_place,
+        })
+        .expect("listener");
+    done
+}
+
+/// What the producing task on the sending pump has left to send.
+struct Produce {
+    queue: MessageQueue,
+    msg: Bytes,
+    left: u64,
+    batch: VecDeque<Bytes>,
+}
+
+/// A task on the sending pump that sends what `state` has left with `send_all`, 1,024 at a time;
+/// when the queue is full it ends, and the sender's `writable` notice posts it again.
+fn produce(state: Arc<Mutex<Produce>>) -> FnTask<impl FnMut(&mut Context<'_>) -> Next + Send> {
+    FnTask::new("produce", move |cx: &mut Context<'_>| {
+        let mut guard = state.lock().expect("producer state");
+        let p = &mut *guard;
+        loop {
+            while p.batch.len() < 1024 && p.left > 0 {
+                p.batch.push_back(p.msg.clone());
+                p.left -= 1;
+            }
+            if p.batch.is_empty() {
+                return Next::Done;
+            }
+            p.queue.send_all(&mut p.batch).expect("send_all");
+            if !p.batch.is_empty() {
+                return Next::Done; // Full: `writable` posts the next run.
+            }
+            if cx.should_yield() {
+                return Next::Repost;
+            }
+        }
+    })
+}
+
+/// Posts the producer again when the sending queue has room.
+struct Resume(Arc<Mutex<Produce>>);
+
+impl QueueListener for Resume {
+    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+    fn writable(&mut self, queue: &MessageQueue) {
+        let _ = queue.pump().post(produce(self.0.clone()));
+    }
+}
+
+/// One-way throughput with the producer on the sending pump itself (as an event-driven
+/// application sends): two threads at work, like the raw baseline.
+fn bench_on_pump(b: &mut criterion::Bencher<'_>, msg: &Bytes, n: u64) {
+    let (_pumps, sender, receiver) = queue_pair();
+    let done = count_received(&receiver, n, true);
+    let state = Arc::new(Mutex::new(Produce {
+        queue: sender.clone(),
+        msg: msg.clone(),
+        left: 0,
+        batch: VecDeque::with_capacity(1024),
+    }));
+    sender
+        .set_listener(Resume(state.clone()))
+        .expect("listener");
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let start = Instant::now();
+            state.lock().expect("producer state").left = n;
+            sender.pump().post(produce(state.clone())).expect("post");
             done.recv_timeout(PATIENCE).expect("all received");
             total += start.elapsed();
         }
@@ -226,6 +306,10 @@ fn throughput(c: &mut Criterion) {
                 bench_queue(b, &msg, n, send, in_place)
             });
         }
+        // `queue_on_pump`: `send_all` from a task on the sending pump, read in place.
+        group.bench_function(BenchmarkId::new("queue_on_pump", size), |b| {
+            bench_on_pump(b, &msg, n)
+        });
 
         group.bench_function(BenchmarkId::new("raw_tcp", size), |b| {
             let (writer, reader) = raw_pair();

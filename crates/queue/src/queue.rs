@@ -1,5 +1,6 @@
 //! [`MessageQueue`]: one framed, full-duplex connection, and the listener that hears from it.
 
+use std::collections::vec_deque::Drain;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -79,6 +80,14 @@ pub trait QueueListener: Send + 'static {
 
     /// A message was written to the socket; it is handed back. In send order.
     fn sent(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+
+    /// Every message one write finished, in send order; the default hands each to
+    /// [`sent`](Self::sent). Override it to pay a per-batch cost once.
+    fn sent_all(&mut self, queue: &MessageQueue, msgs: Drain<'_, Bytes>) {
+        for msg in msgs {
+            self.sent(queue, msg);
+        }
+    }
 
     /// After a `send` was refused as full, the outbound queue fell below the low water mark.
     fn writable(&mut self, _queue: &MessageQueue) {}
@@ -452,17 +461,14 @@ impl SendEvents for SendSide {
         }
     }
 
-    fn sent_all(&mut self, msgs: &mut std::collections::VecDeque<Bytes>, _cx: &mut Context<'_>) {
-        // One lookup and one lock for everything a write finished.
+    fn sent_all(&mut self, msgs: Drain<'_, Bytes>, _cx: &mut Context<'_>) {
+        // One lookup, one lock and one call for everything a write finished.
         if let Some(queue) = self.queue() {
             let mut listener = lock(&queue.inner.listener);
             if let Some(l) = listener.as_deref_mut() {
-                for msg in msgs.drain(..) {
-                    l.sent(&queue, msg);
-                }
+                l.sent_all(&queue, msgs);
             }
         }
-        msgs.clear();
     }
 
     fn drained(&mut self, _cx: &mut Context<'_>) {

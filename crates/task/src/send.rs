@@ -1,6 +1,7 @@
 //! [`SendTask`] and its [`Outbox`]: frames queued from any thread, written with vectored writes.
 
 use std::collections::VecDeque;
+use std::collections::vec_deque::Drain;
 use std::fmt;
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
@@ -117,9 +118,9 @@ pub trait SendEvents: Send + 'static {
 
     /// Every message one write finished, in order; the default calls [`SendEvents::sent`] for each.
     /// Override it to pay per-batch costs (a lock, a lookup) once per write instead of per message.
-    /// It must leave `msgs` empty.
-    fn sent_all(&mut self, msgs: &mut VecDeque<Bytes>, cx: &mut Context<'_>) {
-        for msg in msgs.drain(..) {
+    /// Messages it does not take are dropped.
+    fn sent_all(&mut self, msgs: Drain<'_, Bytes>, cx: &mut Context<'_>) {
+        for msg in msgs {
             self.sent(msg, cx);
         }
     }
@@ -196,8 +197,6 @@ struct Writer {
     stalled_since: Option<Instant>,
     events: Box<dyn SendEvents>,
     scratch: Vec<u8>,
-    /// Messages the last write finished, handed back together.
-    done: VecDeque<Bytes>,
     /// Frames and bytes the last `write_batch` gathered (the first frame from `offset` on).
     gathered: (usize, usize),
 }
@@ -545,7 +544,6 @@ impl SendTask {
                 stalled_since: None,
                 events: Box::new(events),
                 scratch: Vec::with_capacity(64 * 1024),
-                done: VecDeque::new(),
                 gathered: (0, 0),
             }),
             pump: pump.clone(),
@@ -714,14 +712,7 @@ impl Writer {
             finished += 1;
         }
         if finished > 0 {
-            if finished == self.inflight.len() {
-                // Everything written (the usual case): trade buffers.
-                std::mem::swap(&mut self.done, &mut self.inflight);
-            } else {
-                self.done.extend(self.inflight.drain(..finished));
-            }
-            self.events.sent_all(&mut self.done, cx);
-            self.done.clear();
+            self.events.sent_all(self.inflight.drain(..finished), cx);
         }
         // SeqCst pairs with `Outbox::push`: see the re-check there.
         let before = shared.queued_bytes.fetch_sub(freed, Ordering::SeqCst);
