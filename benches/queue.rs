@@ -6,12 +6,12 @@
 //! thread, one `Bytes` per message received), `queue_batched` (`send_all` from a thread, batches
 //! read in place), `queue_on_pump` (`send_all` from a task on the sending pump, batches read in
 //! place) and `raw_tcp`; latency cases: `queue`, `queue_pumps` and `raw_tcp`.
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 

@@ -201,10 +201,52 @@ struct Writer {
     gathered: (usize, usize),
 }
 
+/// Header and payload bytes queued and not yet written, counted in two parts so that a push pays
+/// no atomic read-modify-write: `pending` is changed only under the pending lock, `inflight`
+/// only by the writer, under the writer lock. Readers without a lock may see a moving batch
+/// counted twice for an instant, never in neither part.
+#[derive(Default)]
+struct Queued {
+    pending: AtomicUsize,
+    inflight: AtomicUsize,
+}
+
+impl Queued {
+    fn total(&self) -> usize {
+        self.pending.load(Ordering::SeqCst) + self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Counts `n` more pending bytes; the caller holds the pending lock.
+    fn add_pending(&self, n: usize) {
+        let now = self.pending.load(Ordering::Relaxed);
+        self.pending.store(now + n, Ordering::Release);
+    }
+
+    /// The pending queue moved to the writer; the caller holds both locks.
+    fn take_pending(&self) {
+        let moved = self.pending.load(Ordering::Relaxed);
+        let inflight = self.inflight.load(Ordering::Relaxed);
+        self.inflight.store(inflight + moved, Ordering::SeqCst);
+        self.pending.store(0, Ordering::SeqCst);
+    }
+
+    /// `n` bytes were written; returns the total left. The caller holds the writer lock.
+    fn written(&self, n: usize) -> usize {
+        let inflight = self.inflight.load(Ordering::Relaxed);
+        self.inflight.store(inflight - n, Ordering::SeqCst);
+        self.total()
+    }
+
+    /// Nothing is left queued: the send side finished (no push is admitted any more).
+    fn clear(&self) {
+        self.pending.store(0, Ordering::SeqCst);
+        self.inflight.store(0, Ordering::SeqCst);
+    }
+}
+
 struct Shared {
     pending: Mutex<Pending>,
-    /// Header and payload bytes queued and not yet written.
-    queued_bytes: AtomicUsize,
+    queued: Queued,
     /// A push was refused since the last `drained`.
     refused: AtomicBool,
     writer: Mutex<Writer>,
@@ -287,7 +329,7 @@ impl Outbox {
         }
         // The writer only lowers the count, so a stale reading errs on the side of refusing,
         // and `admit` decides those cases exactly.
-        let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
+        let queued = self.shared.queued.total();
         let mut total = 0;
         let mut run = 0;
         for msg in msgs.iter() {
@@ -304,7 +346,7 @@ impl Outbox {
         if run == 0 {
             return 0;
         }
-        self.shared.queued_bytes.fetch_add(total, Ordering::AcqRel);
+        self.shared.queued.add_pending(total);
         if run == msgs.len() {
             // The whole batch: trade buffers, or move the messages in bulk.
             if pending.queue.is_empty() {
@@ -332,16 +374,16 @@ impl Outbox {
         if pending.state != State::Open {
             return Err(PushError::Closed(msg));
         }
-        let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
+        let queued = self.shared.queued.total();
         if queued > 0 && queued + size > options.high_water_bytes {
             self.shared.refused.store(true, Ordering::SeqCst);
-            // Bug fix: the writer lowers `queued_bytes` without the pending lock. If it fell
+            // Bug fix: the writer lowers the queued bytes without the pending lock. If it fell
             // to the low water mark between the load above and the store of `refused`, the
             // writer saw no refusal and will not call `drained`: refusing now would leave the
             // producer waiting for ever. Re-check after raising the flag (both sides use
             // SeqCst, so either the writer sees the flag or this load sees its decrease). The
             // flag stays raised for earlier refusals; at worst a later `drained` is spurious.
-            let now = self.shared.queued_bytes.load(Ordering::SeqCst);
+            let now = self.shared.queued.total();
             if now > options.low_water_bytes {
                 return Err(PushError::Full {
                     msg,
@@ -350,7 +392,7 @@ impl Outbox {
                 });
             }
         }
-        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        self.shared.queued.add_pending(size);
         pending.queue.push_back(msg);
         Ok(())
     }
@@ -370,7 +412,7 @@ impl Outbox {
 
     /// Header and payload bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.queued_bytes.load(Ordering::Acquire)
+        self.shared.queued.total()
     }
 
     /// Whether pushes are still accepted.
@@ -535,7 +577,7 @@ impl SendTask {
                 state: State::Open,
                 close_hook: None,
             }),
-            queued_bytes: AtomicUsize::new(0),
+            queued: Queued::default(),
             refused: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 source: Some(source),
@@ -593,7 +635,7 @@ fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Conte
     let mut unsent: Vec<Bytes> = writer.inflight.drain(..).collect();
     unsent.extend(rest);
     writer.offset = 0;
-    shared.queued_bytes.store(0, Ordering::Release);
+    shared.queued.clear();
     let outcome = match outcome {
         Outcome::Flushed => SendOutcome::Flushed,
         Outcome::LingerExpired => SendOutcome::LingerExpired { unsent },
@@ -715,8 +757,7 @@ impl Writer {
             self.events.sent_all(self.inflight.drain(..finished), cx);
         }
         // SeqCst pairs with `Outbox::push`: see the re-check there.
-        let before = shared.queued_bytes.fetch_sub(freed, Ordering::SeqCst);
-        let after = before - freed;
+        let after = shared.queued.written(freed);
         if after <= shared.options.low_water_bytes && shared.refused.swap(false, Ordering::SeqCst) {
             self.events.drained(cx);
         }
@@ -752,6 +793,7 @@ impl Task for SendTask {
                     }
                 }
                 std::mem::swap(&mut pending.queue, &mut writer.inflight);
+                shared.queued.take_pending();
             }
             match writer.write_batch() {
                 Ok(0) => {
