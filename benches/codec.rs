@@ -1,4 +1,5 @@
-//! Frame codec benches: frames split per second from a 4 MiB buffer by `FrameDecoder::decode`.
+//! Frame codec benches: frames split per second from a 4 MiB buffer by `FrameDecoder::decode`
+//! (one `Bytes` per frame) and by `FrameDecoder::decode_frames` (batches of 1,024 read in place).
 //! Run with `cargo bench --bench codec`.
 //!
 //! Baseline in the same group: a hand-written loop that only walks the length prefixes of the same
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
-use mixbus::task::{BytesMut, DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, encode};
+use mixbus::task::{BytesMut, DEFAULT_MAX_FRAME_LEN, FrameDecoder, Frames, HEADER_LEN, encode};
 
 /// Samples per case (kept small: the bench machine has 2 shared cores).
 const SAMPLES: usize = 20;
@@ -71,6 +72,31 @@ fn decode(c: &mut Criterion) {
                     while let Some(frame) = decoder.decode().expect("valid frames") {
                         black_box(frame);
                         n += 1;
+                    }
+                    assert_eq!(n, frames);
+                },
+                BatchSize::PerIteration,
+            );
+        });
+        group.bench_with_input(BenchmarkId::new("decode_frames", size), &wire, |b, wire| {
+            let mut batch = Frames::new();
+            b.iter_batched_ref(
+                || {
+                    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+                    decoder.extend_from_slice(wire);
+                    decoder
+                },
+                |decoder| {
+                    let mut n = 0u64;
+                    while decoder
+                        .decode_frames(&mut batch, 1024)
+                        .expect("valid frames")
+                        > 0
+                    {
+                        for frame in batch.iter() {
+                            black_box(frame);
+                            n += 1;
+                        }
                     }
                     assert_eq!(n, frames);
                 },
