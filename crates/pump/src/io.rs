@@ -41,6 +41,20 @@ impl<S: Source> IoSource<S> {
         }
     }
 
+    /// Waits until the source is ready again, right after a read or write showed it drained: a
+    /// `WouldBlock`, or a read that returned less than it asked for. Skips the re-arm system
+    /// call of [`wait`](Self::wait): sources are registered edge-triggered, and new data (or new
+    /// room) after that call raises a new event, which the pump takes only once this task is
+    /// parked, since both happen on the pump thread.
+    ///
+    /// Use [`wait`](Self::wait) in any other case (for example before the first read).
+    pub fn wait_drained(&self, timeout: Option<Duration>) -> Next {
+        Next::Wait(IoWait {
+            token: self.reg.token().0,
+            timeout,
+        })
+    }
+
     /// Waits until the source is readable.
     pub fn wait_readable(&self) -> Next {
         self.wait(Interest::READABLE, None)

@@ -20,18 +20,8 @@ use crate::{Error, PostError, Result};
 /// While tasks are runnable, the longest the pump goes without looking for I/O readiness.
 const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(100);
 
-/// How long an idle pump watches for posts and ready sockets before it sleeps in `poll`.
+/// How long an idle pump that other threads post to watches for posts before it sleeps in `poll`.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
-
-/// What an idle pump found while it watched before sleeping.
-enum Spin {
-    /// Nothing: go to sleep.
-    Idle,
-    /// Posts from other threads arrived.
-    Posted,
-    /// Sources became ready; their tasks were made runnable.
-    Ready,
-}
 
 /// The token of the pump's own waker; sources get tokens from 1 up.
 const WAKER_TOKEN: Token = Token(0);
@@ -159,9 +149,19 @@ struct Shared {
     budget: Duration,
     overrun_threshold: Duration,
     thread_id: OnceLock<ThreadId>,
+    /// Set by posts from threads other than the pump's; cleared when the idle pump reads it to
+    /// decide whether to spin for more before sleeping.
+    remote_posts: AtomicBool,
     workers: Mutex<Option<flume::Sender<Work>>>,
     /// The name of the task running while the pump shuts down, for the report if it never returns.
     stopping_current: Mutex<Option<String>>,
+}
+
+thread_local! {
+    /// The address of the `Shared` of the pump this thread runs, or 0.
+    static PUMP_OF_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Set when this pump thread posts to its own pump through a handle (into the inbox).
+    static SELF_POSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -249,6 +249,13 @@ impl PumpHandle {
         });
         self.shared.inbox_pending.store(true, Ordering::Relaxed);
         drop(inbox);
+        // Read before writing: under a stream of posts the flag is already set, and the cache
+        // line stays shared instead of bouncing between the poster and the pump.
+        if self.on_pump_thread() {
+            SELF_POSTED.set(true);
+        } else if !self.shared.remote_posts.load(Ordering::Relaxed) {
+            self.shared.remote_posts.store(true, Ordering::Relaxed);
+        }
         Counters::add(&self.shared.counters.posted, 1);
         self.notify();
         Ok(())
@@ -387,6 +394,11 @@ impl PumpHandle {
         self.shared.thread_id.get() == Some(&thread::current().id())
     }
 
+    /// [`is_pump_thread`](Self::is_pump_thread) for every post: one thread-local read.
+    fn on_pump_thread(&self) -> bool {
+        PUMP_OF_THREAD.get() == Arc::as_ptr(&self.shared) as usize
+    }
+
     /// Whether the pump has stopped taking posts.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -469,6 +481,7 @@ impl EventPump {
             budget: config.budget,
             overrun_threshold: config.overrun_threshold,
             thread_id: OnceLock::new(),
+            remote_posts: AtomicBool::new(false),
             workers: Mutex::new(Some(work_tx)),
             stopping_current: Mutex::new(None),
         });
@@ -655,6 +668,7 @@ struct Loop {
 impl Loop {
     fn run(mut self) -> ShutdownReport {
         let _ = self.handle.shared.thread_id.set(thread::current().id());
+        PUMP_OF_THREAD.set(Arc::as_ptr(&self.handle.shared) as usize);
         let span = tracing::info_span!("pump");
         let _enter = span.enter();
         loop {
@@ -673,7 +687,10 @@ impl Loop {
             self.publish_gauges();
             // While tasks stay runnable, a zero-timeout poll after every batch would cost system
             // calls per re-post; look for I/O at most every `BUSY_POLL_INTERVAL` instead.
-            if self.run_queue.is_empty()
+            // The pump's own posts through a handle (such as a send task a listener scheduled)
+            // wait in the inbox: they are runnable work too, so drain them before polling again.
+            let idle = self.run_queue.is_empty() && !SELF_POSTED.replace(false);
+            if idle
                 || self.stop_deadline.is_some()
                 || self.last_poll.elapsed() >= BUSY_POLL_INTERVAL
             {
@@ -861,26 +878,23 @@ impl Loop {
             .store(self.parked.len() as u64, Ordering::Relaxed);
     }
 
-    /// Before going to sleep, watch the inbox and the sockets for a few microseconds: under a
-    /// steady stream of posts from another thread this saves the poster a wake-up system call
-    /// per batch, and a reply that arrives soon after a send is picked up without the pump
-    /// falling asleep and being woken (which costs tens of microseconds on a virtual machine).
-    fn spin_before_sleep(&mut self, shared: &Shared) -> Spin {
+    /// Before going to sleep, watch the inbox for a few microseconds: under a steady stream of
+    /// posts from another thread this saves the poster a wake-up system call per batch.
+    ///
+    /// Only done when other threads posted since the last look: a pump driven by its sockets
+    /// goes straight to `poll`, where data that arrives wakes it at once (spinning here would
+    /// leave that data waiting until the spin ends).
+    fn spin_for_posts(&self, shared: &Shared) -> bool {
+        if !shared.remote_posts.swap(false, Ordering::Relaxed) {
+            return false;
+        }
         let start = Instant::now();
         loop {
             if shared.inbox_pending.load(Ordering::Acquire) {
-                return Spin::Posted;
-            }
-            match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
-                Ok(()) if self.take_events() > 0 => return Spin::Ready,
-                Ok(()) => {}
-                Err(err) => {
-                    tracing::error!(error = %err, "poll failed");
-                    return Spin::Idle;
-                }
+                return true;
             }
             if start.elapsed() >= SPIN_BEFORE_SLEEP {
-                return Spin::Idle;
+                return false;
             }
             for _ in 0..64 {
                 std::hint::spin_loop();
@@ -898,17 +912,10 @@ impl Loop {
                 .map(|d| d.saturating_duration_since(Instant::now()))
         };
         let mut may_sleep = timeout != Some(Duration::ZERO);
-        if may_sleep {
-            match self.spin_before_sleep(&shared) {
-                // Sockets became ready while we spun: their tasks are runnable now.
-                Spin::Ready => return,
-                // Posts arrived while we spun: no sleep, and the poster needed no wake-up call.
-                Spin::Posted => {
-                    may_sleep = false;
-                    timeout = Some(Duration::ZERO);
-                }
-                Spin::Idle => {}
-            }
+        if may_sleep && self.spin_for_posts(&shared) {
+            // Posts arrived while we spun: no sleep, and the poster needed no wake-up call.
+            may_sleep = false;
+            timeout = Some(Duration::ZERO);
         }
         if may_sleep {
             shared.sleeping.store(true, Ordering::SeqCst);
@@ -933,21 +940,17 @@ impl Loop {
         self.take_events();
     }
 
-    /// Makes the tasks parked on the sources in `events` runnable; returns how many I/O events
-    /// there were (the pump's own waker not counted).
-    fn take_events(&mut self) -> usize {
-        let mut count = 0;
+    /// Makes the tasks parked on the sources in `events` runnable.
+    fn take_events(&mut self) {
         for event in self.events.iter() {
             if event.token() == WAKER_TOKEN {
                 continue;
             }
-            count += 1;
             if let Some(mut parked) = self.parked.remove(&event.token().0) {
                 parked.job.wake = Wake::Ready(*event);
                 self.run_queue.push_back(parked.job);
             }
         }
-        count
     }
 
     fn finish(mut self) -> ShutdownReport {

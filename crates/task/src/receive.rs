@@ -175,7 +175,7 @@ impl<E: ReceiveEvents> Task for ReceiveTask<E> {
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    return source.wait_readable();
+                    return source.wait_drained(None);
                 }
                 Err(err) => return self.finish(ReceiveOutcome::Failed(err), cx),
             }
