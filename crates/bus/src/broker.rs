@@ -34,7 +34,12 @@ pub type HandlerResult = std::result::Result<(), HandlerError>;
 /// # let _ = h;
 /// ```
 #[derive(Clone)]
-pub struct Handler(Arc<dyn Fn(&Message) -> HandlerResult + Send + Sync + 'static>);
+pub struct Handler {
+    call: Arc<dyn Fn(&Message) -> HandlerResult + Send + Sync + 'static>,
+    /// Run by the in-memory broker after each run of deliveries to one subscription (the bus
+    /// server uses it to send what the run buffered as one frame).
+    batch_end: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
+}
 
 impl Handler {
     /// Wraps a function or closure.
@@ -42,12 +47,32 @@ impl Handler {
     where
         F: Fn(&Message) -> HandlerResult + Send + Sync + 'static,
     {
-        Self(Arc::new(f))
+        Self {
+            call: Arc::new(f),
+            batch_end: None,
+        }
+    }
+
+    /// Adds a hook the in-memory broker runs after each run of deliveries (on the same thread,
+    /// before another thread may deliver to the subscription).
+    pub(crate) fn with_batch_end<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.batch_end = Some(Arc::new(f));
+        self
     }
 
     /// Runs the handler on one message.
     pub fn call(&self, message: &Message) -> HandlerResult {
-        (self.0)(message)
+        (self.call)(message)
+    }
+
+    /// Runs the batch-end hook, if any.
+    pub(crate) fn batch_end(&self) {
+        if let Some(f) = &self.batch_end {
+            f();
+        }
     }
 }
 

@@ -513,6 +513,12 @@ impl InMemoryBroker {
         &self.shared.config
     }
 
+    /// Acks several deliveries of one subscription at once (what the bus server does for an ACKS
+    /// frame): the same as [`Broker::ack`] on each, with one lookup and one lock.
+    pub(crate) fn ack_many(&self, subscription: SubscriptionId, messages: &[MessageId]) {
+        self.shared.ack_many(subscription, messages);
+    }
+
     /// Messages waiting in the queue named `queue` (a group name, or `pattern#id` for a broadcast
     /// subscription); `None` if there is no such queue.
     pub fn queue_depth(&self, queue: &str) -> Option<usize> {
@@ -748,16 +754,42 @@ impl Shared {
     }
 
     fn ack(&self, delivery: DeliveryId) {
+        self.ack_many(delivery.subscription, &[delivery.message]);
+    }
+
+    /// Acks several deliveries of one subscription: one lookup and one lock for all of them.
+    fn ack_many(&self, subscription: SubscriptionId, messages: &[MessageId]) {
         let notifier = self.listeners.snapshot();
-        let removed = self
-            .find_sub(delivery.subscription)
-            .and_then(|sub| sub.remove_unacked(delivery.message, None).map(|m| (sub, m)));
-        let Some((sub, msg)) = removed else {
+        let sub = self.find_sub(subscription);
+        let mut acked = Vec::with_capacity(messages.len());
+        let mut unknown = Vec::new();
+        match &sub {
+            Some(sub) => {
+                let mut u = lock(&sub.unacked);
+                for &id in messages {
+                    match u.map.remove(&id) {
+                        Some(msg) => acked.push(msg),
+                        None => unknown.push(id),
+                    }
+                }
+                u.trim_front();
+                drop(u);
+                sub.in_flight.fetch_sub(acked.len(), Ordering::AcqRel);
+            }
+            None => unknown.extend_from_slice(messages),
+        }
+        for message in unknown {
+            let delivery = DeliveryId {
+                subscription,
+                message,
+            };
             tracing::debug!(delivery = %delivery, "ack of an unknown delivery ignored");
             notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
-            return;
-        };
-        notifier.each("acked", |l| l.acked(&msg, &sub.info));
+        }
+        let Some(sub) = sub else { return };
+        for msg in &acked {
+            notifier.each("acked", |l| l.acked(msg, &sub.info));
+        }
         if !sub.inbox.is_empty() {
             sub.try_schedule(self);
         }
@@ -891,12 +923,19 @@ impl Shared {
 
     fn run(&self, sub: &Arc<Sub>, ctx: &mut Ctx) {
         ctx.refresh(self);
+        let mut delivered = 0;
         for _ in 0..self.config.batch {
             if !sub.active.load(Ordering::Acquire) || sub.blocked() {
                 break;
             }
             let Some(msg) = sub.inbox.take() else { break };
             self.deliver(sub, msg, ctx);
+            delivered += 1;
+        }
+        if delivered > 0
+            && let Err(payload) = catch_unwind(AssertUnwindSafe(|| sub.handler.batch_end()))
+        {
+            tracing::error!(sub.id = sub.info.id.0, error = %panic_text(payload.as_ref()), "batch-end hook panicked");
         }
         sub.scheduled.store(false, Ordering::SeqCst);
         fence(Ordering::SeqCst);

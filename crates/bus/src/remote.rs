@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::listener::{BrokerListener, Listeners, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
-use crate::protocol::{self, ErrorCode, Op, VERSION};
+use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::pump::{EventPump, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::topic::{Pattern, validate_topic};
@@ -143,7 +143,7 @@ struct RemoteSub {
     pattern: String,
     options: SubscribeOptions,
     info: SubscriptionInfo,
-    tx: Mutex<Option<flume::Sender<Message>>>,
+    tx: Mutex<Option<flume::Sender<Vec<Message>>>>,
     active: AtomicBool,
 }
 
@@ -421,41 +421,36 @@ impl Client {
         lock(&self.link).reconnecting = false;
     }
 
-    fn deliver(&self, op: Op) {
-        let Op::Deliver {
-            sub,
-            message,
-            attempt,
-            published_us,
-            topic,
-            headers,
-            payload,
-        } = op
-        else {
-            return;
-        };
+    /// Hands the messages of one DELIVER or DELIVERS frame to the subscription's thread, as one
+    /// batch (one channel send, at most one wake).
+    fn deliver(&self, sub: u64, deliveries: impl ExactSizeIterator<Item = WireDelivery>) {
         let Some(s) = lock(&self.subs).get(&sub).cloned() else {
             tracing::debug!(
                 sub.id = sub,
-                msg.id = message,
+                deliveries = deliveries.len(),
                 "delivery for an ended subscription"
             );
             return;
         };
-        let published = UNIX_EPOCH + Duration::from_micros(published_us);
-        let msg = Message::new(topic, payload)
-            .with_headers(headers)
-            .with_id(MessageId(message))
-            .with_published_at(published)
-            .with_attempt(attempt)
-            .with_delivery(DeliveryId {
-                subscription: SubscriptionId(sub),
-                message: MessageId(message),
-            });
+        let batch: Vec<Message> = deliveries
+            .map(|d| {
+                let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
+                Message::new(d.topic, d.payload)
+                    .with_headers(d.headers)
+                    .with_id(MessageId(d.message))
+                    .with_published_at(published)
+                    .with_attempt(d.attempt)
+                    .with_delivery(DeliveryId {
+                        subscription: SubscriptionId(sub),
+                        message: MessageId(d.message),
+                    })
+            })
+            .collect();
+        let n = batch.len() as u64;
         let tx = lock(&s.tx).clone();
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if tx.is_none_or(|tx| tx.send(msg).is_err()) {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        if tx.is_none_or(|tx| tx.send(batch).is_err()) {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -465,67 +460,132 @@ impl Client {
         }
     }
 
-    /// Runs a subscription's handler on each delivery, on the subscription's own thread.
+    /// Runs a subscription's handler on each delivery, on the subscription's own thread. Acks
+    /// (automatic ones, and manual ones the handlers make on this client) are sent in ACKS
+    /// frames at the end of each batch, or sooner once the batch has run for [`ACK_DELAY`].
     fn dispatch_loop(
         self: Arc<Self>,
         sub: Arc<RemoteSub>,
         handler: Handler,
-        rx: flume::Receiver<Message>,
+        rx: flume::Receiver<Vec<Message>>,
     ) {
         let manual = sub.options.ack_mode == AckMode::Manual;
-        while let Ok(msg) = rx.recv() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            if !sub.active.load(Ordering::Acquire) {
-                continue;
-            }
-            let Some(delivery) = msg.delivery_id() else {
-                continue;
-            };
-            self.running.fetch_add(1, Ordering::AcqRel);
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-            if manual {
-                lock(&self.unacked).insert(delivery);
-            }
-            let notifier = self.listeners.snapshot();
-            notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
-            let result = match catch_unwind(AssertUnwindSafe(|| handler.call(&msg))) {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("handler panicked".to_owned()),
-            };
-            let ack = match &result {
-                Ok(()) => {
-                    notifier.each("processed", |l| l.processed(&msg, &sub.info));
-                    (!manual).then_some(Op::Ack {
-                        sub: sub.id,
-                        message: delivery.message.0,
-                    })
+        let me = Arc::as_ptr(&self) as usize;
+        while let Ok(batch) = rx.recv() {
+            let started = Instant::now();
+            DEFERRED.with_borrow_mut(|d| d.client = me);
+            let n = batch.len() as u64;
+            for msg in batch {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                if !sub.active.load(Ordering::Acquire) {
+                    continue;
                 }
-                Err(error) => {
-                    tracing::warn!(
-                        sub.id = sub.id,
-                        msg.id = delivery.message.0,
-                        attempt = msg.attempt(),
-                        error,
-                        "handler failed"
-                    );
-                    notifier.each("failed", |l| l.failed(&msg, &sub.info, error));
-                    if manual {
-                        lock(&self.unacked).remove(&delivery);
-                    }
-                    Some(Op::Nack {
+                let Some(delivery) = msg.delivery_id() else {
+                    continue;
+                };
+                self.running.fetch_add(1, Ordering::AcqRel);
+                self.handle(&sub, &handler, manual, &msg, delivery);
+                self.running.fetch_sub(1, Ordering::AcqRel);
+                if n > 1 && started.elapsed() >= ACK_DELAY {
+                    self.flush_acks();
+                }
+            }
+            self.flush_acks();
+            DEFERRED.with_borrow_mut(|d| d.client = 0);
+        }
+    }
+
+    /// Runs the handler on one delivery and queues its ack or sends its nack.
+    fn handle(
+        &self,
+        sub: &RemoteSub,
+        handler: &Handler,
+        manual: bool,
+        msg: &Message,
+        delivery: DeliveryId,
+    ) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if manual {
+            lock(&self.unacked).insert(delivery);
+        }
+        let notifier = self.listeners.snapshot();
+        notifier.each("dispatched", |l| l.dispatched(msg, &sub.info));
+        let result = match catch_unwind(AssertUnwindSafe(|| handler.call(msg))) {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("handler panicked".to_owned()),
+        };
+        match &result {
+            Ok(()) => {
+                notifier.each("processed", |l| l.processed(msg, &sub.info));
+                if !manual && sub.active.load(Ordering::Acquire) {
+                    DEFERRED.with_borrow_mut(|d| d.acks.push((sub.id, delivery.message.0)));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    sub.id = sub.id,
+                    msg.id = delivery.message.0,
+                    attempt = msg.attempt(),
+                    error,
+                    "handler failed"
+                );
+                notifier.each("failed", |l| l.failed(msg, &sub.info, error));
+                if manual {
+                    lock(&self.unacked).remove(&delivery);
+                }
+                if sub.active.load(Ordering::Acquire) {
+                    self.send_now(&Op::Nack {
                         sub: sub.id,
                         message: delivery.message.0,
                         requeue: true,
-                    })
+                    });
                 }
-            };
-            if let Some(op) = ack
-                && sub.active.load(Ordering::Acquire)
-            {
-                self.send_now(&op);
             }
-            self.running.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Sends the acks this thread deferred, one ACK or ACKS frame per subscription.
+    fn flush_acks(&self) {
+        let mut acks = DEFERRED.with_borrow_mut(|d| std::mem::take(&mut d.acks));
+        if acks.is_empty() {
+            return;
+        }
+        // Stable: each subscription's acks keep their order.
+        acks.sort_by_key(|&(sub, _)| sub);
+        for group in acks.chunk_by(|a, b| a.0 == b.0) {
+            let sub = group[0].0;
+            let op = match group {
+                [(_, message)] => Op::Ack {
+                    sub,
+                    message: *message,
+                },
+                _ => Op::Acks {
+                    sub,
+                    messages: group.iter().map(|&(_, m)| m).collect(),
+                },
+            };
+            self.send_now(&op);
+        }
+        // Keep the buffer's allocation for the next batch.
+        acks.clear();
+        DEFERRED.with_borrow_mut(|d| {
+            if d.acks.is_empty() {
+                d.acks = acks;
+            }
+        });
+    }
+
+    /// Defers an ack to the end of the batch when called from one of this client's dispatch
+    /// threads (a handler acking by hand); returns false elsewhere.
+    fn defer_ack(self: &Arc<Self>, delivery: DeliveryId) -> bool {
+        let me = Arc::as_ptr(self) as usize;
+        DEFERRED.with_borrow_mut(|d| {
+            if d.client != me {
+                return false;
+            }
+            d.acks.push((delivery.subscription.0, delivery.message.0));
+            true
+        })
     }
 
     fn end_subscription(&self, id: u64) -> bool {
@@ -542,6 +602,21 @@ impl Client {
         tracing::debug!(sub.id = id, pattern = %sub.pattern, "unsubscribed");
         true
     }
+}
+
+/// How long a batch of deliveries may hold back the acks of the messages it handled.
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// Acks deferred by a dispatch thread during a batch, and the client it runs for (its address,
+/// 0 outside a batch).
+#[derive(Default)]
+struct Deferred {
+    client: usize,
+    acks: Vec<(u64, u64)>,
+}
+
+thread_local! {
+    static DEFERRED: std::cell::RefCell<Deferred> = std::cell::RefCell::new(Deferred::default());
 }
 
 /// The queue listener of the client's connection, on the client's pump.
@@ -573,7 +648,8 @@ impl QueueListener for ClientListener {
             }
         };
         match op {
-            Op::Deliver { .. } => client.deliver(op),
+            Op::Deliver { sub, delivery } => client.deliver(sub, std::iter::once(delivery)),
+            Op::Delivers { sub, messages } => client.deliver(sub, messages.into_iter()),
             Op::Confirm { request, message } => client.reply(request, Reply::Confirm(message)),
             Op::Subscribed { sub } => client.reply(sub, Reply::Subscribed),
             Op::Pong { nonce } => client.reply(nonce, Reply::Pong),
@@ -877,6 +953,9 @@ impl Broker for RemoteBroker {
     fn ack(&self, delivery: DeliveryId) -> Result<()> {
         let c = &self.client;
         lock(&c.unacked).remove(&delivery);
+        if c.defer_ack(delivery) {
+            return Ok(());
+        }
         let op = Op::Ack {
             sub: delivery.subscription.0,
             message: delivery.message.0,
