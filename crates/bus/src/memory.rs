@@ -286,6 +286,8 @@ struct Sub {
     in_flight: AtomicUsize,
     unacked: Mutex<Unacked>,
     delivered: AtomicU64,
+    /// The broker, for runs handed to the handler's executor.
+    shared: Weak<Shared>,
 }
 
 impl Sub {
@@ -299,6 +301,23 @@ impl Sub {
         }
         if self.scheduled.swap(true, Ordering::SeqCst) {
             return false;
+        }
+        if let Some(executor) = self.handler.executor() {
+            // Run where the handler asks (the bus server's pump): no dispatch thread to wake.
+            let (sub, weak) = (self.clone(), self.shared.clone());
+            let run = Box::new(move || {
+                if let Some(shared) = weak.upgrade() {
+                    let mut ctx = Ctx {
+                        slot: None,
+                        version: u64::MAX,
+                        notifier: Notifier::default(),
+                    };
+                    shared.run(&sub, &mut ctx);
+                }
+            });
+            if executor(run) {
+                return true;
+            }
         }
         let _ = shared.ready_tx.send(Some(self.clone()));
         true
@@ -321,7 +340,8 @@ impl Sub {
 
 /// Per dispatch thread state: its busy slot and a cached listener snapshot.
 struct Ctx {
-    slot: usize,
+    /// The dispatch thread's busy slot (none for runs on a handler's executor).
+    slot: Option<usize>,
     version: u64,
     notifier: Notifier,
 }
@@ -673,6 +693,7 @@ impl Shared {
                 in_flight: AtomicUsize::new(0),
                 unacked: Mutex::new(Unacked::default()),
                 delivered: AtomicU64::new(0),
+                shared: Arc::downgrade(self),
             });
             write(&inbox.members).push(sub.clone());
             routes.subs.insert(id, sub.clone());
@@ -911,7 +932,7 @@ impl Shared {
         let span = tracing::debug_span!("dispatch", thread = slot);
         let _enter = span.enter();
         let mut ctx = Ctx {
-            slot,
+            slot: Some(slot),
             version: u64::MAX,
             notifier: self.listeners.snapshot(),
         };
@@ -968,10 +989,14 @@ impl Shared {
             drop(u);
             sub.in_flight.fetch_add(1, Ordering::AcqRel);
         }
-        let busy = &self.busy[ctx.slot].0;
-        busy.store(true, Ordering::Release);
+        let busy = ctx.slot.and_then(|slot| self.busy.get(slot)).map(|b| &b.0);
+        if let Some(busy) = busy {
+            busy.store(true, Ordering::Release);
+        }
         let result = catch_unwind(AssertUnwindSafe(|| sub.handler.call(&msg)));
-        busy.store(false, Ordering::Release);
+        if let Some(busy) = busy {
+            busy.store(false, Ordering::Release);
+        }
         let error = match result {
             Ok(Ok(())) => {
                 if listen {

@@ -429,6 +429,22 @@ fn put_options(buf: &mut BytesMut, o: &SubscribeOptions) {
     }
 }
 
+/// Appends a PUBLISH, borrowing every field (what [`encode`] does for [`Op::Publish`]).
+pub(crate) fn put_publish(
+    buf: &mut BytesMut,
+    request: u64,
+    topic: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+) {
+    buf.reserve(1 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+    buf.put_u8(code::PUBLISH);
+    buf.put_u64(request);
+    put_str(buf, topic);
+    put_pairs16(buf, headers);
+    put_blob(buf, payload);
+}
+
 /// Starts a DELIVER frame for `sub`: follow with exactly one [`put_delivery`].
 pub(crate) fn begin_deliver(buf: &mut BytesMut, sub: u64) {
     buf.put_u8(code::DELIVER);
@@ -526,12 +542,7 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
             headers,
             payload,
         } => {
-            buf.reserve(1 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
-            buf.put_u8(code::PUBLISH);
-            buf.put_u64(*request);
-            put_str(buf, topic);
-            put_pairs16(buf, headers);
-            put_blob(buf, payload);
+            put_publish(buf, *request, topic, headers, payload);
         }
         Op::Confirm { request, message } => {
             buf.put_u8(code::CONFIRM);

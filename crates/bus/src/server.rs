@@ -523,11 +523,22 @@ impl Forwarder {
             }),
         });
         let flusher = me.clone();
-        Handler::new(move |msg: &Message| {
+        let pump = me.conn.upgrade().map(|c| c.queue.pump().clone());
+        let handler = Handler::new(move |msg: &Message| {
             me.push(msg);
             Ok(())
         })
-        .with_batch_end(move || flusher.flush())
+        .with_batch_end(move || flusher.flush());
+        match pump {
+            // Deliveries run on the server's pump: a publish read there is forwarded there, with
+            // no hand-off to a dispatch thread. Runs posted while the pump reads a burst of
+            // publishes come after it, so each run forwards the burst in one frame.
+            Some(pump) => handler.with_executor(Arc::new(move |run| {
+                pump.post_fn("bus-forward", move |_cx: &mut _| run())
+                    .is_ok()
+            })),
+            None => handler,
+        }
     }
 
     fn push(&self, msg: &Message) {
