@@ -29,6 +29,9 @@ const ACK_SCAN_TICK: Duration = Duration::from_millis(5);
 /// Routes remembered per topic before the cache is cleared.
 const ROUTE_CACHE_LIMIT: usize = 4096;
 
+/// Deliveries one run on a handler's executor may make (dispatch threads make `batch`).
+const EXECUTOR_BATCH: usize = 1024;
+
 /// Settings of an [`InMemoryBroker`]: a plain struct with [`Default`] and `with_*` methods.
 ///
 /// # Examples
@@ -944,8 +947,14 @@ impl Shared {
 
     fn run(&self, sub: &Arc<Sub>, ctx: &mut Ctx) {
         ctx.refresh(self);
+        // A run on an executor drains more: it shares its thread with whatever fills the queue
+        // (the server's pump reads publishes by the thousand), so a short run lets it grow.
+        let limit = match ctx.slot {
+            Some(_) => self.config.batch,
+            None => self.config.batch.max(EXECUTOR_BATCH),
+        };
         let mut delivered = 0;
-        for _ in 0..self.config.batch {
+        for _ in 0..limit {
             if !sub.active.load(Ordering::Acquire) || sub.blocked() {
                 break;
             }
