@@ -953,13 +953,15 @@ impl Shared {
             Some(_) => self.config.batch,
             None => self.config.batch.max(EXECUTOR_BATCH),
         };
+        // Handlers on an executor never block: one clock reading serves the whole run.
+        let run_start = ctx.slot.is_none().then(Instant::now);
         let mut delivered = 0;
         for _ in 0..limit {
             if !sub.active.load(Ordering::Acquire) || sub.blocked() {
                 break;
             }
             let Some(msg) = sub.inbox.take() else { break };
-            self.deliver(sub, msg, ctx);
+            self.deliver(sub, msg, ctx, run_start);
             delivered += 1;
         }
         if delivered > 0
@@ -978,7 +980,8 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx) {
+    /// Delivers one message; `now` is the time to start its ack wait from (read here if none).
+    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx, now: Option<Instant>) {
         let delivery = DeliveryId {
             subscription: sub.info.id,
             message: msg.id(),
@@ -991,7 +994,7 @@ impl Shared {
             notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
         }
         if sub.manual {
-            let deadline = Instant::now() + sub.options.ack_wait;
+            let deadline = now.unwrap_or_else(Instant::now) + sub.options.ack_wait;
             let mut u = lock(&sub.unacked);
             u.map.insert(msg.id(), msg.clone());
             u.order.push_back((deadline, msg.id(), msg.attempt()));

@@ -259,7 +259,6 @@ impl Shared {
 
 #[derive(Default)]
 struct ConnState {
-    welcomed: bool,
     /// Client sub id → the inner subscription.
     subs: HashMap<u64, Subscription>,
 }
@@ -270,6 +269,8 @@ struct Conn {
     state: Mutex<ConnState>,
     /// Set once the connection is being closed: later frames are ignored.
     closing: AtomicBool,
+    /// The handshake is done (read for every frame, so not under the state lock).
+    welcomed: AtomicBool,
     /// The client speaks version 2 or later: deliveries go out batched in DELIVERS frames.
     batched: AtomicBool,
 }
@@ -314,8 +315,7 @@ impl ConnListener {
 
     fn handle(&self, shared: &Arc<Shared>, op: Op) {
         let conn = &self.conn;
-        let welcomed = lock(&conn.state).welcomed;
-        if !welcomed {
+        if !conn.welcomed.load(Ordering::Acquire) {
             let Op::Hello { version, token, .. } = op else {
                 return self.protocol_fault(
                     shared,
@@ -340,7 +340,7 @@ impl ConnListener {
                 }
             }
             conn.batched.store(version >= 2, Ordering::Release);
-            lock(&conn.state).welcomed = true;
+            conn.welcomed.store(true, Ordering::Release);
             return conn.send(&Op::Welcome {
                 version,
                 server: shared.config.name.clone(),
@@ -815,6 +815,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         queue: queue.clone(),
         state: Mutex::new(ConnState::default()),
         closing: AtomicBool::new(false),
+        welcomed: AtomicBool::new(false),
         batched: AtomicBool::new(false),
     });
     let refused = if shared.closing.load(Ordering::Acquire) {
@@ -844,7 +845,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         let (Some(conn), Some(shared)) = (weak_conn.upgrade(), weak_shared.upgrade()) else {
             return;
         };
-        if !lock(&conn.state).welcomed && !conn.closing.load(Ordering::Acquire) {
+        if !conn.welcomed.load(Ordering::Acquire) && !conn.closing.load(Ordering::Acquire) {
             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
             conn.fault(
                 ErrorCode::HandshakeRequired,
