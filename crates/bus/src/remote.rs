@@ -720,7 +720,10 @@ impl QueueListener for ClientListener {
 ///
 /// Handlers run on the client, one thread per subscription (`mixbus-dispatch-N`), never on the
 /// pump; an auto-ack subscription acks after its handler returns `Ok` and nacks (with requeue)
-/// after an `Err` or a panic. If the connection drops, the client reconnects with back-off and
+/// after an `Err` or a panic. Acks are gathered per batch of deliveries (what one frame from the
+/// server carried) and sent in one frame after the batch, or after 2 ms of it; an
+/// [`ack`](Broker::ack) called from one of this client's handlers joins them (and returns `Ok`
+/// at once). If the connection drops, the client reconnects with back-off and
 /// re-subscribes every live subscription under the same ids; meanwhile `publish` waits up to
 /// [`RemoteConfig::publish_timeout`] for the connection and then fails with
 /// [`Error::Disconnected`]. Deliveries not acked before the drop come again from the server.

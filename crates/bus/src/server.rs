@@ -681,8 +681,9 @@ impl QueueListener for ConnListener {
 /// A bus server: an [`InMemoryBroker`] served over TCP to [`RemoteBroker`](crate::RemoteBroker)s.
 ///
 /// It runs its own event pump; frames are handled on it. Every remote subscription is a
-/// manual-ack subscription on the inner broker whose handler forwards DELIVER frames, so the
-/// inner broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
+/// manual-ack subscription on the inner broker whose deliveries also run on that pump (not on
+/// the inner broker's dispatch threads) and go out batched, many per DELIVERS frame, so the inner
+/// broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
 /// re-delivery and dead letters. A connection that falls more than
 /// [`ServerConfig::max_outbound_bytes`] behind is closed with an ERROR; its subscriptions end and
 /// its un-acked group messages go to other members. A malformed frame closes only its connection.
