@@ -5,8 +5,10 @@
 //! on the shared run queue of the dispatch pool. A scheduled subscription runs on one dispatch
 //! thread at a time and drains a batch of messages, so one broadcast subscriber sees one
 //! publisher's messages in order, and group members pull from their shared queue concurrently.
-//! No lock is held across the whole broker per message: the route table is read-locked, the
-//! queues are `flume` channels, and ack state is per subscription.
+//! No lock is held across the whole broker per message: the route table is read-locked, each
+//! queue has its own lock (its length reads without it), and ack state is per subscription.
+//! A subscription whose handler carries an executor (the bus server's) runs there instead of on
+//! the dispatch pool.
 
 use std::any::Any;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -165,17 +167,46 @@ struct Routes {
     cache: HashMap<String, Arc<[Arc<Inbox>]>>,
 }
 
+/// A FIFO of messages whose length reads without its lock.
+#[derive(Default)]
+struct Fifo {
+    items: Mutex<VecDeque<Message>>,
+    /// Changed under the lock, read without it (SeqCst: a run that finds the queue empty after
+    /// clearing its scheduled flag must see a push made before the publisher tried to schedule).
+    len: AtomicUsize,
+}
+
+impl Fifo {
+    fn push(&self, msg: Message) {
+        let mut items = lock(&self.items);
+        items.push_back(msg);
+        self.len.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn pop(&self) -> Option<Message> {
+        if self.len() == 0 {
+            return None;
+        }
+        let mut items = lock(&self.items);
+        let msg = items.pop_front()?;
+        self.len.fetch_sub(1, Ordering::SeqCst);
+        Some(msg)
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+}
+
 /// The queue of one broadcast subscription or one consumer group.
 struct Inbox {
     name: String,
     pattern: Pattern,
     group: Option<String>,
-    tx: flume::Sender<Message>,
-    rx: flume::Receiver<Message>,
-    retry_tx: flume::Sender<Message>,
-    retry_rx: flume::Receiver<Message>,
-    /// Messages in `retry_rx`, so the common case (no re-delivery) skips that channel's lock.
-    retry_len: AtomicUsize,
+    /// Published messages.
+    fresh: Fifo,
+    /// Messages to deliver again, taken first.
+    retry: Fifo,
     capacity: Option<usize>,
     reserved: AtomicUsize,
     members: RwLock<Vec<Arc<Sub>>>,
@@ -185,17 +216,12 @@ struct Inbox {
 
 impl Inbox {
     fn new(name: String, pattern: Pattern, group: Option<String>, capacity: Option<usize>) -> Self {
-        let (tx, rx) = flume::unbounded();
-        let (retry_tx, retry_rx) = flume::unbounded();
         Self {
             name,
             pattern,
             group,
-            tx,
-            rx,
-            retry_tx,
-            retry_rx,
-            retry_len: AtomicUsize::new(0),
+            fresh: Fifo::default(),
+            retry: Fifo::default(),
             capacity,
             reserved: AtomicUsize::new(0),
             members: RwLock::new(Vec::new()),
@@ -205,11 +231,11 @@ impl Inbox {
     }
 
     fn len(&self) -> usize {
-        self.rx.len() + self.retry_len.load(Ordering::Acquire)
+        self.fresh.len() + self.retry.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.retry_len.load(Ordering::Acquire) == 0 && self.rx.is_empty()
+        self.len() == 0
     }
 
     fn try_reserve(&self) -> bool {
@@ -230,13 +256,10 @@ impl Inbox {
     }
 
     fn take(&self) -> Option<Message> {
-        if self.retry_len.load(Ordering::Acquire) > 0
-            && let Ok(msg) = self.retry_rx.try_recv()
-        {
-            self.retry_len.fetch_sub(1, Ordering::AcqRel);
+        if let Some(msg) = self.retry.pop() {
             return Some(msg);
         }
-        let msg = self.rx.try_recv().ok()?;
+        let msg = self.fresh.pop()?;
         self.unreserve();
         Some(msg)
     }
@@ -625,7 +648,7 @@ impl Shared {
             if listen {
                 notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
             }
-            let _ = target.tx.send(message.clone());
+            target.fresh.push(message.clone());
             if target.open.load(Ordering::Acquire) {
                 target.notify(self);
             } else {
@@ -875,8 +898,7 @@ impl Shared {
             notifier.each("dropped", |l| l.dropped(&msg, &reason));
             return;
         }
-        inbox.retry_len.fetch_add(1, Ordering::AcqRel);
-        let _ = inbox.retry_tx.send(msg);
+        inbox.retry.push(msg);
         inbox.notify(self);
     }
 
