@@ -179,9 +179,9 @@ impl Client {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The live queue, waiting up to `wait` for a reconnection.
+    /// The live queue, waiting up to `wait` for a reconnection (the clock is read only then).
     fn queue(&self, wait: Duration) -> Result<MessageQueue> {
-        let deadline = Instant::now() + wait;
+        let mut deadline = None;
         let mut link = lock(&self.link);
         loop {
             if link.closed {
@@ -191,6 +191,7 @@ impl Client {
                 return Ok(q.clone());
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + wait);
             if now >= deadline {
                 return Err(Error::Disconnected { waited: wait });
             }
@@ -202,14 +203,22 @@ impl Client {
         }
     }
 
-    /// Sends a frame, waiting (bounded by `deadline`) for room when the outbound queue is full.
-    fn send_frame(&self, queue: &MessageQueue, mut frame: Bytes, deadline: Instant) -> Result<()> {
+    /// Sends a frame, waiting (bounded by `deadline`, or the publish timeout from the first
+    /// refusal) for room when the outbound queue is full.
+    fn send_frame(
+        &self,
+        queue: &MessageQueue,
+        mut frame: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let mut deadline = deadline;
         loop {
             match queue.send(frame) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Full { msg, .. }) => {
                     frame = msg;
                     let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + self.config.publish_timeout);
                     if now >= deadline {
                         return Err(Error::Timeout {
                             what: "room in the outbound queue",
@@ -260,7 +269,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = flume::bounded(1);
         lock(&self.pending).insert(id, tx);
-        if let Err(err) = self.send_frame(queue, frame, deadline) {
+        if let Err(err) = self.send_frame(queue, frame, Some(deadline)) {
             lock(&self.pending).remove(&id);
             return Err(err);
         }
@@ -318,7 +327,8 @@ impl Client {
             queue.close();
             Err(err)
         };
-        if let Err(err) = self.send_frame(&queue, hello.to_bytes(), Instant::now() + timeout) {
+        if let Err(err) = self.send_frame(&queue, hello.to_bytes(), Some(Instant::now() + timeout))
+        {
             return fail(err);
         }
         match hello_rx.recv_timeout(timeout) {
@@ -861,7 +871,8 @@ impl Broker for RemoteBroker {
         let c = &self.client;
         validate_topic(message.topic())?;
         let timeout = c.config.publish_timeout;
-        let deadline = Instant::now() + timeout;
+        // The clock is read only for a confirm (the common unconfirmed publish never waits).
+        let start = c.config.confirm.then(Instant::now);
         let queue = c.queue(timeout)?;
         let request = if c.config.confirm { c.next_id() } else { 0 };
         let mut buf = BytesMut::new();
@@ -874,13 +885,13 @@ impl Broker for RemoteBroker {
         );
         let frame = buf.freeze();
         if request == 0 {
-            c.send_frame(&queue, frame, deadline)?;
+            c.send_frame(&queue, frame, None)?;
             c.listeners
                 .snapshot()
                 .each("published", |l| l.published(&message));
             return Ok(MessageId(0));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = timeout.saturating_sub(start.map_or(Duration::ZERO, |s| s.elapsed()));
         match c.request_frame(&queue, request, frame, "PUBLISH", left)? {
             Reply::Confirm(id) => {
                 let notifier = c.listeners.snapshot();
