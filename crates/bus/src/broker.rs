@@ -34,7 +34,18 @@ pub type HandlerResult = std::result::Result<(), HandlerError>;
 /// # let _ = h;
 /// ```
 #[derive(Clone)]
-pub struct Handler(Arc<dyn Fn(&Message) -> HandlerResult + Send + Sync + 'static>);
+pub struct Handler {
+    call: Arc<dyn Fn(&Message) -> HandlerResult + Send + Sync + 'static>,
+    /// Run by the in-memory broker after each run of deliveries to one subscription (the bus
+    /// server uses it to send what the run buffered as one frame).
+    batch_end: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
+    /// Where the in-memory broker runs the subscription's deliveries instead of its dispatch
+    /// threads (the bus server: on its pump); returns false when it cannot take the work.
+    executor: Option<Executor>,
+}
+
+/// Runs a subscription's deliveries somewhere else than the in-memory broker's dispatch threads.
+pub(crate) type Executor = Arc<dyn Fn(Box<dyn FnOnce() + Send>) -> bool + Send + Sync + 'static>;
 
 impl Handler {
     /// Wraps a function or closure.
@@ -42,12 +53,46 @@ impl Handler {
     where
         F: Fn(&Message) -> HandlerResult + Send + Sync + 'static,
     {
-        Self(Arc::new(f))
+        Self {
+            call: Arc::new(f),
+            batch_end: None,
+            executor: None,
+        }
+    }
+
+    /// Adds a hook the in-memory broker runs after each run of deliveries (on the same thread,
+    /// before another thread may deliver to the subscription).
+    pub(crate) fn with_batch_end<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.batch_end = Some(Arc::new(f));
+        self
+    }
+
+    /// Makes the in-memory broker run this handler's deliveries through `executor` (which must
+    /// run them soon, one run at a time being guaranteed by the broker) rather than on its
+    /// dispatch threads. The handler must never block.
+    pub(crate) fn with_executor(mut self, executor: Executor) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// The executor, if any.
+    pub(crate) fn executor(&self) -> Option<&Executor> {
+        self.executor.as_ref()
     }
 
     /// Runs the handler on one message.
     pub fn call(&self, message: &Message) -> HandlerResult {
-        (self.0)(message)
+        (self.call)(message)
+    }
+
+    /// Runs the batch-end hook, if any.
+    pub(crate) fn batch_end(&self) {
+        if let Some(f) = &self.batch_end {
+            f();
+        }
     }
 }
 

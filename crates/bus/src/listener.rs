@@ -148,7 +148,7 @@ impl Listeners {
 }
 
 /// A snapshot of the listeners, used to send a few events without touching the shared list.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct Notifier(Option<Arc<[Entry]>>);
 
 impl Notifier {

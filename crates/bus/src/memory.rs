@@ -5,8 +5,10 @@
 //! on the shared run queue of the dispatch pool. A scheduled subscription runs on one dispatch
 //! thread at a time and drains a batch of messages, so one broadcast subscriber sees one
 //! publisher's messages in order, and group members pull from their shared queue concurrently.
-//! No lock is held across the whole broker per message: the route table is read-locked, the
-//! queues are `flume` channels, and ack state is per subscription.
+//! No lock is held across the whole broker per message: the route table is read-locked, each
+//! queue has its own lock (its length reads without it), and ack state is per subscription.
+//! A subscription whose handler carries an executor (the bus server's) runs there instead of on
+//! the dispatch pool.
 
 use std::any::Any;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -28,6 +30,9 @@ use crate::topic::{Pattern, validate_topic};
 const ACK_SCAN_TICK: Duration = Duration::from_millis(5);
 /// Routes remembered per topic before the cache is cleared.
 const ROUTE_CACHE_LIMIT: usize = 4096;
+
+/// Deliveries one run on a handler's executor may make (dispatch threads make `batch`).
+const EXECUTOR_BATCH: usize = 1024;
 
 /// Settings of an [`InMemoryBroker`]: a plain struct with [`Default`] and `with_*` methods.
 ///
@@ -162,17 +167,46 @@ struct Routes {
     cache: HashMap<String, Arc<[Arc<Inbox>]>>,
 }
 
+/// A FIFO of messages whose length reads without its lock.
+#[derive(Default)]
+struct Fifo {
+    items: Mutex<VecDeque<Message>>,
+    /// Changed under the lock, read without it (SeqCst: a run that finds the queue empty after
+    /// clearing its scheduled flag must see a push made before the publisher tried to schedule).
+    len: AtomicUsize,
+}
+
+impl Fifo {
+    fn push(&self, msg: Message) {
+        let mut items = lock(&self.items);
+        items.push_back(msg);
+        self.len.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn pop(&self) -> Option<Message> {
+        if self.len() == 0 {
+            return None;
+        }
+        let mut items = lock(&self.items);
+        let msg = items.pop_front()?;
+        self.len.fetch_sub(1, Ordering::SeqCst);
+        Some(msg)
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+}
+
 /// The queue of one broadcast subscription or one consumer group.
 struct Inbox {
     name: String,
     pattern: Pattern,
     group: Option<String>,
-    tx: flume::Sender<Message>,
-    rx: flume::Receiver<Message>,
-    retry_tx: flume::Sender<Message>,
-    retry_rx: flume::Receiver<Message>,
-    /// Messages in `retry_rx`, so the common case (no re-delivery) skips that channel's lock.
-    retry_len: AtomicUsize,
+    /// Published messages.
+    fresh: Fifo,
+    /// Messages to deliver again, taken first.
+    retry: Fifo,
     capacity: Option<usize>,
     reserved: AtomicUsize,
     members: RwLock<Vec<Arc<Sub>>>,
@@ -182,17 +216,12 @@ struct Inbox {
 
 impl Inbox {
     fn new(name: String, pattern: Pattern, group: Option<String>, capacity: Option<usize>) -> Self {
-        let (tx, rx) = flume::unbounded();
-        let (retry_tx, retry_rx) = flume::unbounded();
         Self {
             name,
             pattern,
             group,
-            tx,
-            rx,
-            retry_tx,
-            retry_rx,
-            retry_len: AtomicUsize::new(0),
+            fresh: Fifo::default(),
+            retry: Fifo::default(),
             capacity,
             reserved: AtomicUsize::new(0),
             members: RwLock::new(Vec::new()),
@@ -202,11 +231,11 @@ impl Inbox {
     }
 
     fn len(&self) -> usize {
-        self.rx.len() + self.retry_len.load(Ordering::Acquire)
+        self.fresh.len() + self.retry.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.retry_len.load(Ordering::Acquire) == 0 && self.rx.is_empty()
+        self.len() == 0
     }
 
     fn try_reserve(&self) -> bool {
@@ -227,13 +256,10 @@ impl Inbox {
     }
 
     fn take(&self) -> Option<Message> {
-        if self.retry_len.load(Ordering::Acquire) > 0
-            && let Ok(msg) = self.retry_rx.try_recv()
-        {
-            self.retry_len.fetch_sub(1, Ordering::AcqRel);
+        if let Some(msg) = self.retry.pop() {
             return Some(msg);
         }
-        let msg = self.rx.try_recv().ok()?;
+        let msg = self.fresh.pop()?;
         self.unreserve();
         Some(msg)
     }
@@ -286,6 +312,8 @@ struct Sub {
     in_flight: AtomicUsize,
     unacked: Mutex<Unacked>,
     delivered: AtomicU64,
+    /// The broker, for runs handed to the handler's executor.
+    shared: Weak<Shared>,
 }
 
 impl Sub {
@@ -299,6 +327,23 @@ impl Sub {
         }
         if self.scheduled.swap(true, Ordering::SeqCst) {
             return false;
+        }
+        if let Some(executor) = self.handler.executor() {
+            // Run where the handler asks (the bus server's pump): no dispatch thread to wake.
+            let (sub, weak) = (self.clone(), self.shared.clone());
+            let run = Box::new(move || {
+                if let Some(shared) = weak.upgrade() {
+                    let mut ctx = Ctx {
+                        slot: None,
+                        version: u64::MAX,
+                        notifier: Notifier::default(),
+                    };
+                    shared.run(&sub, &mut ctx);
+                }
+            });
+            if executor(run) {
+                return true;
+            }
         }
         let _ = shared.ready_tx.send(Some(self.clone()));
         true
@@ -321,7 +366,8 @@ impl Sub {
 
 /// Per dispatch thread state: its busy slot and a cached listener snapshot.
 struct Ctx {
-    slot: usize,
+    /// The dispatch thread's busy slot (none for runs on a handler's executor).
+    slot: Option<usize>,
     version: u64,
     notifier: Notifier,
 }
@@ -513,6 +559,12 @@ impl InMemoryBroker {
         &self.shared.config
     }
 
+    /// Acks several deliveries of one subscription at once (what the bus server does for an ACKS
+    /// frame): the same as [`Broker::ack`] on each, with one lookup and one lock.
+    pub(crate) fn ack_many(&self, subscription: SubscriptionId, messages: &[MessageId]) {
+        self.shared.ack_many(subscription, messages);
+    }
+
     /// Messages waiting in the queue named `queue` (a group name, or `pattern#id` for a broadcast
     /// subscription); `None` if there is no such queue.
     pub fn queue_depth(&self, queue: &str) -> Option<usize> {
@@ -596,7 +648,7 @@ impl Shared {
             if listen {
                 notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
             }
-            let _ = target.tx.send(message.clone());
+            target.fresh.push(message.clone());
             if target.open.load(Ordering::Acquire) {
                 target.notify(self);
             } else {
@@ -667,6 +719,7 @@ impl Shared {
                 in_flight: AtomicUsize::new(0),
                 unacked: Mutex::new(Unacked::default()),
                 delivered: AtomicU64::new(0),
+                shared: Arc::downgrade(self),
             });
             write(&inbox.members).push(sub.clone());
             routes.subs.insert(id, sub.clone());
@@ -748,16 +801,42 @@ impl Shared {
     }
 
     fn ack(&self, delivery: DeliveryId) {
+        self.ack_many(delivery.subscription, &[delivery.message]);
+    }
+
+    /// Acks several deliveries of one subscription: one lookup and one lock for all of them.
+    fn ack_many(&self, subscription: SubscriptionId, messages: &[MessageId]) {
         let notifier = self.listeners.snapshot();
-        let removed = self
-            .find_sub(delivery.subscription)
-            .and_then(|sub| sub.remove_unacked(delivery.message, None).map(|m| (sub, m)));
-        let Some((sub, msg)) = removed else {
+        let sub = self.find_sub(subscription);
+        let mut acked = Vec::with_capacity(messages.len());
+        let mut unknown = Vec::new();
+        match &sub {
+            Some(sub) => {
+                let mut u = lock(&sub.unacked);
+                for &id in messages {
+                    match u.map.remove(&id) {
+                        Some(msg) => acked.push(msg),
+                        None => unknown.push(id),
+                    }
+                }
+                u.trim_front();
+                drop(u);
+                sub.in_flight.fetch_sub(acked.len(), Ordering::AcqRel);
+            }
+            None => unknown.extend_from_slice(messages),
+        }
+        for message in unknown {
+            let delivery = DeliveryId {
+                subscription,
+                message,
+            };
             tracing::debug!(delivery = %delivery, "ack of an unknown delivery ignored");
             notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
-            return;
-        };
-        notifier.each("acked", |l| l.acked(&msg, &sub.info));
+        }
+        let Some(sub) = sub else { return };
+        for msg in &acked {
+            notifier.each("acked", |l| l.acked(msg, &sub.info));
+        }
         if !sub.inbox.is_empty() {
             sub.try_schedule(self);
         }
@@ -819,8 +898,7 @@ impl Shared {
             notifier.each("dropped", |l| l.dropped(&msg, &reason));
             return;
         }
-        inbox.retry_len.fetch_add(1, Ordering::AcqRel);
-        let _ = inbox.retry_tx.send(msg);
+        inbox.retry.push(msg);
         inbox.notify(self);
     }
 
@@ -879,7 +957,7 @@ impl Shared {
         let span = tracing::debug_span!("dispatch", thread = slot);
         let _enter = span.enter();
         let mut ctx = Ctx {
-            slot,
+            slot: Some(slot),
             version: u64::MAX,
             notifier: self.listeners.snapshot(),
         };
@@ -891,12 +969,27 @@ impl Shared {
 
     fn run(&self, sub: &Arc<Sub>, ctx: &mut Ctx) {
         ctx.refresh(self);
-        for _ in 0..self.config.batch {
+        // A run on an executor drains more: it shares its thread with whatever fills the queue
+        // (the server's pump reads publishes by the thousand), so a short run lets it grow.
+        let limit = match ctx.slot {
+            Some(_) => self.config.batch,
+            None => self.config.batch.max(EXECUTOR_BATCH),
+        };
+        // Handlers on an executor never block: one clock reading serves the whole run.
+        let run_start = ctx.slot.is_none().then(Instant::now);
+        let mut delivered = 0;
+        for _ in 0..limit {
             if !sub.active.load(Ordering::Acquire) || sub.blocked() {
                 break;
             }
             let Some(msg) = sub.inbox.take() else { break };
-            self.deliver(sub, msg, ctx);
+            self.deliver(sub, msg, ctx, run_start);
+            delivered += 1;
+        }
+        if delivered > 0
+            && let Err(payload) = catch_unwind(AssertUnwindSafe(|| sub.handler.batch_end()))
+        {
+            tracing::error!(sub.id = sub.info.id.0, error = %panic_text(payload.as_ref()), "batch-end hook panicked");
         }
         sub.scheduled.store(false, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -909,7 +1002,8 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx) {
+    /// Delivers one message; `now` is the time to start its ack wait from (read here if none).
+    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx, now: Option<Instant>) {
         let delivery = DeliveryId {
             subscription: sub.info.id,
             message: msg.id(),
@@ -922,17 +1016,21 @@ impl Shared {
             notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
         }
         if sub.manual {
-            let deadline = Instant::now() + sub.options.ack_wait;
+            let deadline = now.unwrap_or_else(Instant::now) + sub.options.ack_wait;
             let mut u = lock(&sub.unacked);
             u.map.insert(msg.id(), msg.clone());
             u.order.push_back((deadline, msg.id(), msg.attempt()));
             drop(u);
             sub.in_flight.fetch_add(1, Ordering::AcqRel);
         }
-        let busy = &self.busy[ctx.slot].0;
-        busy.store(true, Ordering::Release);
+        let busy = ctx.slot.and_then(|slot| self.busy.get(slot)).map(|b| &b.0);
+        if let Some(busy) = busy {
+            busy.store(true, Ordering::Release);
+        }
         let result = catch_unwind(AssertUnwindSafe(|| sub.handler.call(&msg)));
-        busy.store(false, Ordering::Release);
+        if let Some(busy) = busy {
+            busy.store(false, Ordering::Release);
+        }
         let error = match result {
             Ok(Ok(())) => {
                 if listen {

@@ -23,8 +23,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::options::{AckMode, Backoff, DeliveryMode, SubscribeOptions};
 
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate speaks (2 adds the batched DELIVERS and ACKS operations).
+pub const VERSION: u16 = 2;
+
+/// The oldest protocol version a server still serves: a version-1 client gets one DELIVER per
+/// message and never sees DELIVERS.
+pub const MIN_VERSION: u16 = 1;
 
 /// Op byte values.
 mod code {
@@ -43,6 +47,8 @@ mod code {
     pub(super) const STATS: u8 = 13;
     pub(super) const STATS_REPLY: u8 = 14;
     pub(super) const ERROR: u8 = 15;
+    pub(super) const DELIVERS: u8 = 16;
+    pub(super) const ACKS: u8 = 17;
 }
 
 /// Why the peer sent an [`Op::Error`].
@@ -205,18 +211,22 @@ pub enum Op {
     Deliver {
         /// The subscription id.
         sub: u64,
-        /// The message id.
-        message: u64,
-        /// The delivery attempt (1 for the first).
-        attempt: u32,
-        /// Publish time in microseconds since the Unix epoch.
-        published_us: u64,
-        /// The topic.
-        topic: String,
-        /// The headers, in order.
-        headers: Vec<(String, String)>,
-        /// The payload.
-        payload: Bytes,
+        /// The message.
+        delivery: WireDelivery,
+    },
+    /// Server → client (version 2): several messages for one subscription in one frame.
+    Delivers {
+        /// The subscription id.
+        sub: u64,
+        /// The messages, in delivery order (at least one).
+        messages: Vec<WireDelivery>,
+    },
+    /// Client → server (version 2): acknowledge several deliveries of one subscription.
+    Acks {
+        /// The subscription id.
+        sub: u64,
+        /// The message ids (at least one).
+        messages: Vec<u64>,
     },
     /// Client → server: acknowledge a delivery.
     Ack {
@@ -268,6 +278,23 @@ pub enum Op {
     },
 }
 
+/// One message of a DELIVER or DELIVERS frame: the fields after the sub id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireDelivery {
+    /// The message id.
+    pub message: u64,
+    /// The delivery attempt (1 for the first).
+    pub attempt: u32,
+    /// Publish time in microseconds since the Unix epoch.
+    pub published_us: u64,
+    /// The topic.
+    pub topic: String,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
 impl Op {
     /// The operation's name as written in `docs/PROTOCOL.md`.
     pub fn name(&self) -> &'static str {
@@ -280,6 +307,8 @@ impl Op {
             Op::Subscribed { .. } => "SUBSCRIBED",
             Op::Unsubscribe { .. } => "UNSUBSCRIBE",
             Op::Deliver { .. } => "DELIVER",
+            Op::Delivers { .. } => "DELIVERS",
+            Op::Acks { .. } => "ACKS",
             Op::Ack { .. } => "ACK",
             Op::Nack { .. } => "NACK",
             Op::Ping { .. } => "PING",
@@ -400,6 +429,77 @@ fn put_options(buf: &mut BytesMut, o: &SubscribeOptions) {
     }
 }
 
+/// Appends a PUBLISH, borrowing every field (what [`encode`] does for [`Op::Publish`]).
+pub(crate) fn put_publish(
+    buf: &mut BytesMut,
+    request: u64,
+    topic: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+) {
+    buf.reserve(1 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+    buf.put_u8(code::PUBLISH);
+    buf.put_u64(request);
+    put_str(buf, topic);
+    put_pairs16(buf, headers);
+    put_blob(buf, payload);
+}
+
+/// Starts a DELIVER frame for `sub`: follow with exactly one [`put_delivery`].
+pub(crate) fn begin_deliver(buf: &mut BytesMut, sub: u64) {
+    buf.put_u8(code::DELIVER);
+    buf.put_u64(sub);
+}
+
+/// Starts a DELIVERS frame for `sub` at the end of `buf`: follow with one or more
+/// [`put_delivery`], then [`end_delivers`] with the returned position and the count.
+pub(crate) fn begin_delivers(buf: &mut BytesMut, sub: u64) -> usize {
+    buf.put_u8(code::DELIVERS);
+    buf.put_u64(sub);
+    let at = buf.len();
+    buf.put_u32(0);
+    at
+}
+
+/// Writes the delivery count of a DELIVERS frame started at `at` by [`begin_delivers`].
+pub(crate) fn end_delivers(buf: &mut BytesMut, at: usize, count: usize) {
+    let n = u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes();
+    if let Some(slot) = buf.get_mut(at..at + 4) {
+        slot.copy_from_slice(&n);
+    }
+}
+
+/// Appends one delivery (the fields of a DELIVER after its sub id), borrowing every field.
+pub(crate) fn put_delivery(
+    buf: &mut BytesMut,
+    message: u64,
+    attempt: u32,
+    published_us: u64,
+    topic: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+) {
+    buf.reserve(8 + 4 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+    buf.put_u64(message);
+    buf.put_u32(attempt);
+    buf.put_u64(published_us);
+    put_str(buf, topic);
+    put_pairs16(buf, headers);
+    put_blob(buf, payload);
+}
+
+fn put_wire(buf: &mut BytesMut, d: &WireDelivery) {
+    put_delivery(
+        buf,
+        d.message,
+        d.attempt,
+        d.published_us,
+        &d.topic,
+        &d.headers,
+        &d.payload,
+    );
+}
+
 /// Appends the encoding of `op` (op byte and fields, without the queue layer's length prefix).
 ///
 /// Header lists are capped at 65 535 entries (the field is a `u16`).
@@ -442,12 +542,7 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
             headers,
             payload,
         } => {
-            buf.reserve(1 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
-            buf.put_u8(code::PUBLISH);
-            buf.put_u64(*request);
-            put_str(buf, topic);
-            put_pairs16(buf, headers);
-            put_blob(buf, payload);
+            put_publish(buf, *request, topic, headers, payload);
         }
         Op::Confirm { request, message } => {
             buf.put_u8(code::CONFIRM);
@@ -472,24 +567,25 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
             buf.put_u8(code::UNSUBSCRIBE);
             buf.put_u64(*sub);
         }
-        Op::Deliver {
-            sub,
-            message,
-            attempt,
-            published_us,
-            topic,
-            headers,
-            payload,
-        } => {
-            buf.reserve(1 + 8 + 8 + 4 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
-            buf.put_u8(code::DELIVER);
+        Op::Deliver { sub, delivery } => {
+            begin_deliver(buf, *sub);
+            put_wire(buf, delivery);
+        }
+        Op::Delivers { sub, messages } => {
+            let at = begin_delivers(buf, *sub);
+            end_delivers(buf, at, messages.len());
+            for d in messages {
+                put_wire(buf, d);
+            }
+        }
+        Op::Acks { sub, messages } => {
+            buf.reserve(1 + 8 + 8 * messages.len());
+            buf.put_u8(code::ACKS);
             buf.put_u64(*sub);
-            buf.put_u64(*message);
-            buf.put_u32(*attempt);
-            buf.put_u64(*published_us);
-            put_str(buf, topic);
-            put_pairs16(buf, headers);
-            put_blob(buf, payload);
+            put_len(buf, messages.len());
+            for m in messages {
+                buf.put_u64(*m);
+            }
         }
         Op::Ack { sub, message } => {
             buf.put_u8(code::ACK);
@@ -692,6 +788,34 @@ impl Reader {
         Ok(options)
     }
 
+    fn remaining(&self) -> usize {
+        self.frame.len().saturating_sub(self.pos)
+    }
+
+    /// A `u32` count of entries that must be at least 1.
+    fn count(&mut self, field: &'static str) -> Result<usize, ProtocolError> {
+        match self.u32(field)? {
+            0 => Err(ProtocolError::InvalidValue {
+                op: self.op,
+                field,
+                value: 0,
+            }),
+            n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// The fields of one delivery, after the sub id.
+    fn delivery(&mut self) -> Result<WireDelivery, ProtocolError> {
+        Ok(WireDelivery {
+            message: self.u64("message")?,
+            attempt: self.u32("attempt")?,
+            published_us: self.u64("published_us")?,
+            topic: self.string("topic")?,
+            headers: self.headers()?,
+            payload: self.blob("payload")?,
+        })
+    }
+
     fn finish(self, op: Op) -> Result<Op, ProtocolError> {
         let extra = self.frame.len().saturating_sub(self.pos);
         if extra > 0 {
@@ -728,6 +852,8 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         code::STATS => "STATS",
         code::STATS_REPLY => "STATS_REPLY",
         code::ERROR => "ERROR",
+        code::DELIVERS => "DELIVERS",
+        code::ACKS => "ACKS",
         other => return Err(ProtocolError::UnknownOp(other)),
     };
     let mut r = Reader {
@@ -777,23 +903,28 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         },
         code::SUBSCRIBED => Op::Subscribed { sub: r.u64("sub")? },
         code::UNSUBSCRIBE => Op::Unsubscribe { sub: r.u64("sub")? },
-        code::DELIVER => {
+        code::DELIVER => Op::Deliver {
+            sub: r.u64("sub")?,
+            delivery: r.delivery()?,
+        },
+        code::DELIVERS => {
             let sub = r.u64("sub")?;
-            let message = r.u64("message")?;
-            let attempt = r.u32("attempt")?;
-            let published_us = r.u64("published_us")?;
-            let topic = r.string("topic")?;
-            let headers = r.headers()?;
-            let payload = r.blob("payload")?;
-            Op::Deliver {
-                sub,
-                message,
-                attempt,
-                published_us,
-                topic,
-                headers,
-                payload,
+            let count = r.count("count")?;
+            // A delivery takes at least 38 bytes: never reserve more than the frame can hold.
+            let mut messages = Vec::with_capacity(count.min(r.remaining() / 38));
+            for _ in 0..count {
+                messages.push(r.delivery()?);
             }
+            Op::Delivers { sub, messages }
+        }
+        code::ACKS => {
+            let sub = r.u64("sub")?;
+            let count = r.count("count")?;
+            let mut messages = Vec::with_capacity(count.min(r.remaining() / 8));
+            for _ in 0..count {
+                messages.push(r.u64("message")?);
+            }
+            Op::Acks { sub, messages }
         }
         code::ACK => Op::Ack {
             sub: r.u64("sub")?,
@@ -884,12 +1015,39 @@ mod tests {
             Op::Unsubscribe { sub: 3 },
             Op::Deliver {
                 sub: 3,
-                message: 77,
-                attempt: 2,
-                published_us: 1_700_000_000_000_000,
-                topic: "a.b".into(),
-                headers: vec![("k".into(), "v".into())],
-                payload: Bytes::from_static(b"\0\x01\x02"),
+                delivery: WireDelivery {
+                    message: 77,
+                    attempt: 2,
+                    published_us: 1_700_000_000_000_000,
+                    topic: "a.b".into(),
+                    headers: vec![("k".into(), "v".into())],
+                    payload: Bytes::from_static(b"\0\x01\x02"),
+                },
+            },
+            Op::Delivers {
+                sub: 3,
+                messages: vec![
+                    WireDelivery {
+                        message: 78,
+                        attempt: 1,
+                        published_us: 1_700_000_000_000_001,
+                        topic: "a.b".into(),
+                        headers: Vec::new(),
+                        payload: Bytes::from_static(b"first"),
+                    },
+                    WireDelivery {
+                        message: 79,
+                        attempt: 3,
+                        published_us: 1_700_000_000_000_002,
+                        topic: "a.c".into(),
+                        headers: vec![("k".into(), "v".into())],
+                        payload: Bytes::new(),
+                    },
+                ],
+            },
+            Op::Acks {
+                sub: 3,
+                messages: vec![77, 78, u64::MAX],
             },
             Op::Ack {
                 sub: 3,

@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
 use crate::error::{Error, Result};
-use crate::listener::{BrokerListener, Listeners, SubscriptionInfo};
+use crate::listener::{BrokerListener, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
-use crate::protocol::{self, ErrorCode, Op, VERSION};
+use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::pump::{EventPump, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::topic::{Pattern, validate_topic};
@@ -143,7 +143,7 @@ struct RemoteSub {
     pattern: String,
     options: SubscribeOptions,
     info: SubscriptionInfo,
-    tx: Mutex<Option<flume::Sender<Message>>>,
+    tx: Mutex<Option<flume::Sender<Vec<Message>>>>,
     active: AtomicBool,
 }
 
@@ -179,9 +179,9 @@ impl Client {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The live queue, waiting up to `wait` for a reconnection.
+    /// The live queue, waiting up to `wait` for a reconnection (the clock is read only then).
     fn queue(&self, wait: Duration) -> Result<MessageQueue> {
-        let deadline = Instant::now() + wait;
+        let mut deadline = None;
         let mut link = lock(&self.link);
         loop {
             if link.closed {
@@ -191,6 +191,7 @@ impl Client {
                 return Ok(q.clone());
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + wait);
             if now >= deadline {
                 return Err(Error::Disconnected { waited: wait });
             }
@@ -202,14 +203,22 @@ impl Client {
         }
     }
 
-    /// Sends a frame, waiting (bounded by `deadline`) for room when the outbound queue is full.
-    fn send_frame(&self, queue: &MessageQueue, mut frame: Bytes, deadline: Instant) -> Result<()> {
+    /// Sends a frame, waiting (bounded by `deadline`, or the publish timeout from the first
+    /// refusal) for room when the outbound queue is full.
+    fn send_frame(
+        &self,
+        queue: &MessageQueue,
+        mut frame: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let mut deadline = deadline;
         loop {
             match queue.send(frame) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Full { msg, .. }) => {
                     frame = msg;
                     let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + self.config.publish_timeout);
                     if now >= deadline {
                         return Err(Error::Timeout {
                             what: "room in the outbound queue",
@@ -245,10 +254,22 @@ impl Client {
         what: &'static str,
         timeout: Duration,
     ) -> Result<Reply> {
+        self.request_frame(queue, id, op.to_bytes(), what, timeout)
+    }
+
+    /// Sends an encoded request on `queue` and waits for its answer.
+    fn request_frame(
+        &self,
+        queue: &MessageQueue,
+        id: u64,
+        frame: Bytes,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Reply> {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = flume::bounded(1);
         lock(&self.pending).insert(id, tx);
-        if let Err(err) = self.send_frame(queue, op.to_bytes(), deadline) {
+        if let Err(err) = self.send_frame(queue, frame, Some(deadline)) {
             lock(&self.pending).remove(&id);
             return Err(err);
         }
@@ -306,7 +327,8 @@ impl Client {
             queue.close();
             Err(err)
         };
-        if let Err(err) = self.send_frame(&queue, hello.to_bytes(), Instant::now() + timeout) {
+        if let Err(err) = self.send_frame(&queue, hello.to_bytes(), Some(Instant::now() + timeout))
+        {
             return fail(err);
         }
         match hello_rx.recv_timeout(timeout) {
@@ -421,41 +443,36 @@ impl Client {
         lock(&self.link).reconnecting = false;
     }
 
-    fn deliver(&self, op: Op) {
-        let Op::Deliver {
-            sub,
-            message,
-            attempt,
-            published_us,
-            topic,
-            headers,
-            payload,
-        } = op
-        else {
-            return;
-        };
+    /// Hands the messages of one DELIVER or DELIVERS frame to the subscription's thread, as one
+    /// batch (one channel send, at most one wake).
+    fn deliver(&self, sub: u64, deliveries: impl ExactSizeIterator<Item = WireDelivery>) {
         let Some(s) = lock(&self.subs).get(&sub).cloned() else {
             tracing::debug!(
                 sub.id = sub,
-                msg.id = message,
+                deliveries = deliveries.len(),
                 "delivery for an ended subscription"
             );
             return;
         };
-        let published = UNIX_EPOCH + Duration::from_micros(published_us);
-        let msg = Message::new(topic, payload)
-            .with_headers(headers)
-            .with_id(MessageId(message))
-            .with_published_at(published)
-            .with_attempt(attempt)
-            .with_delivery(DeliveryId {
-                subscription: SubscriptionId(sub),
-                message: MessageId(message),
-            });
+        let batch: Vec<Message> = deliveries
+            .map(|d| {
+                let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
+                Message::new(d.topic, d.payload)
+                    .with_headers(d.headers)
+                    .with_id(MessageId(d.message))
+                    .with_published_at(published)
+                    .with_attempt(d.attempt)
+                    .with_delivery(DeliveryId {
+                        subscription: SubscriptionId(sub),
+                        message: MessageId(d.message),
+                    })
+            })
+            .collect();
+        let n = batch.len() as u64;
         let tx = lock(&s.tx).clone();
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if tx.is_none_or(|tx| tx.send(msg).is_err()) {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        if tx.is_none_or(|tx| tx.send(batch).is_err()) {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -465,67 +482,132 @@ impl Client {
         }
     }
 
-    /// Runs a subscription's handler on each delivery, on the subscription's own thread.
+    /// Runs a subscription's handler on each delivery, on the subscription's own thread. Acks
+    /// (automatic ones, and manual ones the handlers make on this client) are sent in ACKS
+    /// frames at the end of each batch, or sooner once the batch has run for [`ACK_DELAY`].
     fn dispatch_loop(
         self: Arc<Self>,
         sub: Arc<RemoteSub>,
         handler: Handler,
-        rx: flume::Receiver<Message>,
+        rx: flume::Receiver<Vec<Message>>,
+    ) {
+        let me = Arc::as_ptr(&self) as usize;
+        while let Ok(batch) = rx.recv() {
+            let started = Instant::now();
+            DEFERRED.with_borrow_mut(|d| d.client = me);
+            let notifier = self.listeners.snapshot();
+            for msg in batch {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                if !sub.active.load(Ordering::Acquire) {
+                    continue;
+                }
+                let Some(delivery) = msg.delivery_id() else {
+                    continue;
+                };
+                self.running.fetch_add(1, Ordering::AcqRel);
+                self.handle(&sub, &handler, &notifier, &msg, delivery);
+                self.running.fetch_sub(1, Ordering::AcqRel);
+                // Slow handlers must not hold the acks of earlier messages past their ack wait.
+                if started.elapsed() >= ACK_DELAY {
+                    self.flush_acks();
+                }
+            }
+            self.flush_acks();
+            DEFERRED.with_borrow_mut(|d| d.client = 0);
+        }
+    }
+
+    /// Runs the handler on one delivery and queues its ack or sends its nack.
+    fn handle(
+        &self,
+        sub: &RemoteSub,
+        handler: &Handler,
+        notifier: &Notifier,
+        msg: &Message,
+        delivery: DeliveryId,
     ) {
         let manual = sub.options.ack_mode == AckMode::Manual;
-        while let Ok(msg) = rx.recv() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            if !sub.active.load(Ordering::Acquire) {
-                continue;
-            }
-            let Some(delivery) = msg.delivery_id() else {
-                continue;
-            };
-            self.running.fetch_add(1, Ordering::AcqRel);
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-            if manual {
-                lock(&self.unacked).insert(delivery);
-            }
-            let notifier = self.listeners.snapshot();
-            notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
-            let result = match catch_unwind(AssertUnwindSafe(|| handler.call(&msg))) {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("handler panicked".to_owned()),
-            };
-            let ack = match &result {
-                Ok(()) => {
-                    notifier.each("processed", |l| l.processed(&msg, &sub.info));
-                    (!manual).then_some(Op::Ack {
-                        sub: sub.id,
-                        message: delivery.message.0,
-                    })
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if manual {
+            lock(&self.unacked).insert(delivery);
+        }
+        notifier.each("dispatched", |l| l.dispatched(msg, &sub.info));
+        let result = match catch_unwind(AssertUnwindSafe(|| handler.call(msg))) {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("handler panicked".to_owned()),
+        };
+        match &result {
+            Ok(()) => {
+                notifier.each("processed", |l| l.processed(msg, &sub.info));
+                if !manual && sub.active.load(Ordering::Acquire) {
+                    DEFERRED.with_borrow_mut(|d| d.acks.push((sub.id, delivery.message.0)));
                 }
-                Err(error) => {
-                    tracing::warn!(
-                        sub.id = sub.id,
-                        msg.id = delivery.message.0,
-                        attempt = msg.attempt(),
-                        error,
-                        "handler failed"
-                    );
-                    notifier.each("failed", |l| l.failed(&msg, &sub.info, error));
-                    if manual {
-                        lock(&self.unacked).remove(&delivery);
-                    }
-                    Some(Op::Nack {
+            }
+            Err(error) => {
+                tracing::warn!(
+                    sub.id = sub.id,
+                    msg.id = delivery.message.0,
+                    attempt = msg.attempt(),
+                    error,
+                    "handler failed"
+                );
+                notifier.each("failed", |l| l.failed(msg, &sub.info, error));
+                if manual {
+                    lock(&self.unacked).remove(&delivery);
+                }
+                if sub.active.load(Ordering::Acquire) {
+                    self.send_now(&Op::Nack {
                         sub: sub.id,
                         message: delivery.message.0,
                         requeue: true,
-                    })
+                    });
                 }
-            };
-            if let Some(op) = ack
-                && sub.active.load(Ordering::Acquire)
-            {
-                self.send_now(&op);
             }
-            self.running.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Sends the acks this thread deferred, one ACK or ACKS frame per subscription.
+    fn flush_acks(&self) {
+        let mut acks = DEFERRED.with_borrow_mut(|d| std::mem::take(&mut d.acks));
+        if acks.is_empty() {
+            return;
+        }
+        // Stable: each subscription's acks keep their order.
+        acks.sort_by_key(|&(sub, _)| sub);
+        for group in acks.chunk_by(|a, b| a.0 == b.0) {
+            let sub = group[0].0;
+            let op = match group {
+                [(_, message)] => Op::Ack {
+                    sub,
+                    message: *message,
+                },
+                _ => Op::Acks {
+                    sub,
+                    messages: group.iter().map(|&(_, m)| m).collect(),
+                },
+            };
+            self.send_now(&op);
+        }
+        // Keep the buffer's allocation for the next batch.
+        acks.clear();
+        DEFERRED.with_borrow_mut(|d| {
+            if d.acks.is_empty() {
+                d.acks = acks;
+            }
+        });
+    }
+
+    /// Defers an ack to the end of the batch when called from one of this client's dispatch
+    /// threads (a handler acking by hand); returns false elsewhere.
+    fn defer_ack(self: &Arc<Self>, delivery: DeliveryId) -> bool {
+        let me = Arc::as_ptr(self) as usize;
+        DEFERRED.with_borrow_mut(|d| {
+            if d.client != me {
+                return false;
+            }
+            d.acks.push((delivery.subscription.0, delivery.message.0));
+            true
+        })
     }
 
     fn end_subscription(&self, id: u64) -> bool {
@@ -542,6 +624,21 @@ impl Client {
         tracing::debug!(sub.id = id, pattern = %sub.pattern, "unsubscribed");
         true
     }
+}
+
+/// How long a batch of deliveries may hold back the acks of the messages it handled.
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// Acks deferred by a dispatch thread during a batch, and the client it runs for (its address,
+/// 0 outside a batch).
+#[derive(Default)]
+struct Deferred {
+    client: usize,
+    acks: Vec<(u64, u64)>,
+}
+
+thread_local! {
+    static DEFERRED: std::cell::RefCell<Deferred> = std::cell::RefCell::new(Deferred::default());
 }
 
 /// The queue listener of the client's connection, on the client's pump.
@@ -573,7 +670,8 @@ impl QueueListener for ClientListener {
             }
         };
         match op {
-            Op::Deliver { .. } => client.deliver(op),
+            Op::Deliver { sub, delivery } => client.deliver(sub, std::iter::once(delivery)),
+            Op::Delivers { sub, messages } => client.deliver(sub, messages.into_iter()),
             Op::Confirm { request, message } => client.reply(request, Reply::Confirm(message)),
             Op::Subscribed { sub } => client.reply(sub, Reply::Subscribed),
             Op::Pong { nonce } => client.reply(nonce, Reply::Pong),
@@ -632,7 +730,10 @@ impl QueueListener for ClientListener {
 ///
 /// Handlers run on the client, one thread per subscription (`mixbus-dispatch-N`), never on the
 /// pump; an auto-ack subscription acks after its handler returns `Ok` and nacks (with requeue)
-/// after an `Err` or a panic. If the connection drops, the client reconnects with back-off and
+/// after an `Err` or a panic. Acks are gathered per batch of deliveries (what one frame from the
+/// server carried) and sent in one frame after the batch, or after 2 ms of it; an
+/// [`ack`](Broker::ack) called from one of this client's handlers joins them (and returns `Ok`
+/// at once). If the connection drops, the client reconnects with back-off and
 /// re-subscribes every live subscription under the same ids; meanwhile `publish` waits up to
 /// [`RemoteConfig::publish_timeout`] for the connection and then fails with
 /// [`Error::Disconnected`]. Deliveries not acked before the drop come again from the server.
@@ -770,24 +871,28 @@ impl Broker for RemoteBroker {
         let c = &self.client;
         validate_topic(message.topic())?;
         let timeout = c.config.publish_timeout;
-        let deadline = Instant::now() + timeout;
+        // The clock is read only for a confirm (the common unconfirmed publish never waits).
+        let start = c.config.confirm.then(Instant::now);
         let queue = c.queue(timeout)?;
         let request = if c.config.confirm { c.next_id() } else { 0 };
-        let op = Op::Publish {
+        let mut buf = BytesMut::new();
+        protocol::put_publish(
+            &mut buf,
             request,
-            topic: message.topic().to_owned(),
-            headers: message.headers().to_vec(),
-            payload: message.payload().clone(),
-        };
+            message.topic(),
+            message.headers(),
+            message.payload(),
+        );
+        let frame = buf.freeze();
         if request == 0 {
-            c.send_frame(&queue, op.to_bytes(), deadline)?;
+            c.send_frame(&queue, frame, None)?;
             c.listeners
                 .snapshot()
                 .each("published", |l| l.published(&message));
             return Ok(MessageId(0));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match c.request(&queue, request, &op, "PUBLISH", left)? {
+        let left = timeout.saturating_sub(start.map_or(Duration::ZERO, |s| s.elapsed()));
+        match c.request_frame(&queue, request, frame, "PUBLISH", left)? {
             Reply::Confirm(id) => {
                 let notifier = c.listeners.snapshot();
                 if !notifier.is_empty() {
@@ -877,6 +982,9 @@ impl Broker for RemoteBroker {
     fn ack(&self, delivery: DeliveryId) -> Result<()> {
         let c = &self.client;
         lock(&c.unacked).remove(&delivery);
+        if c.defer_ack(delivery) {
+            return Ok(());
+        }
         let op = Op::Ack {
             sub: delivery.subscription.0,
             message: delivery.message.0,

@@ -1,7 +1,7 @@
 //! [`BusServer`]: holds an [`InMemoryBroker`] and serves it to [`RemoteBroker`](crate::RemoteBroker)
 //! clients over the wire protocol.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::memory::{InMemoryBroker, InMemoryConfig};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
-use crate::protocol::{self, ErrorCode, Op, VERSION};
+use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, VERSION};
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::stats::{StatsCollector, StatsSnapshot};
@@ -259,7 +259,6 @@ impl Shared {
 
 #[derive(Default)]
 struct ConnState {
-    welcomed: bool,
     /// Client sub id → the inner subscription.
     subs: HashMap<u64, Subscription>,
 }
@@ -270,6 +269,10 @@ struct Conn {
     state: Mutex<ConnState>,
     /// Set once the connection is being closed: later frames are ignored.
     closing: AtomicBool,
+    /// The handshake is done (read for every frame, so not under the state lock).
+    welcomed: AtomicBool,
+    /// The client speaks version 2 or later: deliveries go out batched in DELIVERS frames.
+    batched: AtomicBool,
 }
 
 impl Conn {
@@ -312,8 +315,7 @@ impl ConnListener {
 
     fn handle(&self, shared: &Arc<Shared>, op: Op) {
         let conn = &self.conn;
-        let welcomed = lock(&conn.state).welcomed;
-        if !welcomed {
+        if !conn.welcomed.load(Ordering::Acquire) {
             let Op::Hello { version, token, .. } = op else {
                 return self.protocol_fault(
                     shared,
@@ -321,11 +323,13 @@ impl ConnListener {
                     format!("{} before HELLO", op.name()),
                 );
             };
-            if version != VERSION {
+            if !(MIN_VERSION..=VERSION).contains(&version) {
                 return self.protocol_fault(
                     shared,
                     ErrorCode::UnsupportedVersion,
-                    format!("version {version} is not supported (this server speaks {VERSION})"),
+                    format!(
+                        "version {version} is not supported (this server speaks {MIN_VERSION} to {VERSION})"
+                    ),
                 );
             }
             if let Some(expected) = &shared.config.token {
@@ -335,9 +339,10 @@ impl ConnListener {
                     return conn.fault(ErrorCode::Unauthorized, "wrong or missing token".into());
                 }
             }
-            lock(&conn.state).welcomed = true;
+            conn.batched.store(version >= 2, Ordering::Release);
+            conn.welcomed.store(true, Ordering::Release);
             return conn.send(&Op::Welcome {
-                version: VERSION,
+                version,
                 server: shared.config.name.clone(),
             });
         }
@@ -382,6 +387,13 @@ impl ConnListener {
             Op::Ack { sub, message } => {
                 if let Some(delivery) = self.delivery(sub, message) {
                     let _ = shared.bus.ack(delivery);
+                }
+            }
+            Op::Acks { sub, messages } => {
+                let subscription = lock(&conn.state).subs.get(&sub).map(Subscription::id);
+                if let Some(subscription) = subscription {
+                    let ids: Vec<MessageId> = messages.into_iter().map(MessageId).collect();
+                    shared.bus.ack_many(subscription, &ids);
                 }
             }
             Op::Nack {
@@ -453,7 +465,7 @@ impl ConnListener {
         }
         // The server always acks by hand: the client acks once its handler has run.
         let inner_options = options.with_ack_mode(AckMode::Manual);
-        let handler = deliver_handler(Arc::downgrade(shared), Arc::downgrade(conn), sub);
+        let handler = Forwarder::handler(Arc::downgrade(shared), Arc::downgrade(conn), sub);
         match shared.bus.subscribe(pattern, inner_options, handler) {
             Ok(subscription) => {
                 // ACKs are handled on this (pump) thread, so none can come before the insert.
@@ -465,42 +477,138 @@ impl ConnListener {
     }
 }
 
-/// The inner subscription's handler: forwards each delivery to the connection, never blocking.
-fn deliver_handler(shared: Weak<Shared>, conn: Weak<Conn>, sub: u64) -> Handler {
-    Handler::new(move |msg: &Message| {
-        let (Some(conn), Some(shared)) = (conn.upgrade(), shared.upgrade()) else {
-            return Ok(());
+/// A DELIVERS frame is closed once it holds this many bytes; the next delivery opens another.
+const FRAME_TARGET: usize = 64 << 10;
+
+/// Deliveries of one remote subscription encoded during a run of the inner broker.
+struct Outgoing {
+    /// Where frames are encoded; frames are split off it, so its allocation is reused.
+    buf: BytesMut,
+    /// Whole frames waiting for the end of the run.
+    frames: VecDeque<Bytes>,
+    /// The open DELIVERS frame: where its count goes, and how many deliveries it holds.
+    open: Option<(usize, usize)>,
+}
+
+impl Outgoing {
+    fn close_frame(&mut self) {
+        if let Some((at, count)) = self.open.take() {
+            protocol::end_delivers(&mut self.buf, at, count);
+            self.frames.push_back(self.buf.split().freeze());
+        }
+    }
+}
+
+/// Forwards the deliveries of one inner subscription to its connection. The inner broker calls
+/// the handler for each delivery, then the batch-end hook, on one dispatch thread at a time:
+/// deliveries are encoded into one buffer (borrowing topic, headers and payload) and a run goes
+/// out with one `send_all` (one lock, at most one wake of the pump).
+struct Forwarder {
+    shared: Weak<Shared>,
+    conn: Weak<Conn>,
+    sub: u64,
+    out: Mutex<Outgoing>,
+}
+
+impl Forwarder {
+    fn handler(shared: Weak<Shared>, conn: Weak<Conn>, sub: u64) -> Handler {
+        let me = Arc::new(Forwarder {
+            shared,
+            conn,
+            sub,
+            out: Mutex::new(Outgoing {
+                buf: BytesMut::with_capacity(FRAME_TARGET),
+                frames: VecDeque::new(),
+                open: None,
+            }),
+        });
+        let flusher = me.clone();
+        let pump = me.conn.upgrade().map(|c| c.queue.pump().clone());
+        let handler = Handler::new(move |msg: &Message| {
+            me.push(msg);
+            Ok(())
+        })
+        .with_batch_end(move || flusher.flush());
+        match pump {
+            // Deliveries run on the server's pump: a publish read there is forwarded there, with
+            // no hand-off to a dispatch thread. Runs posted while the pump reads a burst of
+            // publishes come after it, so each run forwards the burst in one frame.
+            Some(pump) => handler.with_executor(Arc::new(move |run| {
+                pump.post_fn("bus-forward", move |_cx: &mut _| run())
+                    .is_ok()
+            })),
+            None => handler,
+        }
+    }
+
+    fn push(&self, msg: &Message) {
+        let Some(conn) = self.conn.upgrade() else {
+            return;
         };
         if conn.closing.load(Ordering::Acquire) {
             // Left un-acked: the connection's subscriptions end soon and its group messages go
             // to other members.
-            return Ok(());
+            return;
         }
-        let mut buf = BytesMut::with_capacity(64 + msg.topic().len() + msg.payload().len());
-        protocol::encode(
-            &Op::Deliver {
-                sub,
-                message: msg.id().0,
-                attempt: msg.attempt(),
-                published_us: micros_since_epoch(msg.published_at()),
-                topic: msg.topic().to_owned(),
-                headers: msg.headers().to_vec(),
-                payload: msg.payload().clone(),
-            },
-            &mut buf,
+        let mut out = lock(&self.out);
+        let out = &mut *out;
+        let batched = conn.batched.load(Ordering::Acquire);
+        if batched {
+            if out.open.is_none() {
+                let at = protocol::begin_delivers(&mut out.buf, self.sub);
+                out.open = Some((at, 0));
+            }
+        } else {
+            protocol::begin_deliver(&mut out.buf, self.sub);
+        }
+        protocol::put_delivery(
+            &mut out.buf,
+            msg.id().0,
+            msg.attempt(),
+            micros_since_epoch(msg.published_at()),
+            msg.topic(),
+            msg.headers(),
+            msg.payload(),
         );
-        let frame: Bytes = buf.freeze();
+        match &mut out.open {
+            Some((_, count)) => {
+                *count += 1;
+                if out.buf.len() >= FRAME_TARGET {
+                    out.close_frame();
+                }
+            }
+            None => out.frames.push_back(out.buf.split().freeze()),
+        }
+    }
+
+    /// Sends what the run encoded, or cuts the connection off as a slow consumer.
+    fn flush(&self) {
+        let mut out = lock(&self.out);
+        out.close_frame();
+        if out.frames.is_empty() {
+            return;
+        }
+        let (Some(conn), Some(shared)) = (self.conn.upgrade(), self.shared.upgrade()) else {
+            out.frames.clear();
+            return;
+        };
+        if conn.closing.load(Ordering::Acquire) {
+            out.frames.clear();
+            return;
+        }
         let limit = shared.config.max_outbound_bytes;
         let queued = conn.queue.queued_bytes();
-        let slow = if queued + frame.len() > limit {
+        let bytes: usize = out.frames.iter().map(Bytes::len).sum();
+        let slow = if queued + bytes > limit {
             Some(format!(
                 "slow consumer: {queued} bytes queued, the limit is {limit}"
             ))
         } else {
-            match conn.queue.send(frame) {
-                Ok(()) => None,
-                Err(SendError::Full { queued, .. }) => Some(format!(
-                    "slow consumer: outbound queue full at {queued} bytes"
+            match conn.queue.send_all(&mut out.frames) {
+                Ok(_) if out.frames.is_empty() => None,
+                Ok(_) | Err(SendError::Full { .. }) => Some(format!(
+                    "slow consumer: outbound queue full at {} bytes",
+                    conn.queue.queued_bytes()
                 )),
                 Err(err) => {
                     tracing::debug!(conn.id = conn.queue.id(), error = %err, "delivery not sent");
@@ -508,6 +616,8 @@ fn deliver_handler(shared: Weak<Shared>, conn: Weak<Conn>, sub: u64) -> Handler 
                 }
             }
         };
+        out.frames.clear();
+        drop(out);
         if let Some(reason) = slow {
             if !conn.closing.load(Ordering::Acquire) {
                 shared
@@ -518,8 +628,7 @@ fn deliver_handler(shared: Weak<Shared>, conn: Weak<Conn>, sub: u64) -> Handler 
             }
             conn.fault(ErrorCode::SlowConsumer, reason);
         }
-        Ok(())
-    })
+    }
 }
 
 impl QueueListener for ConnListener {
@@ -572,8 +681,9 @@ impl QueueListener for ConnListener {
 /// A bus server: an [`InMemoryBroker`] served over TCP to [`RemoteBroker`](crate::RemoteBroker)s.
 ///
 /// It runs its own event pump; frames are handled on it. Every remote subscription is a
-/// manual-ack subscription on the inner broker whose handler forwards DELIVER frames, so the
-/// inner broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
+/// manual-ack subscription on the inner broker whose deliveries also run on that pump (not on
+/// the inner broker's dispatch threads) and go out batched, many per DELIVERS frame, so the inner
+/// broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
 /// re-delivery and dead letters. A connection that falls more than
 /// [`ServerConfig::max_outbound_bytes`] behind is closed with an ERROR; its subscriptions end and
 /// its un-acked group messages go to other members. A malformed frame closes only its connection.
@@ -706,6 +816,8 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         queue: queue.clone(),
         state: Mutex::new(ConnState::default()),
         closing: AtomicBool::new(false),
+        welcomed: AtomicBool::new(false),
+        batched: AtomicBool::new(false),
     });
     let refused = if shared.closing.load(Ordering::Acquire) {
         Some((ErrorCode::Closed, "server shutting down".to_owned()))
@@ -734,7 +846,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         let (Some(conn), Some(shared)) = (weak_conn.upgrade(), weak_shared.upgrade()) else {
             return;
         };
-        if !lock(&conn.state).welcomed && !conn.closing.load(Ordering::Acquire) {
+        if !conn.welcomed.load(Ordering::Acquire) && !conn.closing.load(Ordering::Acquire) {
             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
             conn.fault(
                 ErrorCode::HandshakeRequired,

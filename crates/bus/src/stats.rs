@@ -1,9 +1,11 @@
 //! `StatsCollector`: a listener keeping lock-free counters per topic and queue, with snapshots.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use crate::listener::{BrokerListener, DropReason, SubscriptionInfo};
@@ -177,12 +179,66 @@ type LastSnapshot = (Instant, HashMap<String, (u64, u64)>);
 #[derive(Debug)]
 pub struct StatsCollector {
     started: Instant,
+    id: u64,
     total: Counters,
     topics: RwLock<HashMap<String, Arc<Counters>>>,
     queues: RwLock<HashMap<String, Arc<AtomicI64>>>,
     active: AtomicI64,
     subscriptions: AtomicI64,
     last: Mutex<LastSnapshot>,
+}
+
+/// Collectors are numbered so that a thread can cache their entries.
+static NEXT_COLLECTOR: AtomicU64 = AtomicU64::new(1);
+
+/// Entries a thread keeps per cache.
+const RECENT: usize = 8;
+
+/// The entries of one kind a thread used last: (collector id, name, entry). Entries are never
+/// removed from a collector, so a cached one stays the collector's own.
+type Recent<T> = RefCell<Vec<(u64, String, Arc<T>)>>;
+
+thread_local! {
+    static RECENT_TOPICS: Recent<Counters> = const { RefCell::new(Vec::new()) };
+    static RECENT_QUEUES: Recent<AtomicI64> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the entry `name` of `map` (created on first use), looking in this thread's cache
+/// first: the common case costs a few string compares instead of a hash and a shared lock.
+fn cached<T: Default>(
+    recent: &'static LocalKey<Recent<T>>,
+    collector: u64,
+    map: &RwLock<HashMap<String, Arc<T>>>,
+    name: &str,
+    f: impl FnOnce(&T),
+) {
+    recent.with_borrow_mut(|recent| {
+        if let Some((_, _, entry)) = recent
+            .iter()
+            .find(|(id, n, _)| *id == collector && n == name)
+        {
+            return f(entry);
+        }
+        let found = map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let entry = found.unwrap_or_else(|| {
+            let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+            map.entry(name.to_owned()).or_default().clone()
+        });
+        f(&entry);
+        // Reuse the oldest slot's string once the cache is full: a miss allocates nothing.
+        let mut key = if recent.len() >= RECENT {
+            recent.pop().map(|(_, k, _)| k).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        key.clear();
+        key.push_str(name);
+        recent.insert(0, (collector, key, entry));
+    });
 }
 
 impl Default for StatsCollector {
@@ -196,6 +252,7 @@ impl StatsCollector {
     pub fn new() -> Self {
         let now = Instant::now();
         Self {
+            id: NEXT_COLLECTOR.fetch_add(1, Ordering::Relaxed),
             started: now,
             total: Counters::default(),
             topics: RwLock::default(),
@@ -206,41 +263,24 @@ impl StatsCollector {
         }
     }
 
-    fn topic(&self, topic: &str) -> Arc<Counters> {
-        if let Some(c) = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-        {
-            return c.clone();
-        }
-        let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(topic.to_owned()).or_default().clone()
-    }
-
-    fn queue(&self, queue: &str) -> Arc<AtomicI64> {
-        if let Some(c) = self
-            .queues
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(queue)
-        {
-            return c.clone();
-        }
-        let mut map = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(queue.to_owned()).or_default().clone()
+    /// Runs `f` on the counters of `topic`, created on first use.
+    fn with_topic(&self, topic: &str, f: impl FnOnce(&Counters)) {
+        cached(&RECENT_TOPICS, self.id, &self.topics, topic, f);
     }
 
     fn count(&self, topic: &str, f: impl Fn(&Counters) -> &AtomicU64) {
         bump(f(&self.total));
-        bump(f(&self.topic(topic)));
+        self.with_topic(topic, |c| bump(f(c)));
     }
 
     fn depth(&self, topic: &str, queue: &str, delta: i64) {
         self.total.depth.fetch_add(delta, Ordering::Relaxed);
-        self.topic(topic).depth.fetch_add(delta, Ordering::Relaxed);
-        self.queue(queue).fetch_add(delta, Ordering::Relaxed);
+        self.with_topic(topic, |c| {
+            c.depth.fetch_add(delta, Ordering::Relaxed);
+        });
+        cached(&RECENT_QUEUES, self.id, &self.queues, queue, |d| {
+            d.fetch_add(delta, Ordering::Relaxed);
+        });
     }
 
     /// The counters now, with rates measured since the previous snapshot.

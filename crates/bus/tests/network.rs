@@ -36,6 +36,94 @@ fn smoke() {
     );
 }
 
+/// The message ids of the next DELIVER or DELIVERS frame for `sub`, with their payloads.
+fn read_deliveries(raw: &mut Raw, sub: u64) -> Vec<(u64, Vec<u8>)> {
+    match raw.read_op() {
+        Some(Op::Deliver { sub: s, delivery }) if s == sub => {
+            vec![(delivery.message, delivery.payload.to_vec())]
+        }
+        Some(Op::Delivers { sub: s, messages }) if s == sub => messages
+            .into_iter()
+            .map(|d| (d.message, d.payload.to_vec()))
+            .collect(),
+        other => panic!("expected deliveries for sub {sub}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_version_1_client_gets_one_deliver_per_message() {
+    let server = server(2);
+    let mut old = Raw::connect(server.local_addr());
+    assert!(matches!(
+        old.hello_version(1, None),
+        Op::Welcome { version: 1, .. }
+    ));
+    old.send(&Op::Subscribe {
+        sub: 1,
+        pattern: "old".into(),
+        options: SubscribeOptions::default(),
+    });
+    assert_eq!(old.read_op(), Some(Op::Subscribed { sub: 1 }));
+    let publisher = remote(&server);
+    for i in 0..20 {
+        publisher
+            .publish(Message::new("old", i.to_string()))
+            .unwrap();
+    }
+    for i in 0..20 {
+        match old.read_op() {
+            Some(Op::Deliver { sub: 1, delivery }) => {
+                assert_eq!(delivery.payload, i.to_string().as_bytes())
+            }
+            other => panic!("expected DELIVER {i}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn acks_in_one_frame_free_the_in_flight_window() {
+    let server = server(2);
+    let mut raw = Raw::connect(server.local_addr());
+    assert!(matches!(
+        raw.hello(None),
+        Op::Welcome {
+            version: VERSION,
+            ..
+        }
+    ));
+    raw.send(&Op::Subscribe {
+        sub: 1,
+        pattern: "win".into(),
+        options: SubscribeOptions::group("w")
+            .manual_ack()
+            .with_max_in_flight(4),
+    });
+    assert_eq!(raw.read_op(), Some(Op::Subscribed { sub: 1 }));
+    let publisher = remote(&server);
+    for i in 0..8 {
+        publisher
+            .publish(Message::new("win", i.to_string()))
+            .unwrap();
+    }
+    // The window holds 4; nothing more comes until they are acked, all in one ACKS frame.
+    let mut first = Vec::new();
+    while first.len() < 4 {
+        first.extend(read_deliveries(&mut raw, 1));
+    }
+    assert_eq!(first.len(), 4);
+    raw.send(&Op::Acks {
+        sub: 1,
+        messages: first.iter().map(|(id, _)| *id).collect(),
+    });
+    let mut rest = Vec::new();
+    while rest.len() < 4 {
+        rest.extend(read_deliveries(&mut raw, 1));
+    }
+    let payloads: Vec<Vec<u8>> = first.into_iter().chain(rest).map(|(_, p)| p).collect();
+    let expected: Vec<Vec<u8>> = (0..8).map(|i: i32| i.to_string().into_bytes()).collect();
+    assert_eq!(payloads, expected);
+}
+
 /// A member that takes group messages and never acks them, on a raw socket.
 fn raw_member(server: &BusServer, group: &str, topic: &str) -> Raw {
     let mut raw = Raw::connect(server.local_addr());
@@ -63,7 +151,10 @@ fn a_killed_consumers_unacked_messages_reach_the_other_member() {
             .unwrap();
     }
     // The doomed member holds up to 5 un-acked deliveries; see one arrive, then kill it.
-    assert!(matches!(doomed.read_op(), Some(Op::Deliver { .. })));
+    assert!(matches!(
+        doomed.read_op(),
+        Some(Op::Deliver { .. } | Op::Delivers { .. })
+    ));
     let survivor = remote(&server);
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let s = seen.clone();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mixbus_bus::protocol::{ErrorCode, Op, VERSION, decode, encode};
+use mixbus_bus::protocol::{ErrorCode, Op, VERSION, WireDelivery, decode, encode};
 use mixbus_bus::{Backoff, SubscribeOptions};
 
 /// A small seeded generator (xorshift64*), so failures can be replayed from the printed seed.
@@ -42,8 +42,21 @@ impl Rng {
     }
 }
 
+impl Rng {
+    fn delivery(&mut self) -> WireDelivery {
+        WireDelivery {
+            message: self.next(),
+            attempt: self.next() as u32,
+            published_us: self.next(),
+            topic: self.string(),
+            headers: self.headers(),
+            payload: Bytes::from(self.bytes(64)),
+        }
+    }
+}
+
 fn random_op(r: &mut Rng) -> Op {
-    match r.below(15) {
+    match r.below(17) {
         0 => Op::Hello {
             version: r.next() as u16,
             token: if r.below(2) == 0 {
@@ -91,12 +104,15 @@ fn random_op(r: &mut Rng) -> Op {
         6 => Op::Unsubscribe { sub: r.next() },
         7 => Op::Deliver {
             sub: r.next(),
-            message: r.next(),
-            attempt: r.next() as u32,
-            published_us: r.next(),
-            topic: r.string(),
-            headers: r.headers(),
-            payload: Bytes::from(r.bytes(64)),
+            delivery: r.delivery(),
+        },
+        14 => Op::Delivers {
+            sub: r.next(),
+            messages: (0..=r.below(4)).map(|_| r.delivery()).collect(),
+        },
+        15 => Op::Acks {
+            sub: r.next(),
+            messages: (0..=r.below(8)).map(|_| r.next()).collect(),
         },
         8 => Op::Ack {
             sub: r.next(),
@@ -172,7 +188,7 @@ fn random_frames_never_panic_the_decoder() {
         if let Some(first) = frame.first_mut()
             && r.below(2) == 0
         {
-            *first = 1 + (r.below(15) as u8);
+            *first = 1 + (r.below(17) as u8);
         }
         let result = std::panic::catch_unwind(|| decode(Bytes::from(frame.clone())));
         assert!(

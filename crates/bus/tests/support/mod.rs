@@ -217,10 +217,19 @@ impl Raw {
             .map(|f| mixbus_bus::protocol::decode(f.into()).expect("server frames decode"))
     }
 
-    /// Sends HELLO (version 1) and returns the answer.
+    /// Sends HELLO (this crate's version) and returns the answer.
     pub(crate) fn hello(&mut self, token: Option<&str>) -> mixbus_bus::protocol::Op {
+        self.hello_version(mixbus_bus::protocol::VERSION, token)
+    }
+
+    /// Sends HELLO for `version` and returns the answer.
+    pub(crate) fn hello_version(
+        &mut self,
+        version: u16,
+        token: Option<&str>,
+    ) -> mixbus_bus::protocol::Op {
         self.send(&mixbus_bus::protocol::Op::Hello {
-            version: mixbus_bus::protocol::VERSION,
+            version,
             token: token.map(str::to_owned),
             client: "raw".into(),
         });
