@@ -20,8 +20,18 @@ use crate::{Error, PostError, Result};
 /// While tasks are runnable, the longest the pump goes without looking for I/O readiness.
 const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(100);
 
-/// How long an idle pump that other threads post to watches for posts before it sleeps in `poll`.
+/// How long an idle pump watches for posts and ready sockets before it sleeps in `poll`.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+
+/// What an idle pump found while it watched before sleeping.
+enum Spin {
+    /// Nothing: go to sleep.
+    Idle,
+    /// Posts from other threads arrived.
+    Posted,
+    /// Sources became ready; their tasks were made runnable.
+    Ready,
+}
 
 /// The token of the pump's own waker; sources get tokens from 1 up.
 const WAKER_TOKEN: Token = Token(0);
@@ -149,9 +159,6 @@ struct Shared {
     budget: Duration,
     overrun_threshold: Duration,
     thread_id: OnceLock<ThreadId>,
-    /// Set by posts from threads other than the pump's; cleared when the idle pump reads it to
-    /// decide whether to spin for more before sleeping.
-    remote_posts: AtomicBool,
     workers: Mutex<Option<flume::Sender<Work>>>,
     /// The name of the task running while the pump shuts down, for the report if it never returns.
     stopping_current: Mutex<Option<String>>,
@@ -249,12 +256,8 @@ impl PumpHandle {
         });
         self.shared.inbox_pending.store(true, Ordering::Relaxed);
         drop(inbox);
-        // Read before writing: under a stream of posts the flag is already set, and the cache
-        // line stays shared instead of bouncing between the poster and the pump.
         if self.on_pump_thread() {
             SELF_POSTED.set(true);
-        } else if !self.shared.remote_posts.load(Ordering::Relaxed) {
-            self.shared.remote_posts.store(true, Ordering::Relaxed);
         }
         Counters::add(&self.shared.counters.posted, 1);
         self.notify();
@@ -481,7 +484,6 @@ impl EventPump {
             budget: config.budget,
             overrun_threshold: config.overrun_threshold,
             thread_id: OnceLock::new(),
-            remote_posts: AtomicBool::new(false),
             workers: Mutex::new(Some(work_tx)),
             stopping_current: Mutex::new(None),
         });
@@ -878,23 +880,26 @@ impl Loop {
             .store(self.parked.len() as u64, Ordering::Relaxed);
     }
 
-    /// Before going to sleep, watch the inbox for a few microseconds: under a steady stream of
-    /// posts from another thread this saves the poster a wake-up system call per batch.
-    ///
-    /// Only done when other threads posted since the last look: a pump driven by its sockets
-    /// goes straight to `poll`, where data that arrives wakes it at once (spinning here would
-    /// leave that data waiting until the spin ends).
-    fn spin_for_posts(&self, shared: &Shared) -> bool {
-        if !shared.remote_posts.swap(false, Ordering::Relaxed) {
-            return false;
-        }
+    /// Before going to sleep, watch the inbox and the sockets for a few microseconds: under a
+    /// steady stream of posts from another thread this saves the poster a wake-up system call
+    /// per batch, and a reply that arrives soon after a send is taken without the pump falling
+    /// asleep and being woken, which costs tens of microseconds on a virtual machine.
+    fn spin_before_sleep(&mut self, shared: &Shared) -> Spin {
         let start = Instant::now();
         loop {
             if shared.inbox_pending.load(Ordering::Acquire) {
-                return true;
+                return Spin::Posted;
+            }
+            match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                Ok(()) if self.take_events() > 0 => return Spin::Ready,
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "poll failed");
+                    return Spin::Idle;
+                }
             }
             if start.elapsed() >= SPIN_BEFORE_SLEEP {
-                return false;
+                return Spin::Idle;
             }
             for _ in 0..64 {
                 std::hint::spin_loop();
@@ -912,10 +917,17 @@ impl Loop {
                 .map(|d| d.saturating_duration_since(Instant::now()))
         };
         let mut may_sleep = timeout != Some(Duration::ZERO);
-        if may_sleep && self.spin_for_posts(&shared) {
-            // Posts arrived while we spun: no sleep, and the poster needed no wake-up call.
-            may_sleep = false;
-            timeout = Some(Duration::ZERO);
+        if may_sleep {
+            match self.spin_before_sleep(&shared) {
+                // Sockets became ready while we spun: their tasks are runnable now.
+                Spin::Ready => return,
+                // Posts arrived while we spun: no sleep, and the poster needed no wake-up call.
+                Spin::Posted => {
+                    may_sleep = false;
+                    timeout = Some(Duration::ZERO);
+                }
+                Spin::Idle => {}
+            }
         }
         if may_sleep {
             shared.sleeping.store(true, Ordering::SeqCst);
@@ -940,17 +952,21 @@ impl Loop {
         self.take_events();
     }
 
-    /// Makes the tasks parked on the sources in `events` runnable.
-    fn take_events(&mut self) {
+    /// Makes the tasks parked on the sources in `events` runnable; returns how many I/O events
+    /// there were (the pump's own waker not counted).
+    fn take_events(&mut self) -> usize {
+        let mut count = 0;
         for event in self.events.iter() {
             if event.token() == WAKER_TOKEN {
                 continue;
             }
+            count += 1;
             if let Some(mut parked) = self.parked.remove(&event.token().0) {
                 parked.job.wake = Wake::Ready(*event);
                 self.run_queue.push_back(parked.job);
             }
         }
+        count
     }
 
     fn finish(mut self) -> ShutdownReport {
