@@ -41,6 +41,31 @@ fn batch(size: usize) -> u64 {
     }
 }
 
+/// Distinct messages of one size to send in turn, as an application sends different messages:
+/// each is its own buffer, so sending one touches its own reference count, not one shared by
+/// every message (which two threads would fight over: the bench thread cloning, the writer
+/// dropping).
+#[derive(Clone)]
+struct Messages(Vec<Bytes>);
+
+impl Messages {
+    /// How many distinct buffers (1,024 small ones fit in the caches, like a batch in flight).
+    const COUNT: usize = 1024;
+
+    fn new(msg: &Bytes) -> Messages {
+        Messages(
+            (0..Self::COUNT)
+                .map(|_| Bytes::copy_from_slice(msg))
+                .collect(),
+        )
+    }
+
+    /// Message `i` (of any count), a zero-copy clone.
+    fn get(&self, i: u64) -> Bytes {
+        self.0[(i % Self::COUNT as u64) as usize].clone()
+    }
+}
+
 /// Counts messages on the receiving pump and signals each completed batch.
 struct Counter {
     count: u64,
@@ -108,9 +133,9 @@ fn queue_pair() -> ([EventPump; 2], MessageQueue, MessageQueue) {
     ([server_pump, client_pump], sender, receiver)
 }
 
-fn send_all(queue: &MessageQueue, room: &flume::Receiver<()>, msg: &Bytes, n: u64) {
-    for _ in 0..n {
-        let mut m = msg.clone();
+fn send_all(queue: &MessageQueue, room: &flume::Receiver<()>, msgs: &Messages, n: u64) {
+    for i in 0..n {
+        let mut m = msgs.get(i);
         loop {
             match queue.send(m) {
                 Ok(()) => break,
@@ -126,12 +151,12 @@ fn send_all(queue: &MessageQueue, room: &flume::Receiver<()>, msg: &Bytes, n: u6
 
 /// Sends `n` copies of `msg` with `send_all`, 1,024 at a time, waiting for room when the
 /// outbound queue is full.
-fn send_batched(sender: &MessageQueue, room: &flume::Receiver<()>, msg: &Bytes, n: u64) {
+fn send_batched(sender: &MessageQueue, room: &flume::Receiver<()>, msgs: &Messages, n: u64) {
     let mut batch = std::collections::VecDeque::with_capacity(1024);
     let mut left = n;
     while left > 0 || !batch.is_empty() {
         while batch.len() < 1024 && left > 0 {
-            batch.push_back(msg.clone());
+            batch.push_back(msgs.get(left));
             left -= 1;
         }
         sender.send_all(&mut batch).expect("send_all");
@@ -179,9 +204,9 @@ fn raw_pair() -> (TcpStream, TcpStream) {
 /// counting listener on the other pump signals when all arrived.
 fn bench_queue(
     b: &mut criterion::Bencher<'_>,
-    msg: &Bytes,
+    msgs: &Messages,
     n: u64,
-    send: fn(&MessageQueue, &flume::Receiver<()>, &Bytes, u64),
+    send: fn(&MessageQueue, &flume::Receiver<()>, &Messages, u64),
     in_place: bool,
 ) {
     let (_pumps, sender, receiver) = queue_pair();
@@ -192,7 +217,7 @@ fn bench_queue(
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             let start = Instant::now();
-            send(&sender, &room, msg, n);
+            send(&sender, &room, msgs, n);
             done.recv_timeout(PATIENCE).expect("all received");
             total += start.elapsed();
         }
@@ -218,7 +243,7 @@ fn count_received(receiver: &MessageQueue, n: u64, in_place: bool) -> flume::Rec
 /// What the producing task on the sending pump has left to send.
 struct Produce {
     queue: MessageQueue,
-    msg: Bytes,
+    msgs: Messages,
     left: u64,
     batch: VecDeque<Bytes>,
 }
@@ -231,7 +256,7 @@ fn produce(state: Arc<Mutex<Produce>>) -> FnTask<impl FnMut(&mut Context<'_>) ->
         let p = &mut *guard;
         loop {
             while p.batch.len() < 1024 && p.left > 0 {
-                p.batch.push_back(p.msg.clone());
+                p.batch.push_back(p.msgs.get(p.left));
                 p.left -= 1;
             }
             if p.batch.is_empty() {
@@ -260,12 +285,12 @@ impl QueueListener for Resume {
 
 /// One-way throughput with the producer on the sending pump itself (as an event-driven
 /// application sends): two threads at work, like the raw baseline.
-fn bench_on_pump(b: &mut criterion::Bencher<'_>, msg: &Bytes, n: u64) {
+fn bench_on_pump(b: &mut criterion::Bencher<'_>, msgs: &Messages, n: u64) {
     let (_pumps, sender, receiver) = queue_pair();
     let done = count_received(&receiver, n, true);
     let state = Arc::new(Mutex::new(Produce {
         queue: sender.clone(),
-        msg: msg.clone(),
+        msgs: msgs.clone(),
         left: 0,
         batch: VecDeque::with_capacity(1024),
     }));
@@ -293,8 +318,9 @@ fn throughput(c: &mut Criterion) {
         let n = batch(size);
         group.throughput(Throughput::Elements(n));
         let msg = Bytes::from(vec![0xa5u8; size]);
+        let msgs = Messages::new(&msg);
 
-        type Send = fn(&MessageQueue, &flume::Receiver<()>, &Bytes, u64);
+        type Send = fn(&MessageQueue, &flume::Receiver<()>, &Messages, u64);
         // `queue`: one `send` and one `Bytes` per message; `queue_batched`: `send_all` and
         // reading each received batch in place.
         let cases: [(&str, Send, bool); 2] = [
@@ -303,12 +329,12 @@ fn throughput(c: &mut Criterion) {
         ];
         for (case, send, in_place) in cases {
             group.bench_function(BenchmarkId::new(case, size), |b| {
-                bench_queue(b, &msg, n, send, in_place)
+                bench_queue(b, &msgs, n, send, in_place)
             });
         }
         // `queue_on_pump`: `send_all` from a task on the sending pump, read in place.
         group.bench_function(BenchmarkId::new("queue_on_pump", size), |b| {
-            bench_on_pump(b, &msg, n)
+            bench_on_pump(b, &msgs, n)
         });
 
         group.bench_function(BenchmarkId::new("raw_tcp", size), |b| {
