@@ -51,6 +51,13 @@ fn walk(wire: &[u8]) -> u64 {
     frames
 }
 
+/// A decoder holding all of `wire`.
+fn loaded(wire: &[u8]) -> FrameDecoder {
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    decoder.extend_from_slice(wire);
+    decoder
+}
+
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
     group
@@ -62,11 +69,7 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Elements(frames));
         group.bench_with_input(BenchmarkId::new("decode", size), &wire, |b, wire| {
             b.iter_batched_ref(
-                || {
-                    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-                    decoder.extend_from_slice(wire);
-                    decoder
-                },
+                || loaded(wire),
                 |decoder| {
                     let mut n = 0u64;
                     while let Some(frame) = decoder.decode().expect("valid frames") {
@@ -81,11 +84,7 @@ fn decode(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode_frames", size), &wire, |b, wire| {
             let mut batch = Frames::new();
             b.iter_batched_ref(
-                || {
-                    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-                    decoder.extend_from_slice(wire);
-                    decoder
-                },
+                || loaded(wire),
                 |decoder| {
                     let mut n = 0u64;
                     while decoder
