@@ -53,25 +53,57 @@ fn client(server: &BusServer, confirm: bool) -> RemoteBroker {
     .expect("client")
 }
 
-/// A counter that a handler bumps, with a bounded wait for a target.
-#[derive(Default)]
-struct Count(AtomicU64);
+/// A counter that receivers bump, with a bounded, blocking wait for a target: the waiting bench
+/// thread sleeps instead of spinning on `yield_now`, which took a core from the threads under
+/// test on this 2-core machine (a fifth of all samples in a profile of the bus case).
+struct Count {
+    n: AtomicU64,
+    /// The count a waiter wants; a bump that reaches it signals `reached`.
+    target: AtomicU64,
+    reached: (flume::Sender<()>, flume::Receiver<()>),
+}
+
+impl Default for Count {
+    fn default() -> Self {
+        Count {
+            n: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            reached: flume::unbounded(),
+        }
+    }
+}
 
 impl Count {
     fn handler(self: &Arc<Self>) -> Handler {
         let me = self.clone();
         Handler::new(move |m| {
             black_box(m.payload());
-            me.0.fetch_add(1, Ordering::Relaxed);
+            me.bump();
             Ok(())
         })
     }
 
+    fn bump(&self) {
+        let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.target.load(Ordering::SeqCst) {
+            let _ = self.reached.0.send(());
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.n.load(Ordering::SeqCst)
+    }
+
     fn wait_for(&self, target: u64) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.0.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "bench batch stalled");
-            thread::yield_now();
+        while self.reached.1.try_recv().is_ok() {}
+        // SeqCst on both sides: either the bump that reaches the target sees it, or this load
+        // sees the bump. A late signal for an earlier target only costs one more look.
+        self.target.store(target, Ordering::SeqCst);
+        while self.get() < target {
+            self.reached
+                .1
+                .recv_timeout(PATIENCE)
+                .expect("bench batch stalled");
         }
     }
 }
@@ -107,10 +139,10 @@ fn publish_paced(
 }
 
 /// Raw baseline receiver: counts length-prefixed frames and reports the running count.
-fn raw_sink() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+fn raw_sink() -> (std::net::SocketAddr, Arc<Count>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(Count::default());
     let c = count.clone();
     thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
@@ -124,7 +156,7 @@ fn raw_sink() -> (std::net::SocketAddr, Arc<AtomicU64>) {
                 break;
             }
             black_box(&buf);
-            c.fetch_add(1, Ordering::Release);
+            c.bump();
         }
     });
     (addr, count)
@@ -147,7 +179,7 @@ fn throughput(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("bus", size), &size, |b, _| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
-                let target = count.0.load(Ordering::Relaxed) + iters;
+                let target = count.get() + iters;
                 publish_batch(&publisher, &topic, &payload, iters);
                 count.wait_for(target);
                 start.elapsed()
@@ -161,17 +193,13 @@ fn throughput(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("raw_tcp", size), &size, |b, _| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
-                let target = received.load(Ordering::Acquire) + iters;
+                let target = received.get() + iters;
                 for _ in 0..iters {
                     w.write_all(&len).unwrap();
                     w.write_all(&payload).unwrap();
                 }
                 w.flush().unwrap();
-                let deadline = Instant::now() + PATIENCE;
-                while received.load(Ordering::Acquire) < target {
-                    assert!(Instant::now() < deadline, "raw batch stalled");
-                    thread::yield_now();
-                }
+                received.wait_for(target);
                 start.elapsed()
             })
         });
@@ -199,7 +227,7 @@ fn fanout_and_group(c: &mut Criterion) {
     g.bench_with_input(BenchmarkId::new("bus", FAN_SIZE), &FAN_SIZE, |b, _| {
         b.iter_custom(|iters| {
             let start = Instant::now();
-            let target = count.0.load(Ordering::Relaxed) + iters * FAN_OUT as u64;
+            let target = count.get() + iters * FAN_OUT as u64;
             publish_batch(&publisher, "fan", &payload, iters);
             count.wait_for(target);
             start.elapsed()
@@ -221,7 +249,7 @@ fn fanout_and_group(c: &mut Criterion) {
                 if let Some(broker) = m.get().and_then(Weak::upgrade) {
                     broker.ack(msg.delivery_id().unwrap())?;
                 }
-                counter.0.fetch_add(1, Ordering::Relaxed);
+                counter.bump();
                 Ok(())
             });
             let s = Arc::new(client(&server, true));
@@ -237,7 +265,7 @@ fn fanout_and_group(c: &mut Criterion) {
         |b, _| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
-                let base = count.0.load(Ordering::Relaxed);
+                let base = count.get();
                 let target = base + iters;
                 publish_paced(&publisher, "work", &payload, iters, &count, base);
                 count.wait_for(target);
@@ -398,11 +426,11 @@ fn nats(c: &mut Criterion) {
     let mut g = c.benchmark_group("network_throughput");
     g.sample_size(SAMPLES).measurement_time(MEASURE);
     g.throughput(Throughput::Elements(1));
-    let count = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(Count::default());
     let c2 = count.clone();
     let (mut sub, pongs) = nats_connect(&addr, true, move |_, body| {
         black_box(body);
-        c2.fetch_add(1, Ordering::Release);
+        c2.bump();
     });
     nats_sub(&mut sub, &pongs, "tp.*");
     let (publisher, _) = nats_connect(&addr, false, |_, _| {});
@@ -415,14 +443,8 @@ fn nats(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("nats", size), &size, |b, _| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
-                let base = count.load(Ordering::Acquire);
-                let wait_for = |target: u64| {
-                    let deadline = Instant::now() + PATIENCE;
-                    while count.load(Ordering::Acquire) < target {
-                        assert!(Instant::now() < deadline, "nats batch stalled");
-                        thread::yield_now();
-                    }
-                };
+                let base = count.get();
+                let wait_for = |target: u64| count.wait_for(target);
                 for i in 1..=iters {
                     w.write_all(head.as_bytes()).unwrap();
                     w.write_all(&payload).unwrap();
