@@ -71,8 +71,7 @@ fn garbage_bytes_close_only_that_connection() {
     let mut raw = Raw::connect(server.local_addr());
     raw.send_frame(&[0xde, 0xad, 0xbe, 0xef]);
     raw.expect_error_and_close(ErrorCode::UnknownOp);
-    let mut raw = Raw::connect(server.local_addr());
-    assert!(matches!(raw.hello(None), Op::Welcome { .. }));
+    let mut raw = Raw::welcomed(server.local_addr());
     raw.send_frame(&[3, 0, 0]);
     raw.expect_error_and_close(ErrorCode::Malformed);
     by.check();
@@ -118,8 +117,7 @@ fn wrong_token_gets_an_error_and_a_close() {
 fn oversized_frame_gets_an_error_and_a_close() {
     let server = server_with(ServerConfig::default().with_max_frame_len(1024), 2);
     let by = Bystander::new(&server, None);
-    let mut raw = Raw::connect(server.local_addr());
-    assert!(matches!(raw.hello(None), Op::Welcome { .. }));
+    let mut raw = Raw::welcomed(server.local_addr());
     raw.send(&Op::Publish {
         request: 1,
         topic: "calm".into(),
@@ -135,8 +133,7 @@ fn oversized_frame_gets_an_error_and_a_close() {
 fn unknown_operation_gets_an_error_and_a_close() {
     let server = server(2);
     let by = Bystander::new(&server, None);
-    let mut raw = Raw::connect(server.local_addr());
-    assert!(matches!(raw.hello(None), Op::Welcome { .. }));
+    let mut raw = Raw::welcomed(server.local_addr());
     raw.send_frame(&[200, 1, 2, 3]);
     let text = raw.expect_error_and_close(ErrorCode::UnknownOp);
     assert!(text.contains("200"), "{text}");

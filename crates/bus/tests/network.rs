@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mixbus_bus::protocol::{Op, VERSION};
+use mixbus_bus::protocol::Op;
 use mixbus_bus::{
     Broker, BusServer, Error, Handler, Message, RemoteBroker, RemoteConfig, ServerConfig,
     SubscribeOptions,
@@ -83,14 +83,7 @@ fn a_version_1_client_gets_one_deliver_per_message() {
 #[test]
 fn acks_in_one_frame_free_the_in_flight_window() {
     let server = server(2);
-    let mut raw = Raw::connect(server.local_addr());
-    assert!(matches!(
-        raw.hello(None),
-        Op::Welcome {
-            version: VERSION,
-            ..
-        }
-    ));
+    let mut raw = Raw::welcomed(server.local_addr());
     raw.send(&Op::Subscribe {
         sub: 1,
         pattern: "win".into(),
@@ -126,8 +119,7 @@ fn acks_in_one_frame_free_the_in_flight_window() {
 
 /// A member that takes group messages and never acks them, on a raw socket.
 fn raw_member(server: &BusServer, group: &str, topic: &str) -> Raw {
-    let mut raw = Raw::connect(server.local_addr());
-    assert!(matches!(raw.hello(None), Op::Welcome { .. }));
+    let mut raw = Raw::welcomed(server.local_addr());
     raw.send(&Op::Subscribe {
         sub: 1,
         pattern: topic.into(),
@@ -284,14 +276,7 @@ fn a_slow_consumer_is_cut_off_while_a_fast_one_gets_everything() {
     let config = ServerConfig::default().with_max_outbound_bytes(2 << 20);
     let server = server_with(config, 2);
     // The slow consumer subscribes and then never reads its socket.
-    let mut slow = Raw::connect(server.local_addr());
-    assert!(matches!(
-        slow.hello(None),
-        Op::Welcome {
-            version: VERSION,
-            ..
-        }
-    ));
+    let mut slow = Raw::welcomed(server.local_addr());
     slow.send(&Op::Subscribe {
         sub: 1,
         pattern: "feed".into(),

@@ -162,6 +162,22 @@ impl Raw {
         Raw { stream }
     }
 
+    /// Connects and completes the handshake, checking that the server welcomes this version.
+    pub(crate) fn welcomed(addr: std::net::SocketAddr) -> Raw {
+        let mut raw = Raw::connect(addr);
+        match raw.hello(None) {
+            mixbus_bus::protocol::Op::Welcome { version, .. } => {
+                assert_eq!(
+                    version,
+                    mixbus_bus::protocol::VERSION,
+                    "welcomed at our version"
+                );
+            }
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+        raw
+    }
+
     /// Writes raw bytes.
     pub(crate) fn write(&mut self, bytes: &[u8]) {
         use std::io::Write;
