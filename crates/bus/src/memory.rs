@@ -33,6 +33,8 @@ const ROUTE_CACHE_LIMIT: usize = 4096;
 
 /// Deliveries one run on a handler's executor may make (dispatch threads make `batch`).
 const EXECUTOR_BATCH: usize = 1024;
+/// Messages a run on an executor takes from its queue at a time (with one lock).
+const EXECUTOR_CHUNK: usize = 128;
 
 /// Settings of an [`InMemoryBroker`]: a plain struct with [`Default`] and `with_*` methods.
 ///
@@ -183,6 +185,14 @@ impl Fifo {
         self.len.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Pushes a run of messages with one lock.
+    fn push_all(&self, msgs: impl ExactSizeIterator<Item = Message>) {
+        let n = msgs.len();
+        let mut items = lock(&self.items);
+        items.extend(msgs);
+        self.len.fetch_add(n, Ordering::SeqCst);
+    }
+
     fn pop(&self) -> Option<Message> {
         if self.len() == 0 {
             return None;
@@ -191,6 +201,18 @@ impl Fifo {
         let msg = items.pop_front()?;
         self.len.fetch_sub(1, Ordering::SeqCst);
         Some(msg)
+    }
+
+    /// Moves up to `n` messages to `out` with one lock; returns how many.
+    fn pop_many(&self, n: usize, out: &mut Vec<Message>) -> usize {
+        if n == 0 || self.len() == 0 {
+            return 0;
+        }
+        let mut items = lock(&self.items);
+        let k = n.min(items.len());
+        out.extend(items.drain(..k));
+        self.len.fetch_sub(k, Ordering::SeqCst);
+        k
     }
 
     fn len(&self) -> usize {
@@ -250,8 +272,12 @@ impl Inbox {
     }
 
     fn unreserve(&self) {
-        if self.capacity.is_some() {
-            self.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.unreserve_many(1);
+    }
+
+    fn unreserve_many(&self, n: usize) {
+        if self.capacity.is_some() && n > 0 {
+            self.reserved.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -262,6 +288,13 @@ impl Inbox {
         let msg = self.fresh.pop()?;
         self.unreserve();
         Some(msg)
+    }
+
+    /// [`take`](Self::take) up to `n` messages into `out`, with one lock per queue.
+    fn take_many(&self, n: usize, out: &mut Vec<Message>) {
+        let retried = self.retry.pop_many(n, out);
+        let fresh = self.fresh.pop_many(n - retried, out);
+        self.unreserve_many(fresh);
     }
 
     /// Schedules one idle member, starting from the next one in turn.
@@ -559,6 +592,18 @@ impl InMemoryBroker {
         &self.shared.config
     }
 
+    /// Publishes `messages` in order, as that many [`Broker::publish`] calls would, calling
+    /// `result` with each outcome in turn (what the bus server does for a burst of PUBLISH
+    /// frames). A burst costs one clock reading, one route lookup per run of one topic, and one
+    /// lock and at most one wake per queue for each run.
+    pub(crate) fn publish_many(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+        result: impl FnMut(Result<MessageId>),
+    ) {
+        self.shared.publish_many(messages, result);
+    }
+
     /// Acks several deliveries of one subscription at once (what the bus server does for an ACKS
     /// frame): the same as [`Broker::ack`] on each, with one lookup and one lock.
     pub(crate) fn ack_many(&self, subscription: SubscriptionId, messages: &[MessageId]) {
@@ -609,11 +654,105 @@ impl Shared {
             return Err(Error::Closed);
         }
         let targets = self.route(message.topic())?;
+        let notifier = self.listeners.snapshot();
+        let message = self.admit(message, &targets, SystemTime::now(), &notifier)?;
+        let id = message.id();
+        for target in targets.iter() {
+            target.fresh.push(message.clone());
+            self.notify_or_drain(target, &notifier);
+        }
+        Ok(id)
+    }
+
+    /// [`publish`](Self::publish) for a burst: the same outcome for each message, in order.
+    fn publish_many(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+        mut result: impl FnMut(Result<MessageId>),
+    ) {
+        let closed = self.closed.load(Ordering::Acquire);
+        let now = SystemTime::now();
+        let notifier = self.listeners.snapshot();
+        // The route of the current run of one topic, and the run's admitted messages.
+        let mut route: Option<(Arc<str>, Arc<[Arc<Inbox>]>)> = None;
+        let mut run: Vec<Message> = Vec::new();
+        for message in messages {
+            if closed {
+                result(Err(Error::Closed));
+                continue;
+            }
+            let same = route.as_ref().is_some_and(|(topic, _)| {
+                Arc::ptr_eq(topic, message.shared_topic()) || **topic == *message.topic()
+            });
+            if !same {
+                if let Some((_, targets)) = route.take() {
+                    self.enqueue_run(&targets, &mut run, &notifier);
+                }
+                match self.route(message.topic()) {
+                    Ok(targets) => route = Some((message.shared_topic().clone(), targets)),
+                    Err(err) => {
+                        result(Err(err));
+                        continue;
+                    }
+                }
+            }
+            let Some((_, targets)) = &route else { continue };
+            match self.admit(message, targets, now, &notifier) {
+                Ok(message) => {
+                    result(Ok(message.id()));
+                    if !targets.is_empty() {
+                        run.push(message);
+                    }
+                }
+                Err(err) => result(Err(err)),
+            }
+        }
+        if let Some((_, targets)) = route {
+            self.enqueue_run(&targets, &mut run, &notifier);
+        }
+    }
+
+    /// Pushes a run of admitted messages to each of their queues: one lock and one wake each.
+    fn enqueue_run(&self, targets: &[Arc<Inbox>], run: &mut Vec<Message>, notifier: &Notifier) {
+        if run.is_empty() {
+            return;
+        }
+        if let Some((last, others)) = targets.split_last() {
+            for target in others {
+                target.fresh.push_all(run.iter().cloned());
+                self.notify_or_drain(target, notifier);
+            }
+            last.fresh.push_all(run.drain(..));
+            self.notify_or_drain(last, notifier);
+        }
+        run.clear();
+    }
+
+    /// Wakes a member of `target` for what was just pushed, or, if the subscription ended
+    /// meanwhile, counts what it will never take.
+    fn notify_or_drain(&self, target: &Inbox, notifier: &Notifier) {
+        if target.open.load(Ordering::Acquire) {
+            target.notify(self);
+        } else {
+            self.drain_closed(target, notifier);
+        }
+    }
+
+    /// Gives `message` its id, publish time and first attempt and reserves room for it in each
+    /// of `targets` (the caller pushes it), telling the listeners.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueFull`] when a target with a capacity has no room.
+    fn admit(
+        &self,
+        message: Message,
+        targets: &[Arc<Inbox>],
+        now: SystemTime,
+        notifier: &Notifier,
+    ) -> Result<Message> {
         let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
-        let message = message
-            .with_id(id)
-            .with_published_at(SystemTime::now())
-            .with_attempt(1);
+        let message = message.stamped(id, now);
         for (i, target) in targets.iter().enumerate() {
             if !target.try_reserve() {
                 for t in &targets[..i] {
@@ -626,7 +765,6 @@ impl Shared {
                 });
             }
         }
-        let notifier = self.listeners.snapshot();
         let listen = !notifier.is_empty();
         if listen {
             notifier.each("published", |l| l.published(&message));
@@ -642,21 +780,14 @@ impl Shared {
                     l.dropped(&message, &DropReason::NoSubscriber)
                 });
             }
-            return Ok(id);
+            return Ok(message);
         }
-        for target in targets.iter() {
-            if listen {
+        if listen {
+            for target in targets {
                 notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
             }
-            target.fresh.push(message.clone());
-            if target.open.load(Ordering::Acquire) {
-                target.notify(self);
-            } else {
-                // The subscription ended while we pushed: count what it will never take.
-                self.drain_closed(target, &notifier);
-            }
         }
-        Ok(id)
+        Ok(message)
     }
 
     fn subscribe(
@@ -975,16 +1106,37 @@ impl Shared {
             Some(_) => self.config.batch,
             None => self.config.batch.max(EXECUTOR_BATCH),
         };
-        // Handlers on an executor never block: one clock reading serves the whole run.
-        let run_start = ctx.slot.is_none().then(Instant::now);
+        // Handlers on an executor never block: one clock reading serves the whole run, and
+        // messages are taken many at a time. A dispatch thread takes one at a time, so that a
+        // slow handler holds back no message that another group member could take.
+        let (run_start, chunk) = match ctx.slot {
+            None => (Some(Instant::now()), EXECUTOR_CHUNK),
+            Some(_) => (None, 1),
+        };
+        let mut taken = Vec::with_capacity(chunk.min(limit));
         let mut delivered = 0;
-        for _ in 0..limit {
+        while delivered < limit {
             if !sub.active.load(Ordering::Acquire) || sub.blocked() {
                 break;
             }
-            let Some(msg) = sub.inbox.take() else { break };
-            self.deliver(sub, msg, ctx, run_start);
-            delivered += 1;
+            let room = if sub.manual {
+                let in_flight = sub.in_flight.load(Ordering::Acquire);
+                sub.options.max_in_flight.saturating_sub(in_flight).max(1)
+            } else {
+                usize::MAX
+            };
+            sub.inbox
+                .take_many(chunk.min(limit - delivered).min(room), &mut taken);
+            if taken.is_empty() {
+                break;
+            }
+            delivered += taken.len();
+            if !self.track(sub, &mut taken, run_start, ctx) {
+                break;
+            }
+            for msg in taken.drain(..) {
+                self.deliver(sub, msg, ctx);
+            }
         }
         if delivered > 0
             && let Err(payload) = catch_unwind(AssertUnwindSafe(|| sub.handler.batch_end()))
@@ -1002,26 +1154,63 @@ impl Shared {
         }
     }
 
-    /// Delivers one message; `now` is the time to start its ack wait from (read here if none).
-    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx, now: Option<Instant>) {
-        let delivery = DeliveryId {
-            subscription: sub.info.id,
-            message: msg.id(),
+    /// Names the deliveries of messages just taken for `sub` and, for a manual-ack subscription,
+    /// starts their ack wait (from `now`, read here if none) with one lock. Returns `false` if
+    /// the subscription ended meanwhile: the messages are then handed on as its end hands on
+    /// its un-acked ones (to another group member, or counted as dropped), not delivered.
+    fn track(&self, sub: &Sub, taken: &mut Vec<Message>, now: Option<Instant>, ctx: &Ctx) -> bool {
+        for msg in taken.iter_mut() {
+            msg.set_delivery(DeliveryId {
+                subscription: sub.info.id,
+                message: msg.id(),
+            });
+        }
+        sub.delivered
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        if sub.manual {
+            let deadline = now.unwrap_or_else(Instant::now) + sub.options.ack_wait;
+            let mut u = lock(&sub.unacked);
+            for msg in taken.iter() {
+                u.map.insert(msg.id(), msg.clone());
+                u.order.push_back((deadline, msg.id(), msg.attempt()));
+            }
+            drop(u);
+            sub.in_flight.fetch_add(taken.len(), Ordering::AcqRel);
+        }
+        // An unsubscribe clears `active` before it takes the un-acked messages under the same
+        // lock: either it took these too, or this load sees it.
+        if sub.active.load(Ordering::Acquire) {
+            return true;
+        }
+        let orphans: Vec<Message> = if sub.manual {
+            let mut u = lock(&sub.unacked);
+            taken
+                .drain(..)
+                .filter_map(|m| u.map.remove(&m.id()))
+                .collect()
+        } else {
+            taken.drain(..).collect()
         };
-        let msg = msg.with_delivery(delivery);
-        sub.delivered.fetch_add(1, Ordering::Relaxed);
+        let notifier = &ctx.notifier;
+        for msg in orphans {
+            if sub.inbox.group.is_some() {
+                self.retry_or_dead(sub, msg, "group member left before ack", notifier);
+            } else {
+                let reason = DropReason::Unsubscribed {
+                    queue: sub.inbox.name.clone(),
+                };
+                notifier.each("dropped", |l| l.dropped(&msg, &reason));
+            }
+        }
+        false
+    }
+
+    /// Delivers one message taken and tracked by [`track`](Self::track).
+    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx) {
         let notifier = &ctx.notifier;
         let listen = !notifier.is_empty();
         if listen {
             notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
-        }
-        if sub.manual {
-            let deadline = now.unwrap_or_else(Instant::now) + sub.options.ack_wait;
-            let mut u = lock(&sub.unacked);
-            u.map.insert(msg.id(), msg.clone());
-            u.order.push_back((deadline, msg.id(), msg.attempt()));
-            drop(u);
-            sub.in_flight.fetch_add(1, Ordering::AcqRel);
         }
         let busy = ctx.slot.and_then(|slot| self.busy.get(slot)).map(|b| &b.0);
         if let Some(busy) = busy {

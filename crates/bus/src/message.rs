@@ -47,7 +47,8 @@ impl fmt::Display for DeliveryId {
 
 #[derive(Clone, Debug)]
 struct Inner {
-    topic: String,
+    /// Shared: a server decoding a burst of publishes on one topic allocates it once.
+    topic: Arc<str>,
     payload: Bytes,
     headers: Vec<(String, String)>,
     id: MessageId,
@@ -79,7 +80,7 @@ pub struct Message {
 impl Message {
     /// A message on `topic` carrying `payload` (anything that converts into [`Bytes`]:
     /// `&'static str`, `&'static [u8]`, `String`, `Vec<u8>`, `Bytes`).
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 topic: topic.into(),
@@ -91,6 +92,44 @@ impl Message {
             attempt: 1,
             delivery: None,
         }
+    }
+
+    /// A message as a backend hands it over: every field at once, with no copy-on-write step.
+    pub(crate) fn delivered(
+        topic: Arc<str>,
+        payload: Bytes,
+        headers: Vec<(String, String)>,
+        id: MessageId,
+        published_at: SystemTime,
+        attempt: u32,
+        delivery: DeliveryId,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                topic,
+                payload,
+                headers,
+                id,
+                published_at,
+            }),
+            attempt,
+            delivery: Some(delivery),
+        }
+    }
+
+    /// Names the delivery in place.
+    pub(crate) fn set_delivery(&mut self, delivery: DeliveryId) {
+        self.delivery = Some(delivery);
+    }
+
+    /// Sets the id and publish time in one step, and the attempt to the first (what a broker
+    /// does when it takes a message).
+    pub(crate) fn stamped(mut self, id: MessageId, at: SystemTime) -> Self {
+        let inner = self.inner_mut();
+        inner.id = id;
+        inner.published_at = at;
+        self.attempt = 1;
+        self
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -117,7 +156,7 @@ impl Message {
     }
 
     /// Replaces the topic (used by backends, for example to dead-letter a message).
-    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+    pub fn with_topic(mut self, topic: impl Into<Arc<str>>) -> Self {
         self.inner_mut().topic = topic.into();
         self
     }
@@ -148,6 +187,11 @@ impl Message {
 
     /// The topic it was published on.
     pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The topic as the shared string it is kept in.
+    pub(crate) fn shared_topic(&self) -> &Arc<str> {
         &self.inner.topic
     }
 

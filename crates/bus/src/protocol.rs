@@ -17,6 +17,7 @@
 //! Payloads are sliced from the frame without copying. `docs/PROTOCOL.md` is the full reference.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -287,8 +288,8 @@ pub struct WireDelivery {
     pub attempt: u32,
     /// Publish time in microseconds since the Unix epoch.
     pub published_us: u64,
-    /// The topic.
-    pub topic: String,
+    /// The topic (shared by the deliveries of one frame that have the same topic).
+    pub topic: Arc<str>,
     /// The headers, in order.
     pub headers: Vec<(String, String)>,
     /// The payload.
@@ -637,14 +638,25 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
 }
 
 /// A checked cursor over one frame.
-struct Reader {
-    frame: Bytes,
+struct Reader<'a> {
+    frame: &'a Bytes,
     pos: usize,
     op: &'static str,
+    /// The topic of the previous delivery in this frame: the next one on the same topic shares it.
+    last_topic: Option<Arc<str>>,
 }
 
-impl Reader {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&[u8], ProtocolError> {
+impl<'a> Reader<'a> {
+    fn new(frame: &'a Bytes, op: &'static str) -> Self {
+        Reader {
+            frame,
+            pos: 1,
+            op,
+            last_topic: None,
+        }
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ProtocolError> {
         let rest = self.frame.len().saturating_sub(self.pos);
         if n > rest {
             return Err(ProtocolError::Truncated { op: self.op, field });
@@ -699,13 +711,29 @@ impl Reader {
         Ok(n)
     }
 
-    fn string(&mut self, field: &'static str) -> Result<String, ProtocolError> {
+    fn str(&mut self, field: &'static str) -> Result<&'a str, ProtocolError> {
         let n = self.len(field)?;
         let op = self.op;
         let raw = self.take(n, field)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| ProtocolError::InvalidUtf8 { op, field })
+        std::str::from_utf8(raw).map_err(|_| ProtocolError::InvalidUtf8 { op, field })
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, ProtocolError> {
+        self.str(field).map(str::to_owned)
+    }
+
+    /// A topic, shared with the previous one read by this reader if they are equal: a burst on
+    /// one topic allocates it once.
+    fn topic(&mut self) -> Result<Arc<str>, ProtocolError> {
+        let topic = self.str("topic")?;
+        match &self.last_topic {
+            Some(last) if **last == *topic => Ok(last.clone()),
+            _ => {
+                let topic: Arc<str> = Arc::from(topic);
+                self.last_topic = Some(topic.clone());
+                Ok(topic)
+            }
+        }
     }
 
     fn blob(&mut self, field: &'static str) -> Result<Bytes, ProtocolError> {
@@ -804,13 +832,23 @@ impl Reader {
         }
     }
 
+    /// The fields of a PUBLISH, after the op byte.
+    fn publish(&mut self) -> Result<Publish, ProtocolError> {
+        Ok(Publish {
+            request: self.u64("request")?,
+            topic: self.topic()?,
+            headers: self.headers()?,
+            payload: self.blob("payload")?,
+        })
+    }
+
     /// The fields of one delivery, after the sub id.
     fn delivery(&mut self) -> Result<WireDelivery, ProtocolError> {
         Ok(WireDelivery {
             message: self.u64("message")?,
             attempt: self.u32("attempt")?,
             published_us: self.u64("published_us")?,
-            topic: self.string("topic")?,
+            topic: self.topic()?,
             headers: self.headers()?,
             payload: self.blob("payload")?,
         })
@@ -823,6 +861,39 @@ impl Reader {
         }
         Ok(op)
     }
+}
+
+/// A PUBLISH decoded by [`decode_publish`]: the fields of [`Op::Publish`], with a shared topic.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    pub request: u64,
+    pub topic: Arc<str>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+/// Decodes `frame` if it is a PUBLISH, as [`decode`] would, but with its topic shared with
+/// `last_topic` when they are equal (and remembered there): a burst of publishes on one topic
+/// allocates it once. `None` for any other op.
+pub(crate) fn decode_publish(
+    frame: &Bytes,
+    last_topic: &mut Option<Arc<str>>,
+) -> Option<Result<Publish, ProtocolError>> {
+    if frame.first() != Some(&code::PUBLISH) {
+        return None;
+    }
+    let mut r = Reader::new(frame, "PUBLISH");
+    r.last_topic = last_topic.take();
+    let publish = r.publish();
+    *last_topic = r.last_topic.take();
+    let extra = r.remaining();
+    Some(match publish {
+        Ok(_) if extra > 0 => Err(ProtocolError::TrailingBytes {
+            op: "PUBLISH",
+            extra,
+        }),
+        other => other,
+    })
 }
 
 /// Decodes one frame (op byte and fields). Never panics, whatever the input; byte blobs are
@@ -856,11 +927,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         code::ACKS => "ACKS",
         other => return Err(ProtocolError::UnknownOp(other)),
     };
-    let mut r = Reader {
-        frame,
-        pos: 1,
-        op: name,
-    };
+    let mut r = Reader::new(&frame, name);
     let decoded = match op {
         code::HELLO => {
             let version = r.u16("version")?;
@@ -881,15 +948,12 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
             server: r.string("server")?,
         },
         code::PUBLISH => {
-            let request = r.u64("request")?;
-            let topic = r.string("topic")?;
-            let headers = r.headers()?;
-            let payload = r.blob("payload")?;
+            let p = r.publish()?;
             Op::Publish {
-                request,
-                topic,
-                headers,
-                payload,
+                request: p.request,
+                topic: p.topic.to_string(),
+                headers: p.headers,
+                payload: p.payload,
             }
         }
         code::CONFIRM => Op::Confirm {

@@ -457,15 +457,18 @@ impl Client {
         let batch: Vec<Message> = deliveries
             .map(|d| {
                 let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
-                Message::new(d.topic, d.payload)
-                    .with_headers(d.headers)
-                    .with_id(MessageId(d.message))
-                    .with_published_at(published)
-                    .with_attempt(d.attempt)
-                    .with_delivery(DeliveryId {
+                Message::delivered(
+                    d.topic,
+                    d.payload,
+                    d.headers,
+                    MessageId(d.message),
+                    published,
+                    d.attempt,
+                    DeliveryId {
                         subscription: SubscriptionId(sub),
                         message: MessageId(d.message),
-                    })
+                    },
+                )
             })
             .collect();
         let n = batch.len() as u64;

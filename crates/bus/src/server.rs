@@ -16,6 +16,7 @@ use crate::memory::{InMemoryBroker, InMemoryConfig};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, VERSION};
+use crate::queue::task::Frames;
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::stats::{StatsCollector, StatsSnapshot};
@@ -282,6 +283,30 @@ impl Conn {
         }
     }
 
+    /// Answers a publish: CONFIRM or ERROR if it asked for an answer, else a refusal counted.
+    fn published(&self, shared: &Shared, request: u64, result: Result<MessageId>) {
+        match result {
+            Ok(id) if request != 0 => self.send(&Op::Confirm {
+                request,
+                message: id.0,
+            }),
+            Ok(_) => {}
+            Err(err) if request != 0 => self.send(&Op::Error {
+                request,
+                code: error_code(&err),
+                text: err.to_string(),
+            }),
+            Err(err) => {
+                // The publisher asked for no answer; count it so that `stats` shows it.
+                shared
+                    .counters
+                    .refused_publishes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn.id = self.queue.id(), error = %err, "unconfirmed publish refused")
+            }
+        }
+    }
+
     /// Sends an ERROR for the connection and closes it (once).
     fn fault(&self, code: ErrorCode, text: String) {
         if self.closing.swap(true, Ordering::AcqRel) {
@@ -301,6 +326,12 @@ impl Conn {
 struct ConnListener {
     shared: Weak<Shared>,
     conn: Arc<Conn>,
+    /// The publishes of the batch being read, published together ([`InMemoryBroker::publish_many`]),
+    /// and their request ids.
+    burst: Vec<Message>,
+    requests: Vec<u64>,
+    /// The topic of the last publish read: the next one on the same topic shares it.
+    last_topic: Option<Arc<str>>,
 }
 
 impl ConnListener {
@@ -354,26 +385,8 @@ impl ConnListener {
                 payload,
             } => {
                 let msg = Message::new(topic, payload).with_headers(headers);
-                match shared.bus.publish(msg) {
-                    Ok(id) if request != 0 => conn.send(&Op::Confirm {
-                        request,
-                        message: id.0,
-                    }),
-                    Ok(_) => {}
-                    Err(err) if request != 0 => conn.send(&Op::Error {
-                        request,
-                        code: error_code(&err),
-                        text: err.to_string(),
-                    }),
-                    Err(err) => {
-                        // The publisher asked for no answer; count it so that `stats` shows it.
-                        shared
-                            .counters
-                            .refused_publishes
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(conn.id = conn.queue.id(), error = %err, "unconfirmed publish refused")
-                    }
-                }
+                let result = shared.bus.publish(msg);
+                conn.published(shared, request, result);
             }
             Op::Subscribe {
                 sub,
@@ -423,6 +436,21 @@ impl ConnListener {
                 format!("{} is not a client operation", other.name()),
             ),
         }
+    }
+
+    /// Publishes the burst read so far, in order, and answers each publish.
+    fn publish_burst(&mut self, shared: &Shared) {
+        if self.burst.is_empty() {
+            return;
+        }
+        let mut burst = std::mem::take(&mut self.burst);
+        let mut answers = self.requests.drain(..);
+        let conn = &self.conn;
+        shared.bus.publish_many(burst.drain(..), |result| {
+            let request = answers.next().unwrap_or(0);
+            conn.published(shared, request, result);
+        });
+        self.burst = burst;
     }
 
     fn delivery(&self, sub: u64, message: u64) -> Option<DeliveryId> {
@@ -632,6 +660,42 @@ impl Forwarder {
 }
 
 impl QueueListener for ConnListener {
+    /// A batch of frames: runs of PUBLISH frames are published together (one clock reading,
+    /// one route lookup and one queue lock per run, and a topic allocated once), every other
+    /// frame is handled in its turn by [`received`](Self::received).
+    fn received_frames(&mut self, queue: &MessageQueue, frames: &Frames) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let max = shared.config.max_frame_len;
+        for frame in frames.iter_bytes() {
+            if self.conn.closing.load(Ordering::Acquire) {
+                break;
+            }
+            let publish = if frame.len() <= max && self.conn.welcomed.load(Ordering::Acquire) {
+                protocol::decode_publish(&frame, &mut self.last_topic)
+            } else {
+                None
+            };
+            match publish {
+                Some(Ok(p)) => {
+                    let mut msg = Message::new(p.topic, p.payload);
+                    if !p.headers.is_empty() {
+                        msg = msg.with_headers(p.headers);
+                    }
+                    self.burst.push(msg);
+                    self.requests.push(p.request);
+                }
+                // Anything else (a malformed PUBLISH too) goes the one-frame way, in order.
+                _ => {
+                    self.publish_burst(&shared);
+                    self.received(queue, frame);
+                }
+            }
+        }
+        self.publish_burst(&shared);
+    }
+
     fn received(&mut self, _queue: &MessageQueue, msg: Bytes) {
         if self.conn.closing.load(Ordering::Acquire) {
             return;
@@ -860,6 +924,9 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
     let listener = ConnListener {
         shared: Arc::downgrade(&shared),
         conn,
+        burst: Vec::new(),
+        requests: Vec::new(),
+        last_topic: None,
     };
     if let Err(err) = queue.set_listener(listener) {
         tracing::warn!(conn.id = queue.id(), error = %err, "could not start reading");

@@ -180,7 +180,6 @@ type LastSnapshot = (Instant, HashMap<String, (u64, u64)>);
 pub struct StatsCollector {
     started: Instant,
     id: u64,
-    total: Counters,
     topics: RwLock<HashMap<String, Arc<Counters>>>,
     queues: RwLock<HashMap<String, Arc<AtomicI64>>>,
     active: AtomicI64,
@@ -196,27 +195,28 @@ const RECENT: usize = 8;
 
 /// The entries of one kind a thread used last: (collector id, name, entry). Entries are never
 /// removed from a collector, so a cached one stays the collector's own.
-type Recent<T> = RefCell<Vec<(u64, String, Arc<T>)>>;
+type Recent<K, T> = RefCell<Vec<(u64, K, Arc<T>)>>;
 
 thread_local! {
-    static RECENT_TOPICS: Recent<Counters> = const { RefCell::new(Vec::new()) };
-    static RECENT_QUEUES: Recent<AtomicI64> = const { RefCell::new(Vec::new()) };
+    /// Topics are kept as the messages' shared strings: a hit is usually a pointer compare.
+    static RECENT_TOPICS: Recent<Arc<str>, Counters> = const { RefCell::new(Vec::new()) };
+    static RECENT_QUEUES: Recent<String, AtomicI64> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on the entry `name` of `map` (created on first use), looking in this thread's cache
-/// first: the common case costs a few string compares instead of a hash and a shared lock.
-fn cached<T: Default>(
-    recent: &'static LocalKey<Recent<T>>,
+/// first (`is` tells whether a cached key is `name`; `key` makes one): the common case costs a
+/// compare instead of a hash and a shared lock.
+fn cached<K, T: Default>(
+    recent: &'static LocalKey<Recent<K, T>>,
     collector: u64,
     map: &RwLock<HashMap<String, Arc<T>>>,
     name: &str,
+    is: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
     f: impl FnOnce(&T),
 ) {
     recent.with_borrow_mut(|recent| {
-        if let Some((_, _, entry)) = recent
-            .iter()
-            .find(|(id, n, _)| *id == collector && n == name)
-        {
+        if let Some((_, _, entry)) = recent.iter().find(|(id, k, _)| *id == collector && is(k)) {
             return f(entry);
         }
         let found = map
@@ -229,15 +229,8 @@ fn cached<T: Default>(
             map.entry(name.to_owned()).or_default().clone()
         });
         f(&entry);
-        // Reuse the oldest slot's string once the cache is full: a miss allocates nothing.
-        let mut key = if recent.len() >= RECENT {
-            recent.pop().map(|(_, k, _)| k).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        key.clear();
-        key.push_str(name);
-        recent.insert(0, (collector, key, entry));
+        recent.truncate(RECENT - 1);
+        recent.insert(0, (collector, key(), entry));
     });
 }
 
@@ -254,7 +247,6 @@ impl StatsCollector {
         Self {
             id: NEXT_COLLECTOR.fetch_add(1, Ordering::Relaxed),
             started: now,
-            total: Counters::default(),
             topics: RwLock::default(),
             queues: RwLock::default(),
             active: AtomicI64::new(0),
@@ -263,24 +255,42 @@ impl StatsCollector {
         }
     }
 
-    /// Runs `f` on the counters of `topic`, created on first use.
-    fn with_topic(&self, topic: &str, f: impl FnOnce(&Counters)) {
-        cached(&RECENT_TOPICS, self.id, &self.topics, topic, f);
+    /// Runs `f` on the counters of the message's topic, created on first use. (The totals are
+    /// summed when a snapshot is taken, so an event costs one count, not two.)
+    fn with_topic(&self, message: &Message, f: impl FnOnce(&Counters)) {
+        let topic = message.shared_topic();
+        let is = |k: &Arc<str>| Arc::ptr_eq(k, topic) || **k == **topic;
+        cached(
+            &RECENT_TOPICS,
+            self.id,
+            &self.topics,
+            topic,
+            is,
+            || topic.clone(),
+            f,
+        );
     }
 
-    fn count(&self, topic: &str, f: impl Fn(&Counters) -> &AtomicU64) {
-        bump(f(&self.total));
-        self.with_topic(topic, |c| bump(f(c)));
+    fn count(&self, message: &Message, f: impl Fn(&Counters) -> &AtomicU64) {
+        self.with_topic(message, |c| bump(f(c)));
     }
 
-    fn depth(&self, topic: &str, queue: &str, delta: i64) {
-        self.total.depth.fetch_add(delta, Ordering::Relaxed);
-        self.with_topic(topic, |c| {
+    fn depth(&self, message: &Message, queue: &str, delta: i64) {
+        self.with_topic(message, |c| {
             c.depth.fetch_add(delta, Ordering::Relaxed);
         });
-        cached(&RECENT_QUEUES, self.id, &self.queues, queue, |d| {
-            d.fetch_add(delta, Ordering::Relaxed);
-        });
+        let is = |k: &String| k == queue;
+        cached(
+            &RECENT_QUEUES,
+            self.id,
+            &self.queues,
+            queue,
+            is,
+            || queue.to_owned(),
+            |d| {
+                d.fetch_add(delta, Ordering::Relaxed);
+            },
+        );
     }
 
     /// The counters now, with rates measured since the previous snapshot.
@@ -309,7 +319,22 @@ impl StatsCollector {
             .map(|(name, c)| read(name, c))
             .collect();
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
-        let mut total = read("*", &self.total);
+        let mut total = TopicStats {
+            topic: "*".to_owned(),
+            ..TopicStats::default()
+        };
+        for t in &topics {
+            total.published += t.published;
+            total.dispatched += t.dispatched;
+            total.processed += t.processed;
+            total.failed += t.failed;
+            total.acked += t.acked;
+            total.nacked += t.nacked;
+            total.redelivered += t.redelivered;
+            total.dead_lettered += t.dead_lettered;
+            total.dropped += t.dropped;
+            total.depth += t.depth;
+        }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
         for t in topics.iter_mut().chain(std::iter::once(&mut total)) {
@@ -344,50 +369,50 @@ impl StatsCollector {
 
 impl BrokerListener for StatsCollector {
     fn published(&self, message: &Message) {
-        self.count(message.topic(), |c| &c.published);
+        self.count(message, |c| &c.published);
     }
 
     fn enqueued(&self, message: &Message, queue: &str) {
-        self.depth(message.topic(), queue, 1);
+        self.depth(message, queue, 1);
     }
 
     fn dispatched(&self, message: &Message, subscription: &SubscriptionInfo) {
         self.active.fetch_add(1, Ordering::Relaxed);
-        self.depth(message.topic(), &subscription.queue, -1);
-        self.count(message.topic(), |c| &c.dispatched);
+        self.depth(message, &subscription.queue, -1);
+        self.count(message, |c| &c.dispatched);
     }
 
     fn processed(&self, message: &Message, _subscription: &SubscriptionInfo) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        self.count(message.topic(), |c| &c.processed);
+        self.count(message, |c| &c.processed);
     }
 
     fn failed(&self, message: &Message, _subscription: &SubscriptionInfo, _error: &str) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        self.count(message.topic(), |c| &c.failed);
+        self.count(message, |c| &c.failed);
     }
 
     fn acked(&self, message: &Message, _subscription: &SubscriptionInfo) {
-        self.count(message.topic(), |c| &c.acked);
+        self.count(message, |c| &c.acked);
     }
 
     fn nacked(&self, message: &Message, _subscription: &SubscriptionInfo, _requeue: bool) {
-        self.count(message.topic(), |c| &c.nacked);
+        self.count(message, |c| &c.nacked);
     }
 
     fn redelivered(&self, message: &Message, _subscription: &SubscriptionInfo, _reason: &str) {
-        self.count(message.topic(), |c| &c.redelivered);
+        self.count(message, |c| &c.redelivered);
     }
 
     fn dead_lettered(&self, message: &Message, _subscription: &SubscriptionInfo, _dead: &str) {
-        self.count(message.topic(), |c| &c.dead_lettered);
+        self.count(message, |c| &c.dead_lettered);
     }
 
     fn dropped(&self, message: &Message, reason: &DropReason) {
         if let DropReason::Unsubscribed { queue } = reason {
-            self.depth(message.topic(), queue, -1);
+            self.depth(message, queue, -1);
         }
-        self.count(message.topic(), |c| &c.dropped);
+        self.count(message, |c| &c.dropped);
     }
 
     fn subscribed(&self, _subscription: &SubscriptionInfo) {

@@ -48,7 +48,7 @@ impl Rng {
             message: self.next(),
             attempt: self.next() as u32,
             published_us: self.next(),
-            topic: self.string(),
+            topic: self.string().into(),
             headers: self.headers(),
             payload: Bytes::from(self.bytes(64)),
         }
