@@ -161,6 +161,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// The queues a topic routes to.
+type Targets = Arc<[Arc<Inbox>]>;
+
 #[derive(Default)]
 struct Routes {
     subs: IdMap<SubscriptionId, Arc<Sub>>,
@@ -674,7 +677,7 @@ impl Shared {
         let now = SystemTime::now();
         let notifier = self.listeners.snapshot();
         // The route of the current run of one topic, and the run's admitted messages.
-        let mut route: Option<(Arc<str>, Arc<[Arc<Inbox>]>)> = None;
+        let mut route: Option<(Arc<str>, Targets)> = None;
         let mut run: Vec<Message> = Vec::new();
         for message in messages {
             if closed {
@@ -1189,7 +1192,7 @@ impl Shared {
                 .filter_map(|m| u.map.remove(&m.id()))
                 .collect()
         } else {
-            taken.drain(..).collect()
+            std::mem::take(taken)
         };
         let notifier = &ctx.notifier;
         for msg in orphans {
