@@ -1,5 +1,7 @@
 //! Topic names and subscription patterns: dot-separated tokens, `*` for one token, `>` for the rest.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 
 /// The longest topic or pattern accepted, in bytes.
@@ -49,6 +51,26 @@ pub fn validate_topic(topic: &str) -> Result<()> {
             "wildcards `*` and `>` are only allowed in patterns",
         ));
     }
+    Ok(())
+}
+
+thread_local! {
+    /// The topic this thread validated last: publishers mostly repeat their topic.
+    static LAST_VALID: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// [`validate_topic`], remembering the last valid topic of this thread so that publishing on
+/// the same topic again costs a pointer or string compare.
+pub(crate) fn validate_topic_cached(topic: &Arc<str>) -> Result<()> {
+    let known = LAST_VALID.with_borrow(|last| {
+        last.as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, topic) || **l == **topic)
+    });
+    if known {
+        return Ok(());
+    }
+    validate_topic(topic)?;
+    LAST_VALID.with_borrow_mut(|last| *last = Some(topic.clone()));
     Ok(())
 }
 
