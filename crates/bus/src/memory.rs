@@ -31,8 +31,11 @@ const ACK_SCAN_TICK: Duration = Duration::from_millis(5);
 /// Routes remembered per topic before the cache is cleared.
 const ROUTE_CACHE_LIMIT: usize = 4096;
 
-/// Deliveries one run on a handler's executor may make (dispatch threads make `batch`).
-const EXECUTOR_BATCH: usize = 1024;
+/// Deliveries one run on a handler's executor may make (dispatch threads make `batch`)...
+const EXECUTOR_BATCH: usize = 65_536;
+/// ...and the time it may take: what a pump gives any one task run, so that forwarding keeps
+/// pace with the reads that fill the queue on the same pump.
+const EXECUTOR_BUDGET: Duration = Duration::from_millis(1);
 /// Messages a run on an executor takes from its queue at a time (with one lock).
 const EXECUTOR_CHUNK: usize = 128;
 
@@ -1103,8 +1106,9 @@ impl Shared {
 
     fn run(&self, sub: &Arc<Sub>, ctx: &mut Ctx) {
         ctx.refresh(self);
-        // A run on an executor drains more: it shares its thread with whatever fills the queue
-        // (the server's pump reads publishes by the thousand), so a short run lets it grow.
+        // A run on an executor drains more, for a time budget: it shares its thread with whatever
+        // fills the queue (the server's pump reads publishes for a budget of its own), so a run
+        // cut at a fixed count lets the queue grow.
         let limit = match ctx.slot {
             Some(_) => self.config.batch,
             None => self.config.batch.max(EXECUTOR_BATCH),
@@ -1139,6 +1143,9 @@ impl Shared {
             }
             for msg in taken.drain(..) {
                 self.deliver(sub, msg, ctx);
+            }
+            if run_start.is_some_and(|t| t.elapsed() >= EXECUTOR_BUDGET) {
+                break;
             }
         }
         if delivered > 0
