@@ -4,8 +4,9 @@
 //! publisher to one subscriber, cases `bus` and `raw_tcp`), `network_fanout/bus/<size>` (to 4
 //! subscribers), `network_group/bus_manual_ack/<size>` (a group of 2 members acking by hand) and
 //! `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_publish_confirm`, `raw_tcp`).
-//! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput and request/reply cases also
-//! run against that nats-server (`network_throughput/nats/<size>`,
+//! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
+//! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
+//! `network_fanout/nats/256`, `network_group/nats_queue_group/256` (no acks: NATS has none),
 //! `network_latency/nats_request_reply/64`).
 use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -411,10 +412,49 @@ fn nats_connect(
     (stream, pong_rx)
 }
 
-/// Subscribes and waits until the server has registered the subscription (a PING round trip).
-fn nats_sub(stream: &mut TcpStream, pongs: &flume::Receiver<()>, subject: &str) {
-    write!(stream, "SUB {subject} 1\r\nPING\r\n").unwrap();
+/// Subscribes (in queue group `queue`, if any) and waits until the server has registered the
+/// subscription (a PING round trip).
+fn nats_sub(
+    stream: &mut TcpStream,
+    pongs: &flume::Receiver<()>,
+    subject: &str,
+    queue: Option<&str>,
+) {
+    match queue {
+        Some(q) => write!(stream, "SUB {subject} {q} 1\r\nPING\r\n").unwrap(),
+        None => write!(stream, "SUB {subject} 1\r\nPING\r\n").unwrap(),
+    }
     pongs.recv_timeout(PATIENCE).expect("nats PONG");
+}
+
+/// Publishes `iters` messages of `size` bytes on `subject` through `w` and waits until `count`
+/// has grown by `per_msg` for each (the subscribers it reaches); returns the time taken.
+fn nats_publish(
+    w: &mut BufWriter<TcpStream>,
+    subject: &str,
+    size: usize,
+    iters: u64,
+    count: &Count,
+    per_msg: u64,
+) -> Duration {
+    let payload = vec![7u8; size];
+    let head = format!("PUB {subject} {size}\r\n");
+    // NATS cuts a subscriber more than 64 MiB behind: keep at most 4 MiB in flight.
+    let window = ((4u64 << 20) / size as u64).max(1024);
+    let start = Instant::now();
+    let base = count.get();
+    for i in 1..=iters {
+        w.write_all(head.as_bytes()).unwrap();
+        w.write_all(&payload).unwrap();
+        w.write_all(b"\r\n").unwrap();
+        if i % window == 0 {
+            w.flush().unwrap();
+            count.wait_for(base + (i - window) * per_msg);
+        }
+    }
+    w.flush().unwrap();
+    count.wait_for(base + iters * per_msg);
+    start.elapsed()
 }
 
 /// The same throughput and request/reply cases against a nats-server, when `MIXBUS_NATS_ADDR`
@@ -432,35 +472,62 @@ fn nats(c: &mut Criterion) {
         black_box(body);
         c2.bump();
     });
-    nats_sub(&mut sub, &pongs, "tp.*");
+    nats_sub(&mut sub, &pongs, "tp.*", None);
     let (publisher, _) = nats_connect(&addr, false, |_, _| {});
     let mut w = BufWriter::with_capacity(256 << 10, publisher);
     for size in SIZES {
-        let payload = vec![7u8; size];
-        let head = format!("PUB tp.{size} {size}\r\n");
-        // NATS cuts a subscriber more than 64 MiB behind: keep at most 4 MiB in flight.
-        let window = ((4u64 << 20) / size as u64).max(1024);
+        let subject = format!("tp.{size}");
         g.bench_with_input(BenchmarkId::new("nats", size), &size, |b, _| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                let base = count.get();
-                let wait_for = |target: u64| count.wait_for(target);
-                for i in 1..=iters {
-                    w.write_all(head.as_bytes()).unwrap();
-                    w.write_all(&payload).unwrap();
-                    w.write_all(b"\r\n").unwrap();
-                    if i % window == 0 {
-                        w.flush().unwrap();
-                        wait_for((base + i).saturating_sub(window));
-                    }
-                }
-                w.flush().unwrap();
-                wait_for(base + iters);
-                start.elapsed()
-            })
+            b.iter_custom(|iters| nats_publish(&mut w, &subject, size, iters, &count, 1))
         });
     }
     g.finish();
+
+    // Fan-out to 4 subscriber connections, and a queue group of 2 (NATS's consumer groups,
+    // which have no acks), beside the bus's `network_fanout` and `network_group` cases.
+    let mut g = c.benchmark_group("network_fanout");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    g.throughput(Throughput::Elements(1));
+    let count = Arc::new(Count::default());
+    let fans: Vec<TcpStream> = (0..FAN_OUT)
+        .map(|_| {
+            let c = count.clone();
+            let (mut s, pongs) = nats_connect(&addr, true, move |_, body| {
+                black_box(body);
+                c.bump();
+            });
+            nats_sub(&mut s, &pongs, "fan", None);
+            s
+        })
+        .collect();
+    g.bench_with_input(BenchmarkId::new("nats", FAN_SIZE), &FAN_SIZE, |b, _| {
+        b.iter_custom(|iters| nats_publish(&mut w, "fan", FAN_SIZE, iters, &count, FAN_OUT as u64))
+    });
+    g.finish();
+    drop(fans);
+
+    let mut g = c.benchmark_group("network_group");
+    g.sample_size(SAMPLES).measurement_time(MEASURE);
+    g.throughput(Throughput::Elements(1));
+    let count = Arc::new(Count::default());
+    let members: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let c = count.clone();
+            let (mut s, pongs) = nats_connect(&addr, true, move |_, body| {
+                black_box(body);
+                c.bump();
+            });
+            nats_sub(&mut s, &pongs, "work", Some("g"));
+            s
+        })
+        .collect();
+    g.bench_with_input(
+        BenchmarkId::new("nats_queue_group", FAN_SIZE),
+        &FAN_SIZE,
+        |b, _| b.iter_custom(|iters| nats_publish(&mut w, "work", FAN_SIZE, iters, &count, 1)),
+    );
+    g.finish();
+    drop(members);
 
     let mut g = c.benchmark_group("network_latency");
     g.sample_size(SAMPLES).measurement_time(MEASURE);
@@ -469,12 +536,12 @@ fn nats(c: &mut Criterion) {
         let _ = w.write_all(body);
         let _ = w.write_all(b"\r\n");
     });
-    nats_sub(&mut responder, &pongs, "req");
+    nats_sub(&mut responder, &pongs, "req", None);
     let (tx, rx) = flume::unbounded();
     let (mut requester, pongs) = nats_connect(&addr, false, move |_, _| {
         let _ = tx.send(());
     });
-    nats_sub(&mut requester, &pongs, "rep");
+    nats_sub(&mut requester, &pongs, "rep", None);
     let mut frame = format!("PUB req {PING}\r\n").into_bytes();
     frame.extend_from_slice(&[7u8; PING]);
     frame.extend_from_slice(b"\r\n");
