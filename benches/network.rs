@@ -1,9 +1,10 @@
 //! network benches: the bus through a `BusServer` over loopback, beside a raw one-hop TCP baseline.
 //!
 //! Run with `cargo bench --bench network`. Ids read `network_throughput/<case>/<size>` (one
-//! publisher to one subscriber, cases `bus` and `raw_tcp`), `network_fanout/bus/<size>` (to 4
+//! publisher to one subscriber, cases `bus`, `bus_inline` (an inline handler) and `raw_tcp`), `network_fanout/bus/<size>` (to 4
 //! subscribers), `network_group/bus_manual_ack/<size>` (a group of 2 members acking by hand) and
-//! `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_publish_confirm`, `raw_tcp`).
+//! `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_request_reply_inline`,
+//! `bus_publish_confirm`, `raw_tcp`).
 //! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
 //! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
 //! `network_fanout/nats/256`, `network_group/nats_queue_group/256` (no acks: NATS has none),
@@ -186,6 +187,25 @@ fn throughput(c: &mut Criterion) {
                 start.elapsed()
             })
         });
+        drop(_sub);
+        // The same with an inline handler: run on the subscriber's I/O thread, as the NATS
+        // case's handler runs on its reader thread.
+        let _sub = subscriber
+            .subscribe(
+                &topic,
+                SubscribeOptions::default(),
+                count.handler().inline(),
+            )
+            .unwrap();
+        g.bench_with_input(BenchmarkId::new("bus_inline", size), &size, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let target = count.get() + iters;
+                publish_batch(&publisher, &topic, &payload, iters);
+                count.wait_for(target);
+                start.elapsed()
+            })
+        });
         let (addr, received) = raw_sink();
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -284,48 +304,54 @@ fn latency(c: &mut Criterion) {
     let server = server();
     let payload = Bytes::from(vec![7u8; PING]);
 
-    // Request/reply: the requester publishes on `req`, a responder answers on `rep`.
+    // Request/reply: the requester publishes on `req`, a responder answers on `rep`; then the
+    // same with inline handlers on both sides (`req.inline`, `rep.inline`).
     let requester = client(&server, false);
     let responder = Arc::new(client(&server, false));
-    let me: Arc<OnceLock<Weak<RemoteBroker>>> = Arc::new(OnceLock::new());
-    let _ = me.set(Arc::downgrade(&responder));
-    let m = me.clone();
-    let _answer = responder
-        .subscribe(
-            "req",
-            SubscribeOptions::default(),
-            Handler::new(move |msg| {
-                if let Some(r) = m.get().and_then(Weak::upgrade) {
-                    r.publish(Message::new("rep", msg.payload().clone()))?;
-                }
-                Ok(())
-            }),
-        )
-        .unwrap();
-    let (tx, rx) = flume::unbounded();
-    let tx = Mutex::new(tx);
-    let _replies = requester
-        .subscribe(
-            "rep",
-            SubscribeOptions::default(),
-            Handler::new(move |_| {
-                tx.lock().unwrap().send(())?;
-                Ok(())
-            }),
-        )
-        .unwrap();
-    g.bench_with_input(
-        BenchmarkId::new("bus_request_reply", PING),
-        &PING,
-        |b, _| {
+    for (case, inline) in [
+        ("bus_request_reply", false),
+        ("bus_request_reply_inline", true),
+    ] {
+        let (req, rep) = if inline {
+            ("req.inline", "rep.inline")
+        } else {
+            ("req", "rep")
+        };
+        let set = |h: Handler| if inline { h.inline() } else { h };
+        let r = Arc::downgrade(&responder);
+        let _answer = responder
+            .subscribe(
+                req,
+                SubscribeOptions::default(),
+                set(Handler::new(move |msg| {
+                    if let Some(r) = r.upgrade() {
+                        r.publish(Message::new(rep, msg.payload().clone()))?;
+                    }
+                    Ok(())
+                })),
+            )
+            .unwrap();
+        let (tx, rx) = flume::unbounded();
+        let tx = Mutex::new(tx);
+        let _replies = requester
+            .subscribe(
+                rep,
+                SubscribeOptions::default(),
+                set(Handler::new(move |_| {
+                    tx.lock().unwrap().send(())?;
+                    Ok(())
+                })),
+            )
+            .unwrap();
+        g.bench_with_input(BenchmarkId::new(case, PING), &PING, |b, _| {
             b.iter(|| {
                 requester
-                    .publish(Message::new("req", payload.clone()))
+                    .publish(Message::new(req, payload.clone()))
                     .unwrap();
                 rx.recv_timeout(PATIENCE).expect("reply");
             })
-        },
-    );
+        });
+    }
 
     let confirmer = client(&server, true);
     g.bench_with_input(

@@ -42,6 +42,8 @@ pub struct Handler {
     /// Where the in-memory broker runs the subscription's deliveries instead of its dispatch
     /// threads (the bus server: on its pump); returns false when it cannot take the work.
     executor: Option<Executor>,
+    /// Run where deliveries arrive (see [`Handler::inline`]).
+    inline: bool,
 }
 
 /// Runs a subscription's deliveries somewhere else than the in-memory broker's dispatch threads.
@@ -57,7 +59,43 @@ impl Handler {
             call: Arc::new(f),
             batch_end: None,
             executor: None,
+            inline: false,
         }
+    }
+
+    /// Runs this handler on the thread that receives its deliveries, with no hand-off to a
+    /// thread of the subscription's own: with a [`RemoteBroker`](crate::RemoteBroker), the
+    /// connection's I/O thread. That saves a thread wake-up per batch of deliveries (a request
+    /// and its reply each cross one), at a price: while the handler runs, nothing else on that
+    /// connection moves, so it must not block. A confirmed publish, a subscribe or anything
+    /// else that waits for the server fails at once from there with [`Error::WouldBlock`]
+    /// (the answer could only arrive on the thread that is waiting), and so does an
+    /// unconfirmed publish when the connection's outbound queue is full. The
+    /// [`InMemoryBroker`](crate::InMemoryBroker) runs every handler on a dispatch thread and
+    /// ignores this.
+    ///
+    /// [`Error::WouldBlock`]: crate::Error::WouldBlock
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixbus_bus::Handler;
+    /// let h = Handler::new(|msg| {
+    ///     let _ = msg.payload().len(); // Quick, and never waits.
+    ///     Ok(())
+    /// })
+    /// .inline();
+    /// assert!(h.is_inline());
+    /// ```
+    #[must_use]
+    pub fn inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Whether [`inline`](Self::inline) was asked for.
+    pub fn is_inline(&self) -> bool {
+        self.inline
     }
 
     /// Adds a hook the in-memory broker runs after each run of deliveries (on the same thread,

@@ -56,6 +56,15 @@ pub enum Error {
         /// How long the call waited for the connection.
         waited: std::time::Duration,
     },
+    /// The call would wait for the connection from the connection's own I/O thread (an
+    /// [inline](crate::Handler::inline) handler), where nothing could come.
+    #[error(
+        "{what} would wait on the connection's own I/O thread (an inline handler must not block)"
+    )]
+    WouldBlock {
+        /// What would have waited.
+        what: &'static str,
+    },
     /// The server did not answer within the wait.
     #[error("no answer from the server to {what} within {after:?}")]
     Timeout {

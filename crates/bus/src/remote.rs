@@ -144,6 +144,8 @@ struct RemoteSub {
     options: SubscribeOptions,
     info: SubscriptionInfo,
     tx: Mutex<Option<flume::Sender<Vec<Message>>>>,
+    /// An inline handler, run on the connection's pump instead of a thread of its own.
+    inline: Option<Handler>,
     active: AtomicBool,
 }
 
@@ -179,6 +181,12 @@ impl Client {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether the caller runs on the connection's I/O thread (an inline handler), where
+    /// waiting for the connection can only end in a timeout.
+    fn on_io_thread(&self) -> bool {
+        self.queues.pump().is_pump_thread()
+    }
+
     /// The live queue, waiting up to `wait` for a reconnection (the clock is read only then).
     fn queue(&self, wait: Duration) -> Result<MessageQueue> {
         let mut deadline = None;
@@ -189,6 +197,11 @@ impl Client {
             }
             if let Some(q) = &link.queue {
                 return Ok(q.clone());
+            }
+            if self.on_io_thread() {
+                return Err(Error::WouldBlock {
+                    what: "a reconnection",
+                });
             }
             let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + wait);
@@ -229,6 +242,11 @@ impl Client {
                 Ok(()) => return Ok(()),
                 Err(SendError::Full { msg, .. }) => {
                     frame = msg;
+                    if self.on_io_thread() {
+                        return Err(Error::WouldBlock {
+                            what: "room in the outbound queue",
+                        });
+                    }
                     let now = Instant::now();
                     let deadline = *deadline.get_or_insert(now + self.config.publish_timeout);
                     if now >= deadline {
@@ -278,6 +296,9 @@ impl Client {
         what: &'static str,
         timeout: Duration,
     ) -> Result<Reply> {
+        if self.on_io_thread() {
+            return Err(Error::WouldBlock { what });
+        }
         let deadline = Instant::now() + timeout;
         let (tx, rx) = flume::bounded(1);
         lock(&self.pending).insert(id, tx);
@@ -483,6 +504,12 @@ impl Client {
                 )
             })
             .collect();
+        if let Some(handler) = &s.inline {
+            if s.active.load(Ordering::Acquire) {
+                self.run_batch(&s, handler, batch);
+            }
+            return;
+        }
         let n = batch.len() as u64;
         let tx = lock(&s.tx).clone();
         self.queued.fetch_add(n, Ordering::AcqRel);
@@ -506,34 +533,41 @@ impl Client {
         handler: Handler,
         rx: flume::Receiver<Vec<Message>>,
     ) {
-        let me = Arc::as_ptr(&self) as usize;
         while let Ok(batch) = rx.recv() {
-            let started = Instant::now();
-            DEFERRED.with_borrow_mut(|d| d.client = me);
-            let notifier = self.listeners.snapshot();
-            // The batch's messages count as queued, and the batch as running, until its last
-            // handler returns (`close` waits for queued plus running to reach zero).
+            // The batch's messages count as queued until its last handler returns (`close`
+            // waits for queued plus running to reach zero).
             let n = batch.len() as u64;
-            self.running.fetch_add(1, Ordering::AcqRel);
-            let mut clock = AckClock::new(started);
-            for msg in batch {
-                if !sub.active.load(Ordering::Acquire) {
-                    continue;
-                }
-                let Some(delivery) = msg.delivery_id() else {
-                    continue;
-                };
-                self.handle(&sub, &handler, &notifier, &msg, delivery);
-                // Slow handlers must not hold the acks of earlier messages past their ack wait.
-                if clock.due() {
-                    self.flush_acks();
-                }
-            }
-            self.flush_acks();
+            self.run_batch(&sub, &handler, batch);
             self.queued.fetch_sub(n, Ordering::AcqRel);
-            self.running.fetch_sub(1, Ordering::AcqRel);
-            DEFERRED.with_borrow_mut(|d| d.client = 0);
         }
+    }
+
+    /// Runs `handler` on each message of one batch, in order, on this thread (the
+    /// subscription's own, or the connection's for an inline handler), and sends the batch's
+    /// acks together at its end.
+    fn run_batch(&self, sub: &RemoteSub, handler: &Handler, batch: Vec<Message>) {
+        let started = Instant::now();
+        let me = self as *const Client as usize;
+        DEFERRED.with_borrow_mut(|d| d.client = me);
+        let notifier = self.listeners.snapshot();
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let mut clock = AckClock::new(started);
+        for msg in batch {
+            if !sub.active.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(delivery) = msg.delivery_id() else {
+                continue;
+            };
+            self.handle(sub, handler, &notifier, &msg, delivery);
+            // Slow handlers must not hold the acks of earlier messages past their ack wait.
+            if clock.due() {
+                self.flush_acks();
+            }
+        }
+        self.flush_acks();
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        DEFERRED.with_borrow_mut(|d| d.client = 0);
     }
 
     /// Runs the handler on one delivery and queues its ack or sends its nack.
@@ -948,11 +982,7 @@ impl Broker for RemoteBroker {
         let frame = buf.freeze();
         if request == 0 {
             // The common case: connected, with room. One lock, no handle cloned.
-            let frame = match c.try_send(frame) {
-                Ok(()) => None,
-                Err(frame) => Some(frame),
-            };
-            if let Some(frame) = frame {
+            if let Err(frame) = c.try_send(frame) {
                 let queue = c.queue(timeout)?;
                 c.send_frame(&queue, frame, None)?;
             }
@@ -992,7 +1022,6 @@ impl Broker for RemoteBroker {
         options.validate()?;
         let queue = c.queue(c.config.request_timeout)?;
         let id = c.next_id();
-        let (tx, rx) = flume::unbounded();
         let info = SubscriptionInfo {
             id: SubscriptionId(id),
             pattern: pattern.to_owned(),
@@ -1002,16 +1031,23 @@ impl Broker for RemoteBroker {
                 .group_name()
                 .map_or_else(|| format!("sub.{id}"), str::to_owned),
         };
+        let (tx, rx) = if handler.is_inline() {
+            (None, None)
+        } else {
+            let (tx, rx) = flume::unbounded();
+            (Some(tx), Some(rx))
+        };
         let sub = Arc::new(RemoteSub {
             id,
             pattern: pattern.to_owned(),
             options,
             info,
-            tx: Mutex::new(Some(tx)),
+            tx: Mutex::new(tx),
+            inline: handler.is_inline().then(|| handler.clone()),
             active: AtomicBool::new(true),
         });
-        let name = format!("mixbus-dispatch-{id}");
-        {
+        if let Some(rx) = rx {
+            let name = format!("mixbus-dispatch-{id}");
             let client = Arc::clone(c);
             let sub = Arc::clone(&sub);
             std::thread::Builder::new()

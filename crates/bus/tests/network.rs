@@ -366,3 +366,101 @@ fn a_blocked_remote_handler_is_held_to_its_in_flight_limit_and_others_go_on() {
         calls.load(Ordering::SeqCst) == N
     });
 }
+
+#[test]
+fn an_inline_handler_runs_on_the_connection_thread_in_order_and_acks() {
+    let server = server(2);
+    let subscriber = remote(&server);
+    let (tx, rx) = flume::unbounded::<(Option<String>, Message)>();
+    let handler = Handler::new(move |m| {
+        let thread = std::thread::current().name().map(str::to_owned);
+        tx.send((thread, m.clone()))?;
+        Ok(())
+    })
+    .inline();
+    let _sub = subscriber
+        .subscribe("inline", SubscribeOptions::default(), handler)
+        .unwrap();
+    let publisher = remote(&server);
+    const N: u64 = 500;
+    for i in 0..N {
+        publisher
+            .publish(Message::new("inline", i.to_string()))
+            .unwrap();
+    }
+    for i in 0..N {
+        let (thread, m) = rx.recv_timeout(WAIT).expect("a delivery within the wait");
+        assert_eq!(m.payload(), i.to_string().as_bytes());
+        // The client's I/O thread (its pump), not a thread of the subscription's own.
+        assert_eq!(thread.as_deref(), Some("mixbus-pump"));
+    }
+    wait_until("every delivery to be acked", || {
+        server.stats().bus.total.acked == N
+    });
+}
+
+#[test]
+fn an_inline_handler_replies_at_once_but_may_not_wait_for_the_server() {
+    let server = server(2);
+    // Two responders: one answers unconfirmed, the other tries a confirmed publish, which would
+    // wait on its own I/O thread.
+    let client = |confirm: bool| {
+        let config = RemoteConfig::default()
+            .with_confirm(confirm)
+            .with_publish_timeout(WAIT * 3);
+        Arc::new(RemoteBroker::connect(server.local_addr(), config).unwrap())
+    };
+    let answering = client(false);
+    let confirming = client(true);
+    let a = Arc::downgrade(&answering);
+    let _answer = answering
+        .subscribe(
+            "req.a",
+            SubscribeOptions::default(),
+            Handler::new(move |m| {
+                if let Some(a) = a.upgrade() {
+                    a.publish(Message::new("rep", m.payload().clone()))?;
+                }
+                Ok(())
+            })
+            .inline(),
+        )
+        .unwrap();
+    let (err_tx, err_rx) = flume::unbounded();
+    let c = Arc::downgrade(&confirming);
+    let _confirm = confirming
+        .subscribe(
+            "req.c",
+            SubscribeOptions::default(),
+            Handler::new(move |m| {
+                if let Some(c) = c.upgrade() {
+                    err_tx.send(c.publish(Message::new("rep", m.payload().clone())))?;
+                }
+                Ok(())
+            })
+            .inline(),
+        )
+        .unwrap();
+    let requester = remote(&server);
+    let (h, replies) = collector();
+    let _replies = requester
+        .subscribe("rep", SubscribeOptions::default(), h)
+        .unwrap();
+    for i in 0..50 {
+        requester
+            .publish(Message::new("req.a", format!("ping {i}")))
+            .unwrap();
+        assert_eq!(recv(&replies).payload(), format!("ping {i}").as_bytes());
+    }
+    requester.publish(Message::new("req.c", "ping")).unwrap();
+    // Refused at once (the wait is shorter than the publish timeout).
+    let result = err_rx.recv_timeout(WAIT).expect("the handler ran");
+    assert!(
+        matches!(result, Err(Error::WouldBlock { what: "PUBLISH" })),
+        "{result:?}"
+    );
+    assert!(confirming.is_connected());
+    // Nothing was published: the requester hears no reply to it.
+    requester.publish(Message::new("req.a", "after")).unwrap();
+    assert_eq!(recv(&replies).payload(), &b"after"[..]);
+}
