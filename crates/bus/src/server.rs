@@ -16,8 +16,8 @@ use crate::memory::{InMemoryBroker, InMemoryConfig};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, VERSION};
-use crate::queue::task::Frames;
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig};
+use crate::queue::task::{FrameError, Frames};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::stats::{StatsCollector, StatsSnapshot};
 
@@ -726,6 +726,32 @@ impl QueueListener for ConnListener {
         }
     }
 
+    /// A header announced more than twice the frame limit: the queue closes; say why first.
+    fn protocol_error(&mut self, _queue: &MessageQueue, err: &FrameError) {
+        if self.conn.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            let max = shared.config.max_frame_len;
+            let text = match err {
+                FrameError::TooLarge { len, .. } => {
+                    format!("frame of {len} bytes exceeds the {max}-byte limit")
+                }
+                other => other.to_string(),
+            };
+            shared
+                .counters
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            self.conn.send(&Op::Error {
+                request: 0,
+                code: ErrorCode::FrameTooLarge,
+                text,
+            });
+        }
+    }
+
     fn closed(&mut self, queue: &MessageQueue, info: CloseInfo) {
         self.conn.closing.store(true, Ordering::Release);
         let subs: Vec<Subscription> = lock(&self.conn.state)
@@ -790,8 +816,9 @@ impl BusServer {
         let stats = Arc::new(StatsCollector::new());
         bus.add_listener(stats.clone());
         let pump = EventPump::with_config(PumpConfig::default().with_name("mixbus-server"))?;
-        // The queue layer cuts frames above twice the limit without a word; frames between the
-        // limit and that get an ERROR naming the fault from this layer.
+        // Frames between the limit and twice it are read whole and refused by this layer; the
+        // queue layer cuts a frame whose header announces more than that at once, before its
+        // payload arrives, and `protocol_error` says why.
         let queue_config = QueueConfig::default()
             .with_max_frame_len(config.max_frame_len.saturating_mul(2).max(64))
             .with_water_marks(

@@ -130,6 +130,19 @@ fn oversized_frame_gets_an_error_and_a_close() {
 }
 
 #[test]
+fn a_frame_announcing_far_more_than_the_limit_gets_an_error_and_a_close() {
+    let server = server_with(ServerConfig::default().with_max_frame_len(1024), 2);
+    let by = Bystander::new(&server, None);
+    let mut raw = Raw::welcomed(server.local_addr());
+    // Cut by the queue layer from its header alone (only the header is sent, so that nothing is
+    // left unread when the server closes, which would reset the connection).
+    raw.write(&(1u32 << 20).to_be_bytes());
+    let text = raw.expect_error_and_close(ErrorCode::FrameTooLarge);
+    assert!(text.contains("1048576") && text.contains("1024"), "{text}");
+    by.check();
+}
+
+#[test]
 fn unknown_operation_gets_an_error_and_a_close() {
     let server = server(2);
     let by = Bystander::new(&server, None);

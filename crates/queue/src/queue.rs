@@ -92,6 +92,12 @@ pub trait QueueListener: Send + 'static {
     /// After a `send` was refused as full, the outbound queue fell below the low water mark.
     fn writable(&mut self, _queue: &MessageQueue) {}
 
+    /// The peer broke the framing (a header announcing more than the maximum frame length): the
+    /// queue stops reading and closes, with [`CloseReason::Protocol`]. Called once, before
+    /// `closed`, while `send` still works: a message sent here (saying why, for example) goes
+    /// out after everything queued before it, within the linger time.
+    fn protocol_error(&mut self, _queue: &MessageQueue, _err: &FrameError) {}
+
     /// The queue closed; called exactly once.
     fn closed(&mut self, _queue: &MessageQueue, _info: CloseInfo) {}
 }
@@ -365,6 +371,12 @@ impl MessageQueue {
             _ => None,
         };
         let failed = reason.is_some();
+        let refused = matches!(reason, Some(CloseReason::Protocol(_)));
+        if let Some(CloseReason::Protocol(err)) = &reason
+            && let Some(l) = lock(&self.inner.listener).as_deref_mut()
+        {
+            l.protocol_error(self, err);
+        }
         {
             let mut phase = lock(&self.inner.phase);
             phase.recv_done = true;
@@ -378,10 +390,11 @@ impl MessageQueue {
                 phase.keepalive = Some(self.clone());
             }
         }
-        if failed {
+        if failed && !refused {
             self.inner.outbox.abort();
         } else {
-            // The peer is done sending: flush ours and close our half.
+            // The peer is done sending, or broke the framing (the listener may have said why):
+            // flush ours and close our half.
             self.inner.outbox.close(self.inner.config.linger);
         }
         self.try_complete(cx);

@@ -111,6 +111,41 @@ fn an_oversized_frame_disconnects_with_a_protocol_error() {
     assert_eq!(pump.stats().panics, 0);
 }
 
+/// Says why in one last message when the peer breaks the framing.
+struct Farewell;
+
+impl QueueListener for Farewell {
+    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+    fn protocol_error(&mut self, queue: &MessageQueue, err: &FrameError) {
+        queue.send(format!("bye: {err}")).unwrap();
+    }
+}
+
+#[test]
+fn a_listener_may_say_why_before_a_protocol_error_closes_the_queue() {
+    let (_pump, broker) = broker(QueueConfig::default().with_max_frame_len(MAX));
+    let addr = broker
+        .bind(support::any_port(), |q: MessageQueue| {
+            q.set_listener(Farewell).unwrap()
+        })
+        .unwrap();
+    let mut raw = std::net::TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    // Only the header: nothing is left unread when the server closes (which would reset the
+    // connection instead of ending it).
+    raw.write_all(&((MAX + 1) as u32).to_be_bytes()).unwrap();
+    let mut rest = Vec::new();
+    raw.read_to_end(&mut rest)
+        .expect("a farewell, then the end of the stream");
+    let expected = format!(
+        "bye: frame of {} bytes exceeds the {MAX}-byte limit",
+        MAX + 1
+    );
+    let mut frame = (expected.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(expected.as_bytes());
+    assert_eq!(rest, frame);
+}
+
 #[test]
 fn a_send_above_the_maximum_is_refused() {
     let (_pump, broker) = broker(QueueConfig::default().with_max_frame_len(MAX));
