@@ -93,3 +93,61 @@ fn counts_depth_and_table() {
     assert!(snap.total.published_per_sec >= 0.0);
     assert!(broker.remove_listener(id));
 }
+
+#[test]
+fn counts_from_many_threads_add_up() {
+    // More threads than get shards of their own (the later ones share one), each counting on
+    // two topics, while the main thread takes snapshots.
+    const THREADS: u64 = 100;
+    const EACH: u64 = 1_000;
+    let stats = Arc::new(StatsCollector::new());
+    let broker = Arc::new(broker(1));
+    broker.add_listener(stats.clone());
+    let _sub = broker
+        .subscribe(
+            "many.*",
+            SubscribeOptions::default(),
+            Handler::new(|_| Ok(())),
+        )
+        .unwrap();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let broker = broker.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let topic = if i % 2 == 0 { "many.even" } else { "many.odd" };
+                    broker
+                        .publish(Message::new(topic, format!("{t}/{i}")))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    while workers.iter().any(|w| !w.is_finished()) {
+        let _ = stats.snapshot();
+        std::thread::yield_now();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    wait_until("every message processed", || {
+        stats.snapshot().total.processed == THREADS * EACH
+    });
+    let snap = stats.snapshot();
+    assert_eq!(snap.total.published, THREADS * EACH);
+    assert_eq!(
+        snap.topic("many.even").unwrap().published,
+        THREADS * EACH / 2
+    );
+    assert_eq!(
+        snap.topic("many.odd").unwrap().dispatched,
+        THREADS * EACH / 2
+    );
+    assert_eq!(snap.total.depth, 0);
+    assert_eq!(snap.active_dispatch, 0);
+    assert!(
+        snap.queues.iter().all(|q| q.depth == 0),
+        "{:?}",
+        snap.queues
+    );
+}
