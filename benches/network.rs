@@ -1,9 +1,10 @@
 //! network benches: the bus through a `BusServer` over loopback, beside a raw one-hop TCP baseline.
 //!
 //! Run with `cargo bench --bench network`. Ids read `network_throughput/<case>/<size>` (one
-//! publisher to one subscriber, cases `bus`, `bus_inline` (an inline handler) and `raw_tcp`), `network_fanout/bus/<size>` (to 4
-//! subscribers), `network_group/bus_manual_ack/<size>` (a group of 2 members acking by hand) and
-//! `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_request_reply_inline`,
+//! publisher to one subscriber, cases `bus`, `bus_inline` (an inline handler) and `raw_tcp`),
+//! `network_fanout/<case>/<size>` (to 4 subscribers, cases `bus` and `bus_inline`),
+//! `network_group/<case>/<size>` (a group of 2 members acking by hand, cases `bus_manual_ack`
+//! and `bus_inline_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_request_reply_inline`,
 //! `bus_publish_confirm`, `raw_tcp`).
 //! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
 //! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
@@ -235,55 +236,56 @@ fn fanout_and_group(c: &mut Criterion) {
     let server = server();
     let publisher = client(&server, false);
     let payload = Bytes::from(vec![7u8; FAN_SIZE]);
-    let count = Arc::new(Count::default());
-    let subscribers: Vec<(RemoteBroker, Subscription)> = (0..FAN_OUT)
-        .map(|_| {
-            let s = client(&server, true);
-            let sub = s
-                .subscribe("fan", SubscribeOptions::default(), count.handler())
-                .unwrap();
-            (s, sub)
-        })
-        .collect();
-    g.bench_with_input(BenchmarkId::new("bus", FAN_SIZE), &FAN_SIZE, |b, _| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            let target = count.get() + iters * FAN_OUT as u64;
-            publish_batch(&publisher, "fan", &payload, iters);
-            count.wait_for(target);
-            start.elapsed()
-        })
-    });
+    for (case, inline) in [("bus", false), ("bus_inline", true)] {
+        let count = Arc::new(Count::default());
+        let subscribers: Vec<(RemoteBroker, Subscription)> = (0..FAN_OUT)
+            .map(|_| {
+                let s = client(&server, true);
+                let h = count.handler();
+                let h = if inline { h.inline() } else { h };
+                let sub = s.subscribe("fan", SubscribeOptions::default(), h).unwrap();
+                (s, sub)
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::new(case, FAN_SIZE), &FAN_SIZE, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let target = count.get() + iters * FAN_OUT as u64;
+                publish_batch(&publisher, "fan", &payload, iters);
+                count.wait_for(target);
+                start.elapsed()
+            })
+        });
+        drop(subscribers);
+    }
     g.finish();
-    drop(subscribers);
 
     let mut g = c.benchmark_group("network_group");
     g.sample_size(SAMPLES).measurement_time(MEASURE);
     g.throughput(Throughput::Elements(1));
-    let count = Arc::new(Count::default());
-    let members: Vec<(Arc<RemoteBroker>, Subscription)> = (0..2)
-        .map(|_| {
-            let me: Arc<OnceLock<Weak<RemoteBroker>>> = Arc::new(OnceLock::new());
-            let m = me.clone();
-            let counter = count.clone();
-            let handler = Handler::new(move |msg| {
-                if let Some(broker) = m.get().and_then(Weak::upgrade) {
-                    broker.ack(msg.delivery_id().unwrap())?;
-                }
-                counter.bump();
-                Ok(())
-            });
-            let s = Arc::new(client(&server, true));
-            let _ = me.set(Arc::downgrade(&s));
-            let opts = SubscribeOptions::group("g").manual_ack();
-            let sub = s.subscribe("work", opts, handler).unwrap();
-            (s, sub)
-        })
-        .collect();
-    g.bench_with_input(
-        BenchmarkId::new("bus_manual_ack", FAN_SIZE),
-        &FAN_SIZE,
-        |b, _| {
+    for (case, inline) in [("bus_manual_ack", false), ("bus_inline_manual_ack", true)] {
+        let count = Arc::new(Count::default());
+        let members: Vec<(Arc<RemoteBroker>, Subscription)> = (0..2)
+            .map(|_| {
+                let me: Arc<OnceLock<Weak<RemoteBroker>>> = Arc::new(OnceLock::new());
+                let m = me.clone();
+                let counter = count.clone();
+                let handler = Handler::new(move |msg| {
+                    if let Some(broker) = m.get().and_then(Weak::upgrade) {
+                        broker.ack(msg.delivery_id().unwrap())?;
+                    }
+                    counter.bump();
+                    Ok(())
+                });
+                let handler = if inline { handler.inline() } else { handler };
+                let s = Arc::new(client(&server, true));
+                let _ = me.set(Arc::downgrade(&s));
+                let opts = SubscribeOptions::group("g").manual_ack();
+                let sub = s.subscribe("work", opts, handler).unwrap();
+                (s, sub)
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::new(case, FAN_SIZE), &FAN_SIZE, |b, _| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 let base = count.get();
@@ -292,10 +294,10 @@ fn fanout_and_group(c: &mut Criterion) {
                 count.wait_for(target);
                 start.elapsed()
             })
-        },
-    );
+        });
+        drop(members);
+    }
     g.finish();
-    drop(members);
 }
 
 fn latency(c: &mut Criterion) {
