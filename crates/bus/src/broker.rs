@@ -44,7 +44,13 @@ pub struct Handler {
     executor: Option<Executor>,
     /// Run where deliveries arrive (see [`Handler::inline`]).
     inline: bool,
+    /// The most messages a broadcast subscription's queue holds, and what to call when a
+    /// publish finds it full (see [`Handler::with_overflow`]).
+    overflow: Option<(usize, OverflowHook)>,
 }
+
+/// Called when a cut-off queue overflows, with its capacity.
+pub(crate) type OverflowHook = Arc<dyn Fn(usize) + Send + Sync + 'static>;
 
 /// Runs a subscription's deliveries somewhere else than the in-memory broker's dispatch threads.
 pub(crate) type Executor = Arc<dyn Fn(Box<dyn FnOnce() + Send>) -> bool + Send + Sync + 'static>;
@@ -60,7 +66,29 @@ impl Handler {
             batch_end: None,
             executor: None,
             inline: false,
+            overflow: None,
         }
+    }
+
+    /// Bounds the queue of a broadcast subscription made with this handler at `limit` messages:
+    /// a publish that finds it full skips it (the message counts as dropped for it, with
+    /// [`DropReason::SlowConsumer`](crate::DropReason::SlowConsumer)) rather than being refused,
+    /// and `on_overflow` is called once, on the publishing thread, to end the subscription (the
+    /// bus server cuts the slow consumer off). Consumer groups keep their own capacity.
+    pub(crate) fn with_overflow<F>(mut self, limit: usize, on_overflow: F) -> Self
+    where
+        F: Fn(usize) + Send + Sync + 'static,
+    {
+        self.overflow = Some((limit.max(1), Arc::new(on_overflow)));
+        self
+    }
+
+    pub(crate) fn overflow_limit(&self) -> Option<usize> {
+        self.overflow.as_ref().map(|(limit, _)| *limit)
+    }
+
+    pub(crate) fn overflow_hook(&self) -> Option<&OverflowHook> {
+        self.overflow.as_ref().map(|(_, hook)| hook)
     }
 
     /// Runs this handler on the thread that receives its deliveries, with no hand-off to a

@@ -38,6 +38,13 @@ pub enum DropReason {
     },
     /// Its dead-letter topic refused it.
     DeadLetterFailed,
+    /// It was published while the queue of a broadcast subscription was full, past the limit
+    /// its owner set; that subscription is being ended (the bus server cuts slow consumers off
+    /// this way: `ServerConfig::max_queued_per_subscription`).
+    SlowConsumer {
+        /// The queue that was full.
+        queue: String,
+    },
 }
 
 /// Observes a broker's events: statistics, logging, tests.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
+use crate::broker::{Broker, CloseReport, Handler, ListenerId, OverflowHook, Subscription};
 use crate::error::{Error, Result};
 use crate::listener::{BrokerListener, DropReason, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
@@ -240,6 +240,21 @@ struct Inbox {
     members: RwLock<Vec<Arc<Sub>>>,
     next_member: AtomicUsize,
     open: AtomicBool,
+    /// Called (once) when a publish finds this queue full, which then cuts it off instead of
+    /// refusing the publish (see [`Handler::with_overflow`]).
+    on_overflow: Option<OverflowHook>,
+    /// Set once the queue overflowed with a hook: it takes nothing more, and its owner ends it.
+    cut: AtomicBool,
+}
+
+/// What a publish found in one target queue.
+enum Room {
+    /// A place was reserved (or the queue has no limit).
+    Taken,
+    /// Full: the publish is refused.
+    Full,
+    /// Cut off (it overflowed with a hook): the publish skips it.
+    Cut,
 }
 
 impl Inbox {
@@ -255,7 +270,13 @@ impl Inbox {
             members: RwLock::new(Vec::new()),
             next_member: AtomicUsize::new(0),
             open: AtomicBool::new(true),
+            on_overflow: None,
+            cut: AtomicBool::new(false),
         }
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     fn len(&self) -> usize {
@@ -266,14 +287,24 @@ impl Inbox {
         self.len() == 0
     }
 
-    fn try_reserve(&self) -> bool {
+    fn try_reserve(&self) -> Room {
+        if self.is_cut() {
+            return Room::Cut;
+        }
         match self.capacity {
-            None => true,
+            None => Room::Taken,
             Some(cap) if self.reserved.fetch_add(1, Ordering::AcqRel) >= cap => {
                 self.reserved.fetch_sub(1, Ordering::AcqRel);
-                false
+                let Some(hook) = &self.on_overflow else {
+                    return Room::Full;
+                };
+                if !self.cut.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(queue = %self.name, capacity = cap, "queue overflowed; cut off");
+                    hook(cap);
+                }
+                Room::Cut
             }
-            Some(_) => true,
+            Some(_) => Room::Taken,
         }
     }
 
@@ -663,7 +694,7 @@ impl Shared {
         let notifier = self.listeners.snapshot();
         let message = self.admit(message, &targets, SystemTime::now(), &notifier)?;
         let id = message.id();
-        for target in targets.iter() {
+        for target in targets.iter().filter(|t| !t.is_cut()) {
             target.fresh.push(message.clone());
             self.notify_or_drain(target, &notifier);
         }
@@ -723,13 +754,14 @@ impl Shared {
         if run.is_empty() {
             return;
         }
-        if let Some((last, others)) = targets.split_last() {
-            for target in others {
+        let mut open = targets.iter().filter(|t| !t.is_cut()).peekable();
+        while let Some(target) = open.next() {
+            if open.peek().is_some() {
                 target.fresh.push_all(run.iter().cloned());
-                self.notify_or_drain(target, notifier);
+            } else {
+                target.fresh.push_all(run.drain(..));
             }
-            last.fresh.push_all(run.drain(..));
-            self.notify_or_drain(last, notifier);
+            self.notify_or_drain(target, notifier);
         }
         run.clear();
     }
@@ -760,8 +792,9 @@ impl Shared {
         let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
         let message = message.stamped(id, now);
         for (i, target) in targets.iter().enumerate() {
-            if !target.try_reserve() {
-                for t in &targets[..i] {
+            if let Room::Full = target.try_reserve() {
+                // A queue cut off meanwhile leaks its reservation: it is going away.
+                for t in targets[..i].iter().filter(|t| !t.is_cut()) {
                     t.unreserve();
                 }
                 return Err(Error::QueueFull {
@@ -790,7 +823,14 @@ impl Shared {
         }
         if listen {
             for target in targets {
-                notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
+                if target.is_cut() {
+                    let reason = DropReason::SlowConsumer {
+                        queue: target.name.clone(),
+                    };
+                    notifier.each("dropped", |l| l.dropped(&message, &reason));
+                } else {
+                    notifier.each("enqueued", |l| l.enqueued(&message, &target.name));
+                }
             }
         }
         Ok(message)
@@ -832,7 +872,14 @@ impl Shared {
                     }
                 }
                 None => {
-                    let inbox = Arc::new(Inbox::new(format!("{pattern}#{id}"), parsed, None, None));
+                    let mut inbox = Inbox::new(
+                        format!("{pattern}#{id}"),
+                        parsed,
+                        None,
+                        handler.overflow_limit(),
+                    );
+                    inbox.on_overflow = handler.overflow_hook().cloned();
+                    let inbox = Arc::new(inbox);
                     routes.inboxes.push(inbox.clone());
                     routes.cache.clear();
                     inbox

@@ -37,6 +37,12 @@ pub struct ServerConfig {
     /// Bytes queued to one connection before it counts as a slow consumer and is closed
     /// (default 8 MiB).
     pub max_outbound_bytes: usize,
+    /// Messages the server holds for one broadcast subscription (published, not yet sent to
+    /// its client, for example while its client's handler is held at `max_in_flight`) before
+    /// it counts as a slow consumer and its connection is closed with an ERROR (default
+    /// 65,536). A consumer group's queue is bounded by the inner broker's `group_capacity`
+    /// instead, with publishes refused past it.
+    pub max_queued_per_subscription: usize,
     /// How long closing a connection may spend flushing (default 500 ms).
     pub linger: Duration,
     /// How long a new connection has to send its HELLO before it is closed (default 5 s).
@@ -55,6 +61,7 @@ impl Default for ServerConfig {
             max_frame_len: 16 << 20,
             max_subscriptions_per_connection: 1024,
             max_outbound_bytes: 8 << 20,
+            max_queued_per_subscription: 65_536,
             linger: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
             name: "mixbus".to_owned(),
@@ -96,6 +103,14 @@ impl ServerConfig {
     #[must_use]
     pub fn with_max_outbound_bytes(mut self, bytes: usize) -> Self {
         self.max_outbound_bytes = bytes;
+        self
+    }
+
+    /// Sets how many messages the server holds for one broadcast subscription before it cuts
+    /// the consumer off.
+    #[must_use]
+    pub fn with_max_queued_per_subscription(mut self, n: usize) -> Self {
+        self.max_queued_per_subscription = n.max(1);
         self
     }
 
@@ -493,7 +508,23 @@ impl ConnListener {
         }
         // The server always acks by hand: the client acks once its handler has run.
         let inner_options = options.with_ack_mode(AckMode::Manual);
-        let handler = Forwarder::handler(Arc::downgrade(shared), Arc::downgrade(conn), sub);
+        let mut handler = Forwarder::handler(Arc::downgrade(shared), Arc::downgrade(conn), sub);
+        if inner_options.group_name().is_none() {
+            let (weak, counters) = (Arc::downgrade(conn), Arc::downgrade(shared));
+            handler = handler.with_overflow(shared.config.max_queued_per_subscription, move |limit| {
+                let (Some(conn), Some(shared)) = (weak.upgrade(), counters.upgrade()) else {
+                    return;
+                };
+                if !conn.closing.load(Ordering::Acquire) {
+                    shared.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(conn.id = conn.queue.id(), peer = %conn.queue.peer_addr(), sub, limit, "disconnecting slow consumer");
+                }
+                conn.fault(
+                    ErrorCode::SlowConsumer,
+                    format!("slow consumer: subscription {sub} has {limit} messages waiting (the limit)"),
+                );
+            });
+        }
         match shared.bus.subscribe(pattern, inner_options, handler) {
             Ok(subscription) => {
                 // ACKs are handled on this (pump) thread, so none can come before the insert.

@@ -464,3 +464,56 @@ fn an_inline_handler_replies_at_once_but_may_not_wait_for_the_server() {
     requester.publish(Message::new("req.a", "after")).unwrap();
     assert_eq!(recv(&replies).payload(), &b"after"[..]);
 }
+
+#[test]
+fn a_consumer_held_at_its_in_flight_limit_is_cut_off_at_the_queue_limit() {
+    const LIMIT: usize = 200;
+    const N: u64 = 1_000;
+    let server = server_with(
+        ServerConfig::default().with_max_queued_per_subscription(LIMIT),
+        2,
+    );
+    let blocked = remote(&server);
+    let (gate_tx, gate_rx) = flume::unbounded::<()>();
+    let _blocked_sub = blocked
+        .subscribe(
+            "flood",
+            SubscribeOptions::default().with_max_in_flight(4),
+            Handler::new(move |_| {
+                gate_rx.recv_timeout(WAIT)?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    let fast = remote(&server);
+    let (h, rx) = collector();
+    let _fast_sub = fast
+        .subscribe("flood", SubscribeOptions::default(), h)
+        .unwrap();
+    let publisher = remote(&server);
+    for i in 0..N {
+        // Confirmed: the slow consumer never makes a publish fail.
+        publisher
+            .publish(Message::new("flood", i.to_string()))
+            .unwrap();
+    }
+    for i in 0..N {
+        assert_eq!(recv(&rx).payload(), i.to_string().as_bytes());
+    }
+    // Cut off at least once (it reconnects, re-subscribes and, still held, is cut again).
+    wait_until("the slow consumer to be cut off", || {
+        server.stats().slow_consumers >= 1
+    });
+    // What the server held for it is bounded by the limit, and let go of.
+    let stats = server.stats();
+    assert!(stats.bus.total.dropped > 0, "{stats:?}");
+    assert!(
+        stats.bus.queues.iter().all(|q| q.depth <= LIMIT as u64),
+        "{:?}",
+        stats.bus.queues
+    );
+    assert!(fast.is_connected());
+    for _ in 0..8 {
+        gate_tx.send(()).unwrap();
+    }
+}

@@ -58,6 +58,9 @@ enum Command {
         /// Bytes queued to one connection before it is cut off as a slow consumer.
         #[arg(long, default_value_t = 8 << 20)]
         max_outbound_bytes: usize,
+        /// Messages held for one broadcast subscription before its consumer is cut off as slow.
+        #[arg(long, default_value_t = 65_536)]
+        max_queued_per_subscription: usize,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -264,12 +267,14 @@ fn main() -> ExitCode {
             max_frame_len,
             max_subscriptions,
             max_outbound_bytes,
+            max_queued_per_subscription,
         } => {
             let mut config = ServerConfig::default()
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)
-                .with_max_outbound_bytes(max_outbound_bytes);
+                .with_max_outbound_bytes(max_outbound_bytes)
+                .with_max_queued_per_subscription(max_queued_per_subscription);
             if let Some(token) = token {
                 config = config.with_token(token);
             }
