@@ -176,37 +176,24 @@ fn throughput(c: &mut Criterion) {
         let payload = Bytes::from(vec![7u8; size]);
         let topic = format!("tp.{size}");
         let count = Arc::new(Count::default());
-        let _sub = subscriber
-            .subscribe(&topic, SubscribeOptions::default(), count.handler())
-            .unwrap();
-        g.bench_with_input(BenchmarkId::new("bus", size), &size, |b, _| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                let target = count.get() + iters;
-                publish_batch(&publisher, &topic, &payload, iters);
-                count.wait_for(target);
-                start.elapsed()
-            })
-        });
-        drop(_sub);
-        // The same with an inline handler: run on the subscriber's I/O thread, as the NATS
+        // Then the same with an inline handler: run on the subscriber's I/O thread, as the NATS
         // case's handler runs on its reader thread.
-        let _sub = subscriber
-            .subscribe(
-                &topic,
-                SubscribeOptions::default(),
-                count.handler().inline(),
-            )
-            .unwrap();
-        g.bench_with_input(BenchmarkId::new("bus_inline", size), &size, |b, _| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                let target = count.get() + iters;
-                publish_batch(&publisher, &topic, &payload, iters);
-                count.wait_for(target);
-                start.elapsed()
-            })
-        });
+        for (case, inline) in [("bus", false), ("bus_inline", true)] {
+            let h = count.handler();
+            let h = if inline { h.inline() } else { h };
+            let _sub = subscriber
+                .subscribe(&topic, SubscribeOptions::default(), h)
+                .unwrap();
+            g.bench_with_input(BenchmarkId::new(case, size), &size, |b, _| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    let target = count.get() + iters;
+                    publish_batch(&publisher, &topic, &payload, iters);
+                    count.wait_for(target);
+                    start.elapsed()
+                })
+            });
+        }
         let (addr, received) = raw_sink();
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();

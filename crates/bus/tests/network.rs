@@ -13,7 +13,9 @@ use mixbus_bus::{
     Broker, BusServer, Error, Handler, Message, RemoteBroker, RemoteConfig, ServerConfig,
     SubscribeOptions,
 };
-use support::{Raw, WAIT, collector, recv, remote, server, server_with, wait_until};
+use support::{
+    Raw, WAIT, collector, publish_numbered, recv, remote, server, server_with, wait_until,
+};
 
 #[test]
 fn smoke() {
@@ -137,11 +139,7 @@ fn a_killed_consumers_unacked_messages_reach_the_other_member() {
     let mut doomed = raw_member(&server, "g", "work");
     let publisher = remote(&server);
     const N: u64 = 20;
-    for i in 0..N {
-        publisher
-            .publish(Message::new("work", i.to_string()))
-            .unwrap();
-    }
+    publish_numbered(&publisher, "work", N);
     // The doomed member holds up to 5 un-acked deliveries; see one arrive, then kill it.
     assert!(matches!(
         doomed.read_op(),
@@ -177,11 +175,7 @@ fn a_dropped_client_hands_its_unacked_messages_to_the_other_member() {
     let _doomed_sub = doomed.subscribe("work", opts.clone(), h).unwrap();
     let publisher = remote(&server);
     const N: u64 = 10;
-    for i in 0..N {
-        publisher
-            .publish(Message::new("work", i.to_string()))
-            .unwrap();
-    }
+    publish_numbered(&publisher, "work", N);
     let held = recv(&rx);
     assert_eq!(held.attempt(), 1);
     let survivor = remote(&server);
@@ -317,36 +311,58 @@ fn a_slow_consumer_is_cut_off_while_a_fast_one_gets_everything() {
     assert!(fast.is_connected());
 }
 
+/// Two subscribers of one topic on their own connections: `blocked`, held at 4 in flight, whose
+/// handler counts its calls and waits for a unit on `gate`; and `fast`, collecting into `rx`.
+struct HeldAndFast {
+    blocked: RemoteBroker,
+    fast: RemoteBroker,
+    gate: flume::Sender<()>,
+    calls: Arc<AtomicU64>,
+    rx: flume::Receiver<Message>,
+    _subs: [mixbus_bus::Subscription; 2],
+}
+
+impl HeldAndFast {
+    fn subscribe(server: &BusServer, topic: &str) -> HeldAndFast {
+        let blocked = remote(server);
+        let (gate, gate_rx) = flume::unbounded::<()>();
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let held = blocked
+            .subscribe(
+                topic,
+                SubscribeOptions::default().with_max_in_flight(4),
+                Handler::new(move |_| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    gate_rx.recv_timeout(WAIT)?;
+                    Ok(())
+                }),
+            )
+            .unwrap();
+        let fast = remote(server);
+        let (h, rx) = collector();
+        let quick = fast
+            .subscribe(topic, SubscribeOptions::default(), h)
+            .unwrap();
+        HeldAndFast {
+            blocked,
+            fast,
+            gate,
+            calls,
+            rx,
+            _subs: [held, quick],
+        }
+    }
+}
+
 #[test]
 fn a_blocked_remote_handler_is_held_to_its_in_flight_limit_and_others_go_on() {
     let server = server(2);
-    let blocked = remote(&server);
-    let (gate_tx, gate_rx) = flume::unbounded::<()>();
-    let calls = Arc::new(AtomicU64::new(0));
-    let c = calls.clone();
-    let _blocked_sub = blocked
-        .subscribe(
-            "feed",
-            SubscribeOptions::default().with_max_in_flight(4),
-            Handler::new(move |_| {
-                c.fetch_add(1, Ordering::SeqCst);
-                gate_rx.recv_timeout(WAIT)?;
-                Ok(())
-            }),
-        )
-        .unwrap();
-    let fast = remote(&server);
-    let (h, rx) = collector();
-    let _fast_sub = fast
-        .subscribe("feed", SubscribeOptions::default(), h)
-        .unwrap();
+    let subs = HeldAndFast::subscribe(&server, "feed");
+    let (blocked, gate_tx, calls, rx) = (&subs.blocked, &subs.gate, &subs.calls, &subs.rx);
     let publisher = remote(&server);
     const N: u64 = 100;
-    for i in 0..N {
-        publisher
-            .publish(Message::new("feed", i.to_string()))
-            .unwrap();
-    }
+    publish_numbered(&publisher, "feed", N);
     for _ in 0..N {
         recv(&rx);
     }
@@ -383,11 +399,7 @@ fn an_inline_handler_runs_on_the_connection_thread_in_order_and_acks() {
         .unwrap();
     let publisher = remote(&server);
     const N: u64 = 500;
-    for i in 0..N {
-        publisher
-            .publish(Message::new("inline", i.to_string()))
-            .unwrap();
-    }
+    publish_numbered(&publisher, "inline", N);
     for i in 0..N {
         let (thread, m) = rx.recv_timeout(WAIT).expect("a delivery within the wait");
         assert_eq!(m.payload(), i.to_string().as_bytes());
@@ -473,30 +485,11 @@ fn a_consumer_held_at_its_in_flight_limit_is_cut_off_at_the_queue_limit() {
         ServerConfig::default().with_max_queued_per_subscription(LIMIT),
         2,
     );
-    let blocked = remote(&server);
-    let (gate_tx, gate_rx) = flume::unbounded::<()>();
-    let _blocked_sub = blocked
-        .subscribe(
-            "flood",
-            SubscribeOptions::default().with_max_in_flight(4),
-            Handler::new(move |_| {
-                gate_rx.recv_timeout(WAIT)?;
-                Ok(())
-            }),
-        )
-        .unwrap();
-    let fast = remote(&server);
-    let (h, rx) = collector();
-    let _fast_sub = fast
-        .subscribe("flood", SubscribeOptions::default(), h)
-        .unwrap();
+    let subs = HeldAndFast::subscribe(&server, "flood");
+    let (fast, gate_tx, rx) = (&subs.fast, &subs.gate, &subs.rx);
     let publisher = remote(&server);
-    for i in 0..N {
-        // Confirmed: the slow consumer never makes a publish fail.
-        publisher
-            .publish(Message::new("flood", i.to_string()))
-            .unwrap();
-    }
+    // Confirmed publishes: the slow consumer never makes one fail.
+    publish_numbered(&publisher, "flood", N);
     for i in 0..N {
         assert_eq!(recv(&rx).payload(), i.to_string().as_bytes());
     }

@@ -126,6 +126,15 @@ pub(crate) fn recv(rx: &flume::Receiver<Message>) -> Message {
     rx.recv_timeout(WAIT).expect("a message within the wait")
 }
 
+/// Publishes `n` messages on `topic` whose payloads are their numbers, `0` to `n - 1`.
+pub(crate) fn publish_numbered(publisher: &impl mixbus_bus::Broker, topic: &str, n: u64) {
+    for i in 0..n {
+        publisher
+            .publish(Message::new(topic, i.to_string()))
+            .expect("publish");
+    }
+}
+
 /// A bus server on a free loopback port, with `threads` dispatch threads.
 pub(crate) fn server(threads: usize) -> mixbus_bus::BusServer {
     server_with(mixbus_bus::ServerConfig::default(), threads)
