@@ -364,7 +364,7 @@ fn a_blocked_remote_handler_is_held_to_its_in_flight_limit_and_others_go_on() {
     const N: u64 = 100;
     publish_numbered(&publisher, "feed", N);
     for _ in 0..N {
-        recv(&rx);
+        recv(rx);
     }
     // The server forwarded the blocked subscription only its 4 un-acked deliveries; the rest
     // wait on the server, not in the client's memory or on the wire.
@@ -491,7 +491,7 @@ fn a_consumer_held_at_its_in_flight_limit_is_cut_off_at_the_queue_limit() {
     // Confirmed publishes: the slow consumer never makes one fail.
     publish_numbered(&publisher, "flood", N);
     for i in 0..N {
-        assert_eq!(recv(&rx).payload(), i.to_string().as_bytes());
+        assert_eq!(recv(rx).payload(), i.to_string().as_bytes());
     }
     // Cut off at least once (it reconnects, re-subscribes and, still held, is cut again).
     wait_until("the slow consumer to be cut off", || {
