@@ -44,9 +44,9 @@ pub struct Handler {
     executor: Option<Executor>,
     /// Run where deliveries arrive (see [`Handler::inline`]).
     inline: bool,
-    /// The most messages a broadcast subscription's queue holds, and what to call when a
-    /// publish finds it full (see [`Handler::with_overflow`]).
-    overflow: Option<(usize, OverflowHook)>,
+    /// The most messages a broadcast subscription's queue holds while its consumer is stuck,
+    /// how long makes it stuck, and what to call then (see [`Handler::with_overflow`]).
+    overflow: Option<(usize, std::time::Duration, OverflowHook)>,
 }
 
 /// Called when a cut-off queue overflows, with its capacity.
@@ -70,25 +70,33 @@ impl Handler {
         }
     }
 
-    /// Bounds the queue of a broadcast subscription made with this handler at `limit` messages:
-    /// a publish that finds it full skips it (the message counts as dropped for it, with
+    /// Bounds the queue of a manual-ack broadcast subscription made with this handler at
+    /// `limit` messages while its consumer is stuck: held at its in-flight limit by a delivery
+    /// older than `stall`. A publish that finds the queue full then skips it (the message
+    /// counts as dropped for it, with
     /// [`DropReason::SlowConsumer`](crate::DropReason::SlowConsumer)) rather than being refused,
     /// and `on_overflow` is called once, on the publishing thread, to end the subscription (the
-    /// bus server cuts the slow consumer off). Consumer groups keep their own capacity.
-    pub(crate) fn with_overflow<F>(mut self, limit: usize, on_overflow: F) -> Self
+    /// bus server cuts the consumer off). While the consumer makes progress the queue may pass
+    /// the limit: nothing but a pause of the publishers could hold it. Consumer groups keep
+    /// their own capacity.
+    pub(crate) fn with_overflow<F>(
+        mut self,
+        limit: usize,
+        stall: std::time::Duration,
+        on_overflow: F,
+    ) -> Self
     where
         F: Fn(usize) + Send + Sync + 'static,
     {
-        self.overflow = Some((limit.max(1), Arc::new(on_overflow)));
+        self.overflow = Some((limit.max(1), stall, Arc::new(on_overflow)));
         self
     }
 
-    pub(crate) fn overflow_limit(&self) -> Option<usize> {
-        self.overflow.as_ref().map(|(limit, _)| *limit)
-    }
-
-    pub(crate) fn overflow_hook(&self) -> Option<&OverflowHook> {
-        self.overflow.as_ref().map(|(_, hook)| hook)
+    /// The limit, stall time and hook of [`with_overflow`](Self::with_overflow).
+    pub(crate) fn overflow(&self) -> Option<(usize, std::time::Duration, &OverflowHook)> {
+        self.overflow
+            .as_ref()
+            .map(|(limit, stall, hook)| (*limit, *stall, hook))
     }
 
     /// Runs this handler on the thread that receives its deliveries, with no hand-off to a

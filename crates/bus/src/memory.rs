@@ -240,9 +240,10 @@ struct Inbox {
     members: RwLock<Vec<Arc<Sub>>>,
     next_member: AtomicUsize,
     open: AtomicBool,
-    /// Called (once) when a publish finds this queue full, which then cuts it off instead of
-    /// refusing the publish (see [`Handler::with_overflow`]).
-    on_overflow: Option<OverflowHook>,
+    /// How long a consumer may go without progress, and what to call (once) when a publish
+    /// finds this queue full with its consumer stuck that long: the queue is then cut off
+    /// instead of the publish being refused (see [`Handler::with_overflow`]).
+    on_overflow: Option<(Duration, OverflowHook)>,
     /// Set once the queue overflowed with a hook: it takes nothing more, and its owner ends it.
     cut: AtomicBool,
 }
@@ -294,10 +295,15 @@ impl Inbox {
         match self.capacity {
             None => Room::Taken,
             Some(cap) if self.reserved.fetch_add(1, Ordering::AcqRel) >= cap => {
-                self.reserved.fetch_sub(1, Ordering::AcqRel);
-                let Some(hook) = &self.on_overflow else {
+                let Some((stall, hook)) = &self.on_overflow else {
+                    self.reserved.fetch_sub(1, Ordering::AcqRel);
                     return Room::Full;
                 };
+                if !self.stuck(*stall) {
+                    // Its consumer is making progress: hold the message past the limit.
+                    return Room::Taken;
+                }
+                self.reserved.fetch_sub(1, Ordering::AcqRel);
                 if !self.cut.swap(true, Ordering::AcqRel) {
                     tracing::warn!(queue = %self.name, capacity = cap, "queue overflowed; cut off");
                     hook(cap);
@@ -306,6 +312,23 @@ impl Inbox {
             }
             Some(_) => Room::Taken,
         }
+    }
+
+    /// Whether every member is held at its in-flight limit by a delivery older than `stall`.
+    fn stuck(&self, stall: Duration) -> bool {
+        let now = Instant::now();
+        let members = read(&self.members);
+        !members.is_empty()
+            && members.iter().all(|m| {
+                m.blocked()
+                    && lock(&m.unacked)
+                        .order
+                        .front()
+                        .is_some_and(|&(deadline, _, _)| {
+                            // Delivered at `deadline - ack_wait`.
+                            deadline + stall <= now + m.options.ack_wait
+                        })
+            })
     }
 
     fn unreserve(&self) {
@@ -872,13 +895,14 @@ impl Shared {
                     }
                 }
                 None => {
+                    let overflow = handler.overflow();
                     let mut inbox = Inbox::new(
                         format!("{pattern}#{id}"),
                         parsed,
                         None,
-                        handler.overflow_limit(),
+                        overflow.map(|(limit, _, _)| limit),
                     );
-                    inbox.on_overflow = handler.overflow_hook().cloned();
+                    inbox.on_overflow = overflow.map(|(_, stall, hook)| (stall, hook.clone()));
                     let inbox = Arc::new(inbox);
                     routes.inboxes.push(inbox.clone());
                     routes.cache.clear();

@@ -37,12 +37,16 @@ pub struct ServerConfig {
     /// Bytes queued to one connection before it counts as a slow consumer and is closed
     /// (default 8 MiB).
     pub max_outbound_bytes: usize,
-    /// Messages the server holds for one broadcast subscription (published, not yet sent to
-    /// its client, for example while its client's handler is held at `max_in_flight`) before
-    /// it counts as a slow consumer and its connection is closed with an ERROR (default
-    /// 65,536). A consumer group's queue is bounded by the inner broker's `group_capacity`
-    /// instead, with publishes refused past it.
+    /// Messages the server holds for one broadcast subscription whose consumer is stuck (held
+    /// at its `max_in_flight` by a delivery older than `slow_consumer_stall`) before it counts
+    /// as a slow consumer and its connection is closed with an ERROR (default 65,536). A
+    /// consumer that makes progress is not cut off, and its queue may grow past this while
+    /// publishers outrun it. A consumer group's queue is bounded by the inner broker's
+    /// `group_capacity` instead, with publishes refused past it.
     pub max_queued_per_subscription: usize,
+    /// How long a consumer held at its in-flight limit may go without an ack before it counts
+    /// as stuck (default 5 s; see `max_queued_per_subscription`).
+    pub slow_consumer_stall: Duration,
     /// How long closing a connection may spend flushing (default 500 ms).
     pub linger: Duration,
     /// How long a new connection has to send its HELLO before it is closed (default 5 s).
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             max_subscriptions_per_connection: 1024,
             max_outbound_bytes: 8 << 20,
             max_queued_per_subscription: 65_536,
+            slow_consumer_stall: Duration::from_secs(5),
             linger: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
             name: "mixbus".to_owned(),
@@ -106,11 +111,19 @@ impl ServerConfig {
         self
     }
 
-    /// Sets how many messages the server holds for one broadcast subscription before it cuts
-    /// the consumer off.
+    /// Sets how many messages the server holds for one broadcast subscription with a stuck
+    /// consumer before it cuts the consumer off.
     #[must_use]
     pub fn with_max_queued_per_subscription(mut self, n: usize) -> Self {
         self.max_queued_per_subscription = n.max(1);
+        self
+    }
+
+    /// Sets how long a consumer held at its in-flight limit may go without an ack before it
+    /// counts as stuck.
+    #[must_use]
+    pub fn with_slow_consumer_stall(mut self, stall: Duration) -> Self {
+        self.slow_consumer_stall = stall;
         self
     }
 
@@ -510,18 +523,23 @@ impl ConnListener {
         let inner_options = options.with_ack_mode(AckMode::Manual);
         let mut handler = Forwarder::handler(Arc::downgrade(shared), Arc::downgrade(conn), sub);
         if inner_options.group_name().is_none() {
+            let config = &shared.config;
+            let (limit, stall) = (
+                config.max_queued_per_subscription,
+                config.slow_consumer_stall,
+            );
             let (weak, counters) = (Arc::downgrade(conn), Arc::downgrade(shared));
-            handler = handler.with_overflow(shared.config.max_queued_per_subscription, move |limit| {
+            handler = handler.with_overflow(limit, stall, move |limit| {
                 let (Some(conn), Some(shared)) = (weak.upgrade(), counters.upgrade()) else {
                     return;
                 };
                 if !conn.closing.load(Ordering::Acquire) {
                     shared.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(conn.id = conn.queue.id(), peer = %conn.queue.peer_addr(), sub, limit, "disconnecting slow consumer");
+                    tracing::warn!(conn.id = conn.queue.id(), peer = %conn.queue.peer_addr(), sub, limit, "disconnecting stuck consumer");
                 }
                 conn.fault(
                     ErrorCode::SlowConsumer,
-                    format!("slow consumer: subscription {sub} has {limit} messages waiting (the limit)"),
+                    format!("slow consumer: subscription {sub} is stuck with {limit} messages waiting (the limit)"),
                 );
             });
         }

@@ -478,35 +478,76 @@ fn an_inline_handler_replies_at_once_but_may_not_wait_for_the_server() {
 }
 
 #[test]
-fn a_consumer_held_at_its_in_flight_limit_is_cut_off_at_the_queue_limit() {
+fn a_stuck_consumer_is_cut_off_at_the_queue_limit() {
     const LIMIT: usize = 200;
     const N: u64 = 1_000;
+    let stall = Duration::from_millis(50);
     let server = server_with(
-        ServerConfig::default().with_max_queued_per_subscription(LIMIT),
+        ServerConfig::default()
+            .with_max_queued_per_subscription(LIMIT)
+            .with_slow_consumer_stall(stall),
         2,
     );
     let subs = HeldAndFast::subscribe(&server, "flood");
     let (fast, gate_tx, rx) = (&subs.fast, &subs.gate, &subs.rx);
     let publisher = remote(&server);
-    // Confirmed publishes: the slow consumer never makes one fail.
+    // Confirmed publishes: the stuck consumer never makes one fail.
     publish_numbered(&publisher, "flood", N);
     for i in 0..N {
         assert_eq!(recv(rx).payload(), i.to_string().as_bytes());
     }
-    // Cut off at least once (it reconnects, re-subscribes and, still held, is cut again).
-    wait_until("the slow consumer to be cut off", || {
+    // Once its oldest delivery is older than the stall time, the next publish past the limit
+    // cuts it off (it reconnects, re-subscribes and, still held, may be cut again).
+    let mut next = N;
+    wait_until("the stuck consumer to be cut off", || {
+        publisher
+            .publish(Message::new("flood", next.to_string()))
+            .unwrap();
+        next += 1;
         server.stats().slow_consumers >= 1
     });
-    // What the server held for it is bounded by the limit, and let go of.
+    // What the server held for it is let go of: the queue of its first subscription (the
+    // server's s1) is empty, its messages counted as dropped.
     let stats = server.stats();
     assert!(stats.bus.total.dropped > 0, "{stats:?}");
-    assert!(
-        stats.bus.queues.iter().all(|q| q.depth <= LIMIT as u64),
-        "{:?}",
-        stats.bus.queues
-    );
+    let first = stats.bus.queues.iter().find(|q| q.queue == "flood#s1");
+    assert_eq!(first.map(|q| q.depth), Some(0), "{:?}", stats.bus.queues);
     assert!(fast.is_connected());
+    for i in N..next {
+        assert_eq!(recv(rx).payload(), i.to_string().as_bytes());
+    }
     for _ in 0..8 {
         gate_tx.send(()).unwrap();
     }
+}
+
+#[test]
+fn a_consumer_that_keeps_up_is_never_cut_off_even_past_the_queue_limit() {
+    // A small window and a small limit: a burst queues far more than the limit on the server
+    // while the consumer acks its way through it.
+    let server = server_with(
+        ServerConfig::default().with_max_queued_per_subscription(50),
+        2,
+    );
+    let consumer = remote(&server);
+    let (h, rx) = collector();
+    let _sub = consumer
+        .subscribe(
+            "burst",
+            SubscribeOptions::default().with_max_in_flight(4),
+            h,
+        )
+        .unwrap();
+    let publisher = RemoteBroker::connect(
+        server.local_addr(),
+        RemoteConfig::default().with_confirm(false),
+    )
+    .unwrap();
+    const N: u64 = 5_000;
+    publish_numbered(&publisher, "burst", N);
+    for i in 0..N {
+        assert_eq!(recv(&rx).payload(), i.to_string().as_bytes());
+    }
+    assert_eq!(server.stats().slow_consumers, 0);
+    assert_eq!(server.stats().bus.total.dropped, 0);
 }

@@ -58,7 +58,8 @@ enum Command {
         /// Bytes queued to one connection before it is cut off as a slow consumer.
         #[arg(long, default_value_t = 8 << 20)]
         max_outbound_bytes: usize,
-        /// Messages held for one broadcast subscription before its consumer is cut off as slow.
+        /// Messages held for one broadcast subscription whose consumer is stuck (no ack for 5 s)
+        /// before it is cut off as slow.
         #[arg(long, default_value_t = 65_536)]
         max_queued_per_subscription: usize,
     },
