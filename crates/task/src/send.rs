@@ -23,6 +23,13 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Payloads up to this size are copied next to their header into one buffer instead of taking
 /// slices of their own: cheaper than two iovecs for small frames.
 const COPY_BELOW: usize = 512;
+/// Capacity of one run of frames copied at push time (see [`Outbox::set_hand_back`]).
+const RUN_BYTES: usize = 64 * 1024;
+/// Most emptied runs kept for reuse.
+const SPARE_RUNS: usize = 16;
+/// A batch copied outside the lock and smaller than this is appended to the run at the back of
+/// the queue rather than queued as a run of its own (which would cost the writer a slice).
+const APPEND_BELOW: usize = 4 * 1024;
 
 /// How a [`SendTask`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,23 +188,138 @@ enum State {
 
 type CloseHook = Box<dyn FnOnce(&SendOutcome, &mut Context<'_>) + Send>;
 
+/// A message, or several, waiting to be written.
+enum Entry {
+    /// A message kept as the handle pushed: handed back through `sent_all` once written.
+    Msg(Bytes),
+    /// Small frames, header and payload, copied one after another into one buffer when pushed
+    /// while nothing is handed back: the writer writes the run as it is, with no work per frame.
+    Run(Vec<u8>),
+}
+
+impl Entry {
+    /// Bytes this entry puts on the wire.
+    fn wire_len(&self) -> usize {
+        match self {
+            Entry::Msg(msg) => HEADER_LEN + msg.len(),
+            Entry::Run(buf) => buf.len(),
+        }
+    }
+}
+
+/// The payloads of the frames in `run[from..]`, in order, as zero-copy slices of `run`; `from`
+/// is a frame boundary.
+fn split_run(run: Bytes, from: usize, out: &mut impl Extend<Bytes>) {
+    let mut pos = from;
+    while pos + HEADER_LEN <= run.len() {
+        let header: [u8; HEADER_LEN] = run[pos..pos + HEADER_LEN]
+            .try_into()
+            .expect("the slice is HEADER_LEN long");
+        let start = pos + HEADER_LEN;
+        let end = start + u32::from_be_bytes(header) as usize;
+        out.extend(Some(run.slice(start..end)));
+        pos = end;
+    }
+}
+
+/// The end of the last frame of `run` that ends at or before `limit`.
+fn frames_end(run: &[u8], limit: usize) -> usize {
+    let mut pos = 0;
+    while pos + HEADER_LEN <= limit {
+        let header: [u8; HEADER_LEN] = run[pos..pos + HEADER_LEN]
+            .try_into()
+            .expect("the slice is HEADER_LEN long");
+        let end = pos + HEADER_LEN + u32::from_be_bytes(header) as usize;
+        if end > limit {
+            break;
+        }
+        pos = end;
+    }
+    pos
+}
+
 struct Pending {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Entry>,
     /// A `SendTask` is queued, running or waiting: pushes need not post one.
     scheduled: bool,
     state: State,
     close_hook: Option<CloseHook>,
 }
 
+/// Emptied run buffers, for pushes to fill again. Lock order: the pending lock, then this.
+#[derive(Default)]
+struct Spare(Mutex<Vec<Vec<u8>>>);
+
+impl Spare {
+    /// An empty buffer with room for a run.
+    fn take(&self) -> Vec<u8> {
+        lock(&self.0)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RUN_BYTES))
+    }
+
+    /// Keeps `bufs` (emptied) for reuse, up to [`SPARE_RUNS`]; frees the rest.
+    fn put(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
+        let mut spare = lock(&self.0);
+        for mut buf in bufs {
+            if spare.len() >= SPARE_RUNS {
+                break;
+            }
+            if (RUN_BYTES..=4 * RUN_BYTES).contains(&buf.capacity()) {
+                buf.clear();
+                spare.push(buf);
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// Queues an admitted message: when `copy` is set and it is small, copies it into the run at
+    /// the back and hands it back to be dropped once the lock is released; else keeps it.
+    fn enqueue(&mut self, msg: Bytes, copy: bool, spare: &Spare) -> Option<Bytes> {
+        if !copy || msg.len() >= COPY_BELOW {
+            self.queue.push_back(Entry::Msg(msg));
+            return None;
+        }
+        let size = HEADER_LEN + msg.len();
+        let fits = matches!(self.queue.back(), Some(Entry::Run(buf)) if buf.capacity() - buf.len() >= size);
+        if !fits {
+            self.queue.push_back(Entry::Run(spare.take()));
+        }
+        if let Some(Entry::Run(buf)) = self.queue.back_mut() {
+            buf.extend_from_slice(&encode_header(msg.len()));
+            buf.extend_from_slice(&msg);
+        }
+        Some(msg)
+    }
+
+    /// Queues runs of frames copied outside the lock, in order.
+    fn enqueue_runs(&mut self, runs: &mut Vec<Vec<u8>>, spare: &Spare) {
+        for run in runs.drain(..) {
+            if run.len() < APPEND_BELOW
+                && let Some(Entry::Run(back)) = self.queue.back_mut()
+                && back.capacity() - back.len() >= run.len()
+            {
+                back.extend_from_slice(&run);
+                spare.put(Some(run));
+            } else {
+                self.queue.push_back(Entry::Run(run));
+            }
+        }
+    }
+}
+
 struct Writer {
     source: Option<IoSource<TcpStream>>,
-    inflight: VecDeque<Bytes>,
-    /// Bytes of the front frame (header included) already written.
+    inflight: VecDeque<Entry>,
+    /// Bytes of the front entry (headers included) already written.
     offset: usize,
+    /// Messages a write finished, on their way to `sent_all`.
+    done: VecDeque<Bytes>,
     stalled_since: Option<Instant>,
     events: Box<dyn SendEvents>,
     scratch: Vec<u8>,
-    /// Frames and bytes the last `write_batch` gathered (the first frame from `offset` on).
+    /// Entries and bytes the last `write_batch` gathered (the first one from `offset` on).
     gathered: (usize, usize),
 }
 
@@ -247,6 +369,9 @@ impl Queued {
 struct Shared {
     pending: Mutex<Pending>,
     queued: Queued,
+    /// Written messages go back to `sent_all` (see [`Outbox::set_hand_back`]).
+    hand_back: AtomicBool,
+    spare: Spare,
     /// A push was refused since the last `drained`.
     refused: AtomicBool,
     writer: Mutex<Writer>,
@@ -273,11 +398,13 @@ impl Outbox {
     /// loss), in [`PushError::TooLarge`] above the frame limit, and in [`PushError::Closed`] after
     /// close.
     pub fn push(&self, msg: Bytes) -> Result<(), PushError> {
-        let post = {
+        let (post, copied) = {
             let mut pending = lock(&self.shared.pending);
-            self.admit(&mut pending, msg)?;
-            !std::mem::replace(&mut pending.scheduled, true)
+            let copied = self.admit(&mut pending, msg)?;
+            (!std::mem::replace(&mut pending.scheduled, true), copied)
         };
+        // A message copied into the queue is let go of outside the lock.
+        drop(copied);
         if post {
             self.schedule();
         }
@@ -293,13 +420,21 @@ impl Outbox {
     /// [`PushError::TooLarge`] or [`PushError::Closed`] with the message that was refused, taken out
     /// of `msgs`; the messages before it were queued, those after it stay in `msgs`.
     pub fn push_all(&self, msgs: &mut VecDeque<Bytes>) -> Result<usize, PushError> {
+        let copied = if self.shared.hand_back.load(Ordering::Relaxed) {
+            0
+        } else {
+            self.push_copied(msgs)
+        };
+        if msgs.is_empty() {
+            return Ok(copied);
+        }
         let (taken, post, result) = {
             let mut pending = lock(&self.shared.pending);
-            let mut taken = self.admit_run(&mut pending, msgs);
+            let mut taken = copied + self.admit_run(&mut pending, msgs);
             let mut result = Ok(());
             while let Some(msg) = msgs.pop_front() {
                 match self.admit(&mut pending, msg) {
-                    Ok(()) => taken += 1,
+                    Ok(_) => taken += 1,
                     Err(PushError::Full { msg, .. }) => {
                         msgs.push_front(msg);
                         break;
@@ -310,13 +445,68 @@ impl Outbox {
                     }
                 }
             }
-            let post = taken > 0 && !std::mem::replace(&mut pending.scheduled, true);
+            let post = taken > copied && !std::mem::replace(&mut pending.scheduled, true);
             (taken, post, result)
         };
         if post {
             self.schedule();
         }
         result.map(|()| taken)
+    }
+
+    /// Copies the longest run of small messages at the front of `msgs` that the queue admits,
+    /// header and payload, into run buffers without holding the pending lock, then queues the
+    /// runs under it in one step and drops the messages after it; returns how many were queued.
+    ///
+    /// Queues none (and the caller takes the locked way) when the queue is not open or when the
+    /// byte count rose meanwhile (another producer pushed): the checks were made against a count
+    /// that only the writer may have lowered since, which can only admit more.
+    fn push_copied(&self, msgs: &mut VecDeque<Bytes>) -> usize {
+        let options = &self.shared.options;
+        let queued = self.shared.queued.total();
+        let mut total = 0;
+        let mut run = 0;
+        for msg in msgs.iter() {
+            let size = HEADER_LEN + msg.len();
+            let after = queued + total;
+            if msg.len() >= COPY_BELOW
+                || msg.len() > options.max_frame_len
+                || (after > 0 && after + size > options.high_water_bytes)
+            {
+                break;
+            }
+            total += size;
+            run += 1;
+        }
+        if run == 0 {
+            return 0;
+        }
+        let mut runs = Vec::with_capacity(total / RUN_BYTES + 1);
+        let mut buf = self.shared.spare.take();
+        for msg in msgs.iter().take(run) {
+            if buf.capacity() - buf.len() < HEADER_LEN + msg.len() {
+                runs.push(std::mem::replace(&mut buf, self.shared.spare.take()));
+            }
+            buf.extend_from_slice(&encode_header(msg.len()));
+            buf.extend_from_slice(msg);
+        }
+        runs.push(buf);
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            if pending.state != State::Open || self.shared.queued.total() > queued {
+                drop(pending);
+                self.shared.spare.put(runs);
+                return 0;
+            }
+            self.shared.queued.add_pending(total);
+            pending.enqueue_runs(&mut runs, &self.shared.spare);
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if post {
+            self.schedule();
+        }
+        msgs.drain(..run);
+        run
     }
 
     /// Queues, with one update of the byte count, the longest run at the front of `msgs` that
@@ -347,21 +537,16 @@ impl Outbox {
             return 0;
         }
         self.shared.queued.add_pending(total);
-        if run == msgs.len() {
-            // The whole batch: trade buffers, or move the messages in bulk.
-            if pending.queue.is_empty() {
-                std::mem::swap(&mut pending.queue, msgs);
-            } else {
-                pending.queue.append(msgs);
-            }
-        } else {
-            pending.queue.extend(msgs.drain(..run));
+        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
+        for msg in msgs.drain(..run) {
+            pending.enqueue(msg, copy, &self.shared.spare);
         }
         run
     }
 
     /// Checks one message against the limits and queues it; the caller holds the pending lock.
-    fn admit(&self, pending: &mut Pending, msg: Bytes) -> Result<(), PushError> {
+    /// Returns the message if it was copied into the queue, to be dropped after the lock.
+    fn admit(&self, pending: &mut Pending, msg: Bytes) -> Result<Option<Bytes>, PushError> {
         let options = &self.shared.options;
         if msg.len() > options.max_frame_len {
             return Err(PushError::TooLarge {
@@ -393,8 +578,8 @@ impl Outbox {
             }
         }
         self.shared.queued.add_pending(size);
-        pending.queue.push_back(msg);
-        Ok(())
+        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
+        Ok(pending.enqueue(msg, copy, &self.shared.spare))
     }
 
     fn schedule(&self) {
@@ -408,6 +593,56 @@ impl Outbox {
         if posted.is_err() {
             tracing::debug!("send task not scheduled: pump closed or owner killed");
         }
+    }
+
+    /// Chooses whether written messages are handed back to [`SendEvents::sent_all`] (the
+    /// default) or not.
+    ///
+    /// Handing back keeps every message pushed until it is written, to return that very
+    /// handle. With it off, nothing is handed back: a small message (under 512 bytes) is copied,
+    /// header and payload, into a buffer shared with the messages pushed around it and its
+    /// handle is dropped at once, so the writer writes whole runs of frames with no work per
+    /// message; larger messages are still written in place and dropped once written. Turn it
+    /// off when `sent` would do nothing with the message, for speed.
+    ///
+    /// The choice applies to what is written from now on and to the form of what is pushed
+    /// from now on: a message copied while it was off and written after it was turned on again
+    /// comes back as a zero-copy slice of the shared buffer, equal to the one pushed but not the
+    /// same handle, and so do copied messages reported unsent by [`SendEvents::finished`].
+    ///
+    /// # Examples
+    /// ```
+    /// use mixbus_task::{Bytes, SendEvents, SendOptions, SendOutcome, SendTask};
+    /// use mixbus_task::pump::{Context, EventPump};
+    /// use mixbus_task::pump::eventq::net::TcpStream;
+    /// use std::io::Read;
+    ///
+    /// struct Quiet;
+    /// impl SendEvents for Quiet {
+    ///     fn sent(&mut self, _msg: Bytes, _cx: &mut Context<'_>) { unreachable!("not handed back") }
+    ///     fn finished(&mut self, _outcome: &SendOutcome, _cx: &mut Context<'_>) {}
+    /// }
+    ///
+    /// let pump = EventPump::new()?;
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let stream = TcpStream::from_std(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap()).unwrap();
+    /// let (mut peer, _) = listener.accept().unwrap();
+    /// let outbox = SendTask::start(&pump, stream, SendOptions::default(), None, Quiet)?;
+    /// outbox.set_hand_back(false);
+    /// outbox.push(Bytes::from_static(b"hi")).unwrap();
+    /// outbox.push(Bytes::from_static(b"there")).unwrap();
+    /// let mut wire = [0u8; 15];
+    /// peer.read_exact(&mut wire).unwrap();
+    /// assert_eq!(&wire, b"\0\0\0\x02hi\0\0\0\x05there");
+    /// # Ok::<(), mixbus_task::pump::Error>(())
+    /// ```
+    pub fn set_hand_back(&self, on: bool) {
+        self.shared.hand_back.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether written messages are handed back (see [`set_hand_back`](Self::set_hand_back)).
+    pub fn hands_back(&self) -> bool {
+        self.shared.hand_back.load(Ordering::Relaxed)
     }
 
     /// Header and payload bytes queued and not yet written.
@@ -578,11 +813,14 @@ impl SendTask {
                 close_hook: None,
             }),
             queued: Queued::default(),
+            hand_back: AtomicBool::new(true),
+            spare: Spare::default(),
             refused: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 source: Some(source),
                 inflight: VecDeque::new(),
                 offset: 0,
+                done: VecDeque::new(),
                 stalled_since: None,
                 events: Box::new(events),
                 scratch: Vec::with_capacity(64 * 1024),
@@ -632,10 +870,29 @@ fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Conte
             pending.close_hook.take(),
         )
     };
-    let mut unsent: Vec<Bytes> = writer.inflight.drain(..).collect();
-    unsent.extend(rest);
-    writer.offset = 0;
+    // Frames of a run the last write finished in part were written: they are handed back,
+    // the rest of that run and everything after it are not.
+    let offset = std::mem::take(&mut writer.offset);
+    let hand_back = shared.hand_back.load(Ordering::Relaxed);
+    let mut written = std::mem::take(&mut writer.done);
+    let mut unsent: Vec<Bytes> = Vec::new();
+    for (i, entry) in writer.inflight.drain(..).chain(rest).enumerate() {
+        match entry {
+            Entry::Msg(msg) => unsent.push(msg),
+            Entry::Run(buf) => {
+                let from = if i == 0 { frames_end(&buf, offset) } else { 0 };
+                let run = Bytes::from(buf);
+                if hand_back && from > 0 {
+                    split_run(run.slice(..from), 0, &mut written);
+                }
+                split_run(run, from, &mut unsent);
+            }
+        }
+    }
     shared.queued.clear();
+    if !written.is_empty() {
+        writer.events.sent_all(written.drain(..), cx);
+    }
     let outcome = match outcome {
         Outcome::Flushed => SendOutcome::Flushed,
         Outcome::LingerExpired => SendOutcome::LingerExpired { unsent },
@@ -658,13 +915,15 @@ fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Conte
 enum Piece {
     Scratch(usize, usize),
     Payload(usize, usize),
+    Run(usize, usize),
 }
 
 impl Writer {
     /// Gathers up to [`MAX_SLICES`] slices from the front of `inflight` and writes them once.
     ///
-    /// Small frames are copied, header and payload, into one scratch buffer; consecutive copies
-    /// make one slice, so a stream of small messages costs one `writev` per megabyte.
+    /// A run of frames copied at push time is one slice. Other small frames are copied, header
+    /// and payload, into one scratch buffer; consecutive copies make one slice, so a stream of
+    /// small messages costs one `writev` per megabyte.
     fn write_batch(&mut self) -> io::Result<usize> {
         self.scratch.clear();
         let mut pieces = [Piece::Scratch(0, 0); MAX_SLICES];
@@ -672,15 +931,27 @@ impl Writer {
         let mut bytes = 0;
         // Start of the scratch run not yet closed into a piece.
         let mut run: Option<usize> = None;
-        let mut frames = 0;
-        for (i, msg) in self.inflight.iter().enumerate() {
-            // Each frame needs at most two more slices, and an open run one more.
+        let mut entries = 0;
+        for (i, entry) in self.inflight.iter().enumerate() {
+            // Each entry needs at most two more slices, and an open run one more.
             if count + usize::from(run.is_some()) + 2 > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
                 break;
             }
-            frames += 1;
+            entries += 1;
             let skip = if i == 0 { self.offset } else { 0 };
-            bytes += HEADER_LEN + msg.len() - skip;
+            bytes += entry.wire_len() - skip;
+            let msg = match entry {
+                Entry::Run(_) => {
+                    if let Some(start) = run.take() {
+                        pieces[count] = Piece::Scratch(start, self.scratch.len());
+                        count += 1;
+                    }
+                    pieces[count] = Piece::Run(i, skip);
+                    count += 1;
+                    continue;
+                }
+                Entry::Msg(msg) => msg,
+            };
             let from = skip.saturating_sub(HEADER_LEN);
             let copy = msg.len() < COPY_BELOW;
             if skip < HEADER_LEN || (copy && msg.len() > from) {
@@ -707,7 +978,7 @@ impl Writer {
             pieces[count] = Piece::Scratch(start, self.scratch.len());
             count += 1;
         }
-        self.gathered = (frames, bytes);
+        self.gathered = (entries, bytes);
         if bytes == 0 {
             return Ok(0);
         }
@@ -716,7 +987,10 @@ impl Writer {
         for (slot, piece) in slices.iter_mut().zip(&pieces[..count]) {
             *slot = match *piece {
                 Piece::Scratch(start, end) => IoSlice::new(&self.scratch[start..end]),
-                Piece::Payload(i, from) => IoSlice::new(&self.inflight[i][from..]),
+                Piece::Payload(i, from) | Piece::Run(i, from) => match &self.inflight[i] {
+                    Entry::Msg(msg) => IoSlice::new(&msg[from..]),
+                    Entry::Run(buf) => IoSlice::new(&buf[from..]),
+                },
             };
         }
         let source = self
@@ -726,23 +1000,23 @@ impl Writer {
         (&**source).write_vectored(&slices[..count])
     }
 
-    /// Accounts `n` written bytes: pops finished frames and hands them back.
+    /// Accounts `n` written bytes: pops finished entries and hands their messages back.
     fn advance(&mut self, mut n: usize, shared: &Shared, cx: &mut Context<'_>) {
         let mut freed = 0;
         let mut finished = 0;
-        let (frames, bytes) = self.gathered;
+        let (entries, bytes) = self.gathered;
         if n == bytes {
             // The whole batch went out (the usual case): no need to walk it again.
             freed = n;
-            finished = frames;
+            finished = entries;
             n = 0;
             self.offset = 0;
         }
-        for msg in self.inflight.iter().skip(finished) {
+        for entry in self.inflight.iter().skip(finished) {
             if n == 0 {
                 break;
             }
-            let left = HEADER_LEN + msg.len() - self.offset;
+            let left = entry.wire_len() - self.offset;
             if n < left {
                 self.offset += n;
                 freed += n;
@@ -754,7 +1028,30 @@ impl Writer {
             finished += 1;
         }
         if finished > 0 {
-            self.events.sent_all(self.inflight.drain(..finished), cx);
+            if shared.hand_back.load(Ordering::Relaxed) {
+                for entry in self.inflight.drain(..finished) {
+                    match entry {
+                        Entry::Msg(msg) => self.done.push_back(msg),
+                        // Copied while nothing was handed back, written now that it is.
+                        Entry::Run(buf) => split_run(Bytes::from(buf), 0, &mut self.done),
+                    }
+                }
+                self.events.sent_all(self.done.drain(..), cx);
+            } else {
+                // Messages are dropped; runs go back to be filled again (one lock, and none
+                // when there is no run among them).
+                let mut runs = self
+                    .inflight
+                    .drain(..finished)
+                    .filter_map(|entry| match entry {
+                        Entry::Run(buf) => Some(buf),
+                        Entry::Msg(_) => None,
+                    })
+                    .peekable();
+                if runs.peek().is_some() {
+                    shared.spare.put(runs);
+                }
+            }
         }
         // SeqCst pairs with `Outbox::push`: see the re-check there.
         let after = shared.queued.written(freed);
