@@ -207,6 +207,30 @@ impl Entry {
     }
 }
 
+/// Writes the frame of `payload` (under [`COPY_BELOW`] bytes), header and payload, into `dst`,
+/// which is exactly its size. Short payloads are copied with two overlapping fixed-size moves
+/// instead of a call to `memcpy`.
+fn put_frame(dst: &mut [u8], payload: &[u8]) {
+    let (header, body) = dst.split_at_mut(HEADER_LEN);
+    header.copy_from_slice(&encode_header(payload.len()));
+    let len = payload.len();
+    match len {
+        8..=16 => {
+            body[..8].copy_from_slice(&payload[..8]);
+            body[len - 8..].copy_from_slice(&payload[len - 8..]);
+        }
+        17..=32 => {
+            body[..16].copy_from_slice(&payload[..16]);
+            body[len - 16..].copy_from_slice(&payload[len - 16..]);
+        }
+        33..=64 => {
+            body[..32].copy_from_slice(&payload[..32]);
+            body[len - 32..].copy_from_slice(&payload[len - 32..]);
+        }
+        _ => body.copy_from_slice(payload),
+    }
+}
+
 /// The payloads of the frames in `run[from..]`, in order, as zero-copy slices of `run`; `from`
 /// is a frame boundary.
 fn split_run(run: Bytes, from: usize, out: &mut impl Extend<Bytes>) {
@@ -287,8 +311,9 @@ impl Pending {
             self.queue.push_back(Entry::Run(spare.take()));
         }
         if let Some(Entry::Run(buf)) = self.queue.back_mut() {
-            buf.extend_from_slice(&encode_header(msg.len()));
-            buf.extend_from_slice(&msg);
+            let at = buf.len();
+            buf.resize(at + size, 0);
+            put_frame(&mut buf[at..], &msg);
         }
         Some(msg)
     }
@@ -482,15 +507,31 @@ impl Outbox {
             return 0;
         }
         let mut runs = Vec::with_capacity(total / RUN_BYTES + 1);
-        let mut buf = self.shared.spare.take();
-        for msg in msgs.iter().take(run) {
-            if buf.capacity() - buf.len() < HEADER_LEN + msg.len() {
-                runs.push(std::mem::replace(&mut buf, self.shared.spare.take()));
+        let mut start = 0;
+        while start < run {
+            // As many frames as the buffer has room for (at least one), sized in one step.
+            let mut buf = self.shared.spare.take();
+            let room = buf.capacity();
+            let mut len = 0;
+            let mut end = start;
+            for msg in msgs.range(start..run) {
+                let size = HEADER_LEN + msg.len();
+                if len + size > room && end > start {
+                    break;
+                }
+                len += size;
+                end += 1;
             }
-            buf.extend_from_slice(&encode_header(msg.len()));
-            buf.extend_from_slice(msg);
+            buf.resize(len, 0);
+            let mut pos = 0;
+            for msg in msgs.range(start..end) {
+                let next = pos + HEADER_LEN + msg.len();
+                put_frame(&mut buf[pos..next], msg);
+                pos = next;
+            }
+            runs.push(buf);
+            start = end;
         }
-        runs.push(buf);
         let post = {
             let mut pending = lock(&self.shared.pending);
             if pending.state != State::Open || self.shared.queued.total() > queued {

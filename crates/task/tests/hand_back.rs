@@ -11,9 +11,9 @@ use mixbus_task::{Bytes, SendOptions, SendTask};
 
 use support::{PATIENCE, SendEvent, pair, payload, read_frames, recv, send_events, until_finished};
 
-/// Sizes around the copy threshold (512 bytes), and empty ones.
+/// Sizes around the copy threshold (512 bytes) and the short-copy classes, and empty ones.
 fn size(i: u64) -> usize {
-    [0, 1, 16, 511, 512, 600, 4096, 100][(i % 8) as usize]
+    [0, 1, 9, 16, 511, 512, 17, 600, 4096, 100, 32, 33, 64, 65][(i % 14) as usize]
 }
 
 #[test]
