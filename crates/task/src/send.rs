@@ -210,6 +210,7 @@ impl Entry {
 /// Writes the frame of `payload` (under [`COPY_BELOW`] bytes), header and payload, into `dst`,
 /// which is exactly its size. Short payloads are copied with two overlapping fixed-size moves
 /// instead of a call to `memcpy`.
+#[inline]
 fn put_frame(dst: &mut [u8], payload: &[u8]) {
     let (header, body) = dst.split_at_mut(HEADER_LEN);
     header.copy_from_slice(&encode_header(payload.len()));
