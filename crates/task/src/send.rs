@@ -595,6 +595,9 @@ impl Outbox {
         let queued = self.shared.queued.total();
         let mut total = 0;
         let mut run = 0;
+        let mut runs = Vec::new();
+        let mut current = self.shared.spare.take();
+        // Checks and copies in one pass.
         for msg in msgs.iter() {
             let size = HEADER_LEN + msg.len();
             let after = queued + total;
@@ -604,22 +607,19 @@ impl Outbox {
             {
                 break;
             }
-            total += size;
-            run += 1;
-        }
-        if run == 0 {
-            return 0;
-        }
-        let mut runs = Vec::with_capacity(total / RUN_BYTES + 1);
-        let mut current = self.shared.spare.take();
-        for msg in msgs.range(..run) {
             // A frame under `COPY_AT_PUSH_BELOW` bytes always fits an empty run.
-            if current.room() < HEADER_LEN + msg.len() {
+            if current.room() < size {
                 runs.push(std::mem::replace(&mut current, self.shared.spare.take()));
             }
             current.push_frame(msg);
+            total += size;
+            run += 1;
         }
         runs.push(current);
+        if run == 0 {
+            self.shared.spare.put(runs);
+            return 0;
+        }
         let post = {
             let mut pending = lock(&self.shared.pending);
             if pending.state != State::Open || self.shared.queued.total() > queued {
