@@ -34,8 +34,9 @@ const RUN_BYTES: usize = 64 * 1024;
 /// Most emptied runs kept for reuse.
 const SPARE_RUNS: usize = 16;
 /// A batch copied outside the lock and smaller than this is appended to the run at the back of
-/// the queue rather than queued as a run of its own (which would cost the writer a slice).
-const APPEND_BELOW: usize = 4 * 1024;
+/// the queue (if it has room) rather than queued as a run of its own: runs stay full, so fewer
+/// buffers are in flight and the spare ones go round instead of being allocated afresh.
+const APPEND_BELOW: usize = 32 * 1024;
 
 /// How a [`SendTask`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +88,8 @@ impl SendOptions {
     }
 }
 
-/// How the send side ended. Every message not written comes back in `unsent`, in order.
+/// How the send side ended. Every message not written comes back in `unsent`, in order (one
+/// copied into a run while hand-back was off as an equal slice of that run, not its handle).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SendOutcome {
@@ -126,7 +128,8 @@ impl SendOutcome {
 
 /// What the send side reports, on the pump thread. Implementations must return promptly.
 pub trait SendEvents: Send + 'static {
-    /// A message was written to the socket whole; it is handed back. Called in order.
+    /// A message was written to the socket whole; it is handed back. Called in order. Not
+    /// called while hand-back is off ([`Outbox::set_hand_back`]).
     fn sent(&mut self, msg: Bytes, cx: &mut Context<'_>);
 
     /// Every message one write finished, in order; the default calls [`SendEvents::sent`] for each.
@@ -213,8 +216,8 @@ impl Entry {
     }
 }
 
-/// Frames copied one after another into `buf[..len]`. The buffer is initialised to its whole
-/// capacity once, when allocated, and kept so when reused: filling a run costs no zeroing.
+/// Frames copied one after another into `buf[..len]`. The buffer is initialised (zeroed) a
+/// step at a time as it is first filled, and stays so when reused: refilling costs no zeroing.
 struct Run {
     buf: Vec<u8>,
     len: usize,
@@ -228,14 +231,31 @@ impl Run {
 
     /// Room left, in bytes.
     fn room(&self) -> usize {
-        self.buf.len() - self.len
+        self.buf.capacity() - self.len
+    }
+
+    /// Makes `buf[..end]` initialised (`end` within the capacity).
+    fn init_to(&mut self, end: usize) {
+        if self.buf.len() < end {
+            let step = (self.buf.len() + 4096).min(self.buf.capacity());
+            self.buf.resize(end.max(step), 0);
+        }
     }
 
     /// Appends the frame of `payload` (under [`COPY_AT_PUSH_BELOW`] bytes); the caller checked
     /// the room.
     fn push_frame(&mut self, payload: &[u8]) {
         let end = self.len + HEADER_LEN + payload.len();
+        self.init_to(end);
         put_frame(&mut self.buf[self.len..end], payload);
+        self.len = end;
+    }
+
+    /// Appends the frames of `other`; the caller checked the room.
+    fn append(&mut self, other: &Run) {
+        let end = self.len + other.len;
+        self.init_to(end);
+        self.buf[self.len..end].copy_from_slice(other.frames());
         self.len = end;
     }
 
@@ -319,7 +339,9 @@ struct Spare(Mutex<Vec<Vec<u8>>>);
 impl Spare {
     /// An empty run.
     fn take(&self) -> Run {
-        let buf = lock(&self.0).pop().unwrap_or_else(|| vec![0; RUN_BYTES]);
+        let buf = lock(&self.0)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RUN_BYTES));
         Run { buf, len: 0 }
     }
 
@@ -361,8 +383,7 @@ impl Pending {
                 && let Some(Entry::Run(back)) = self.queue.back_mut()
                 && back.room() >= run.len
             {
-                back.buf[back.len..back.len + run.len].copy_from_slice(run.frames());
-                back.len += run.len;
+                back.append(&run);
                 spare.put(Some(run));
             } else {
                 self.queue.push_back(Entry::Run(run));
@@ -886,7 +907,8 @@ impl fmt::Debug for Outbox {
 /// Writes the frames queued in its [`Outbox`] to a socket, many per vectored write.
 ///
 /// Partial writes resume exactly where they stopped; each message is handed back through
-/// [`SendEvents::sent`] once written; a peer that accepts nothing for longer than the write
+/// [`SendEvents::sent`] once written (unless hand-back is off: see [`Outbox::set_hand_back`],
+/// which makes small messages cheaper still); a peer that accepts nothing for longer than the write
 /// timeout fails the task with that reason, and every unsent message is reported. The task runs
 /// only while there is something to write: an idle send side costs nothing.
 ///
