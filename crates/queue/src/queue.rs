@@ -1,5 +1,6 @@
 //! [`MessageQueue`]: one framed, full-duplex connection, and the listener that hears from it.
 
+use std::any::TypeId;
 use std::collections::vec_deque::Drain;
 use std::fmt;
 use std::io;
@@ -56,7 +57,9 @@ impl fmt::Display for CloseReason {
 pub struct CloseInfo {
     /// Why the queue closed.
     pub reason: CloseReason,
-    /// Messages accepted by `send` that never reached the socket, in order.
+    /// Messages accepted by `send` that never reached the socket, in order. Small messages
+    /// sent while the listener took nothing back (see [`QueueListener::sent_all`]) come back as
+    /// equal copies, not as the handles sent.
     pub unsent: Vec<Bytes>,
 }
 
@@ -78,12 +81,25 @@ pub trait QueueListener: Send + 'static {
         }
     }
 
-    /// A message was written to the socket; it is handed back. In send order.
-    fn sent(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+    /// A message was written to the socket; it is handed back. In send order. The default does
+    /// nothing with it.
+    fn sent(&mut self, queue: &MessageQueue, _msg: Bytes) {
+        queue
+            .inner
+            .default_ran(TypeId::of::<Self>(), Defaults::SENT);
+    }
 
     /// Every message one write finished, in send order; the default hands each to
     /// [`sent`](Self::sent). Override it to pay a per-batch cost once.
+    ///
+    /// A listener that overrides neither this nor `sent` is seen to at its first write: from
+    /// then on nothing is handed back (it would be dropped unseen), which lets the queue copy
+    /// small messages, header and payload, into one buffer as they are sent and write them with
+    /// no work per message. Replacing the listener starts over.
     fn sent_all(&mut self, queue: &MessageQueue, msgs: Drain<'_, Bytes>) {
+        queue
+            .inner
+            .default_ran(TypeId::of::<Self>(), Defaults::SENT_ALL);
         for msg in msgs {
             self.sent(queue, msg);
         }
@@ -119,6 +135,21 @@ struct Phase {
     keepalive: Option<MessageQueue>,
 }
 
+/// Which default hand-back methods of the listener's own type have run: when both have, the
+/// listener overrides neither, and handing messages back to it does nothing. The default bodies
+/// note their `Self` type, so a listener delegating to another listener's defaults is not
+/// mistaken for one that has them itself.
+struct Defaults {
+    /// The listener's type.
+    listener: Option<TypeId>,
+    ran: u8,
+}
+
+impl Defaults {
+    const SENT: u8 = 1;
+    const SENT_ALL: u8 = 2;
+}
+
 pub(crate) struct Inner {
     id: u64,
     pump: PumpHandle,
@@ -128,8 +159,28 @@ pub(crate) struct Inner {
     local: SocketAddr,
     config: QueueConfig,
     listener: Mutex<Option<Box<dyn QueueListener>>>,
+    /// The next hand-back checks which defaults the listener has (changed under the listener
+    /// lock).
+    probing: AtomicBool,
+    defaults: Mutex<Defaults>,
     phase: Mutex<Phase>,
     closed: AtomicBool,
+}
+
+impl Inner {
+    /// A default hand-back method of `ty` ran (see [`Defaults`]).
+    fn default_ran(&self, ty: TypeId, which: u8) {
+        if self.probing.load(Ordering::Relaxed) {
+            let mut defaults = lock(&self.defaults);
+            if defaults.listener == Some(ty) {
+                defaults.ran |= which;
+            }
+        }
+    }
+}
+
+fn type_id_of<T: 'static>(_: &T) -> TypeId {
+    TypeId::of::<T>()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -185,6 +236,11 @@ impl MessageQueue {
             local,
             config: config.clone(),
             listener: Mutex::new(None),
+            probing: AtomicBool::new(false),
+            defaults: Mutex::new(Defaults {
+                listener: None,
+                ran: 0,
+            }),
             phase: Mutex::new(Phase {
                 read_half: Some(read_half),
                 recv_started: false,
@@ -209,7 +265,18 @@ impl MessageQueue {
     /// # Errors
     /// [`Error::Pump`] if the pump has shut down or the registration fails.
     pub fn set_listener(&self, listener: impl QueueListener) -> Result<()> {
-        *lock(&self.inner.listener) = Some(Box::new(listener));
+        {
+            let ty = type_id_of(&listener);
+            let mut slot = lock(&self.inner.listener);
+            *slot = Some(Box::new(listener));
+            // Hand messages back until the first write shows whether this listener wants them.
+            *lock(&self.inner.defaults) = Defaults {
+                listener: Some(ty),
+                ran: 0,
+            };
+            self.inner.probing.store(true, Ordering::Relaxed);
+            self.inner.outbox.set_hand_back(true);
+        }
         let read_half = {
             let mut phase = lock(&self.inner.phase);
             if phase.recv_started || phase.closed {
@@ -479,7 +546,21 @@ impl SendEvents for SendSide {
         if let Some(queue) = self.queue() {
             let mut listener = lock(&queue.inner.listener);
             if let Some(l) = listener.as_deref_mut() {
+                let probing = queue.inner.probing.load(Ordering::Relaxed);
                 l.sent_all(&queue, msgs);
+                if probing {
+                    // One call settles it: the default `sent_all` hands at least one message
+                    // to `sent`.
+                    queue.inner.probing.store(false, Ordering::Relaxed);
+                    let ran = lock(&queue.inner.defaults).ran;
+                    if ran == Defaults::SENT | Defaults::SENT_ALL {
+                        tracing::debug!(
+                            conn.id = queue.inner.id,
+                            "listener takes no message back: copying small messages at send"
+                        );
+                        queue.inner.outbox.set_hand_back(false);
+                    }
+                }
             }
         }
     }

@@ -23,6 +23,20 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Payloads up to this size are copied next to their header into one buffer instead of taking
 /// slices of their own: cheaper than two iovecs for small frames.
 const COPY_BELOW: usize = 512;
+/// While nothing is handed back, payloads up to this size are copied into a run when pushed
+/// (see [`Outbox::set_hand_back`]); larger ones are kept until written. Copying costs the
+/// producer a copy, keeping costs it nothing but costs the writer a reference count on a handle
+/// the producer touched last: the copy wins for small payloads only (measured: at 16 bytes it
+/// is far ahead, at 256 bytes behind).
+const COPY_AT_PUSH_BELOW: usize = 128;
+/// Capacity of one run of frames copied at push time (see [`Outbox::set_hand_back`]).
+const RUN_BYTES: usize = 64 * 1024;
+/// Most emptied runs kept for reuse.
+const SPARE_RUNS: usize = 16;
+/// A batch copied outside the lock and smaller than this is appended to the run at the back of
+/// the queue (if it has room) rather than queued as a run of its own: runs stay full, so fewer
+/// buffers are in flight and the spare ones go round instead of being allocated afresh.
+const APPEND_BELOW: usize = 32 * 1024;
 
 /// How a [`SendTask`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +88,8 @@ impl SendOptions {
     }
 }
 
-/// How the send side ended. Every message not written comes back in `unsent`, in order.
+/// How the send side ended. Every message not written comes back in `unsent`, in order (one
+/// copied into a run while hand-back was off as an equal slice of that run, not its handle).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SendOutcome {
@@ -113,7 +128,8 @@ impl SendOutcome {
 
 /// What the send side reports, on the pump thread. Implementations must return promptly.
 pub trait SendEvents: Send + 'static {
-    /// A message was written to the socket whole; it is handed back. Called in order.
+    /// A message was written to the socket whole; it is handed back. Called in order. Not
+    /// called while hand-back is off ([`Outbox::set_hand_back`]).
     fn sent(&mut self, msg: Bytes, cx: &mut Context<'_>);
 
     /// Every message one write finished, in order; the default calls [`SendEvents::sent`] for each.
@@ -181,23 +197,212 @@ enum State {
 
 type CloseHook = Box<dyn FnOnce(&SendOutcome, &mut Context<'_>) + Send>;
 
+/// A message, or several, waiting to be written.
+enum Entry {
+    /// A message kept as the handle pushed: handed back through `sent_all` once written.
+    Msg(Bytes),
+    /// Small frames, header and payload, copied one after another into one buffer when pushed
+    /// while nothing is handed back: the writer writes the run as it is, with no work per frame.
+    Run(Run),
+}
+
+impl Entry {
+    /// Bytes this entry puts on the wire.
+    fn wire_len(&self) -> usize {
+        match self {
+            Entry::Msg(msg) => HEADER_LEN + msg.len(),
+            Entry::Run(run) => run.len,
+        }
+    }
+}
+
+/// Frames copied one after another into `buf[..len]`. The buffer is initialised (zeroed) a
+/// step at a time as it is first filled, and stays so when reused: refilling costs no zeroing.
+struct Run {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Run {
+    /// The frames.
+    fn frames(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Room left, in bytes.
+    fn room(&self) -> usize {
+        self.buf.capacity() - self.len
+    }
+
+    /// Makes `buf[..end]` initialised (`end` within the capacity).
+    fn init_to(&mut self, end: usize) {
+        if self.buf.len() < end {
+            let step = (self.buf.len() + 4096).min(self.buf.capacity());
+            self.buf.resize(end.max(step), 0);
+        }
+    }
+
+    /// Appends the frame of `payload` (under [`COPY_AT_PUSH_BELOW`] bytes); the caller checked
+    /// the room.
+    fn push_frame(&mut self, payload: &[u8]) {
+        let end = self.len + HEADER_LEN + payload.len();
+        self.init_to(end);
+        put_frame(&mut self.buf[self.len..end], payload);
+        self.len = end;
+    }
+
+    /// Appends the frames of `other`; the caller checked the room.
+    fn append(&mut self, other: &Run) {
+        let end = self.len + other.len;
+        self.init_to(end);
+        self.buf[self.len..end].copy_from_slice(other.frames());
+        self.len = end;
+    }
+
+    /// The frames as one shared buffer (for zero-copy slices of them).
+    fn into_bytes(self) -> Bytes {
+        let mut bytes = Bytes::from(self.buf);
+        bytes.truncate(self.len);
+        bytes
+    }
+}
+
+/// Writes the frame of `payload` (a short one), header and payload, into `dst`,
+/// which is exactly its size. Short payloads are copied with two overlapping fixed-size moves
+/// instead of a call to `memcpy`.
+#[inline]
+fn put_frame(dst: &mut [u8], payload: &[u8]) {
+    let (header, body) = dst.split_at_mut(HEADER_LEN);
+    header.copy_from_slice(&encode_header(payload.len()));
+    let len = payload.len();
+    match len {
+        8..=16 => {
+            body[..8].copy_from_slice(&payload[..8]);
+            body[len - 8..].copy_from_slice(&payload[len - 8..]);
+        }
+        17..=32 => {
+            body[..16].copy_from_slice(&payload[..16]);
+            body[len - 16..].copy_from_slice(&payload[len - 16..]);
+        }
+        33..=64 => {
+            body[..32].copy_from_slice(&payload[..32]);
+            body[len - 32..].copy_from_slice(&payload[len - 32..]);
+        }
+        _ => body.copy_from_slice(payload),
+    }
+}
+
+/// The payloads of the frames in `run[from..]`, in order, as zero-copy slices of `run`; `from`
+/// is a frame boundary.
+fn split_run(run: Bytes, from: usize, out: &mut impl Extend<Bytes>) {
+    let mut pos = from;
+    while pos + HEADER_LEN <= run.len() {
+        let header: [u8; HEADER_LEN] = run[pos..pos + HEADER_LEN]
+            .try_into()
+            .expect("the slice is HEADER_LEN long");
+        let start = pos + HEADER_LEN;
+        let end = start + u32::from_be_bytes(header) as usize;
+        out.extend(Some(run.slice(start..end)));
+        pos = end;
+    }
+}
+
+/// The end of the last frame of `run` that ends at or before `limit`.
+fn frames_end(run: &[u8], limit: usize) -> usize {
+    let mut pos = 0;
+    while pos + HEADER_LEN <= limit {
+        let header: [u8; HEADER_LEN] = run[pos..pos + HEADER_LEN]
+            .try_into()
+            .expect("the slice is HEADER_LEN long");
+        let end = pos + HEADER_LEN + u32::from_be_bytes(header) as usize;
+        if end > limit {
+            break;
+        }
+        pos = end;
+    }
+    pos
+}
+
 struct Pending {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Entry>,
     /// A `SendTask` is queued, running or waiting: pushes need not post one.
     scheduled: bool,
     state: State,
     close_hook: Option<CloseHook>,
 }
 
+/// Emptied run buffers (initialised), for pushes to fill again. Lock order: the pending lock,
+/// then this.
+#[derive(Default)]
+struct Spare(Mutex<Vec<Vec<u8>>>);
+
+impl Spare {
+    /// An empty run.
+    fn take(&self) -> Run {
+        let buf = lock(&self.0)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RUN_BYTES));
+        Run { buf, len: 0 }
+    }
+
+    /// Keeps the buffers of `runs` for reuse, up to [`SPARE_RUNS`]; frees the rest.
+    fn put(&self, runs: impl IntoIterator<Item = Run>) {
+        let mut spare = lock(&self.0);
+        for run in runs {
+            if spare.len() >= SPARE_RUNS {
+                break;
+            }
+            spare.push(run.buf);
+        }
+    }
+}
+
+impl Pending {
+    /// Queues an admitted message: when `copy` is set and it is small, copies it into the run at
+    /// the back and hands it back to be dropped once the lock is released; else keeps it.
+    fn enqueue(&mut self, msg: Bytes, copy: bool, spare: &Spare) -> Option<Bytes> {
+        if !copy || msg.len() >= COPY_AT_PUSH_BELOW {
+            self.queue.push_back(Entry::Msg(msg));
+            return None;
+        }
+        let size = HEADER_LEN + msg.len();
+        let fits = matches!(self.queue.back(), Some(Entry::Run(run)) if run.room() >= size);
+        if !fits {
+            self.queue.push_back(Entry::Run(spare.take()));
+        }
+        if let Some(Entry::Run(run)) = self.queue.back_mut() {
+            run.push_frame(&msg);
+        }
+        Some(msg)
+    }
+
+    /// Queues runs of frames copied outside the lock, in order.
+    fn enqueue_runs(&mut self, runs: &mut Vec<Run>, spare: &Spare) {
+        for run in runs.drain(..) {
+            if run.len < APPEND_BELOW
+                && let Some(Entry::Run(back)) = self.queue.back_mut()
+                && back.room() >= run.len
+            {
+                back.append(&run);
+                spare.put(Some(run));
+            } else {
+                self.queue.push_back(Entry::Run(run));
+            }
+        }
+    }
+}
+
 struct Writer {
     source: Option<IoSource<TcpStream>>,
-    inflight: VecDeque<Bytes>,
-    /// Bytes of the front frame (header included) already written.
+    inflight: VecDeque<Entry>,
+    /// Bytes of the front entry (headers included) already written.
     offset: usize,
+    /// Messages a write finished, on their way to `sent_all`.
+    done: VecDeque<Bytes>,
     stalled_since: Option<Instant>,
     events: Box<dyn SendEvents>,
     scratch: Vec<u8>,
-    /// Frames and bytes the last `write_batch` gathered (the first frame from `offset` on).
+    /// Entries and bytes the last `write_batch` gathered (the first one from `offset` on).
     gathered: (usize, usize),
 }
 
@@ -247,6 +452,11 @@ impl Queued {
 struct Shared {
     pending: Mutex<Pending>,
     queued: Queued,
+    /// Written messages go back to `sent_all` (see [`Outbox::set_hand_back`]).
+    hand_back: AtomicBool,
+    spare: Spare,
+    /// An empty queue of entries with room, for `push_moved` to fill.
+    spare_entries: Mutex<VecDeque<Entry>>,
     /// A push was refused since the last `drained`.
     refused: AtomicBool,
     writer: Mutex<Writer>,
@@ -273,11 +483,13 @@ impl Outbox {
     /// loss), in [`PushError::TooLarge`] above the frame limit, and in [`PushError::Closed`] after
     /// close.
     pub fn push(&self, msg: Bytes) -> Result<(), PushError> {
-        let post = {
+        let (post, copied) = {
             let mut pending = lock(&self.shared.pending);
-            self.admit(&mut pending, msg)?;
-            !std::mem::replace(&mut pending.scheduled, true)
+            let copied = self.admit(&mut pending, msg)?;
+            (!std::mem::replace(&mut pending.scheduled, true), copied)
         };
+        // A message copied into the queue is let go of outside the lock.
+        drop(copied);
         if post {
             self.schedule();
         }
@@ -293,13 +505,33 @@ impl Outbox {
     /// [`PushError::TooLarge`] or [`PushError::Closed`] with the message that was refused, taken out
     /// of `msgs`; the messages before it were queued, those after it stay in `msgs`.
     pub fn push_all(&self, msgs: &mut VecDeque<Bytes>) -> Result<usize, PushError> {
+        // The usual case: what the checks admit is made ready outside the pending lock, a run at
+        // a time (small messages copied while nothing is handed back, others moved), and queued
+        // under it in one step. The rest (a refusal, or a queue that changed meanwhile) is
+        // decided under the lock, one message at a time.
+        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
+        let mut copied = 0;
+        while let Some(front) = msgs.front() {
+            let n = if copy && front.len() < COPY_AT_PUSH_BELOW {
+                self.push_copied(msgs)
+            } else {
+                self.push_moved(msgs, copy)
+            };
+            if n == 0 {
+                break;
+            }
+            copied += n;
+        }
+        if msgs.is_empty() {
+            return Ok(copied);
+        }
         let (taken, post, result) = {
             let mut pending = lock(&self.shared.pending);
-            let mut taken = self.admit_run(&mut pending, msgs);
+            let mut taken = copied + self.admit_run(&mut pending, msgs);
             let mut result = Ok(());
             while let Some(msg) = msgs.pop_front() {
                 match self.admit(&mut pending, msg) {
-                    Ok(()) => taken += 1,
+                    Ok(_) => taken += 1,
                     Err(PushError::Full { msg, .. }) => {
                         msgs.push_front(msg);
                         break;
@@ -310,13 +542,121 @@ impl Outbox {
                     }
                 }
             }
-            let post = taken > 0 && !std::mem::replace(&mut pending.scheduled, true);
+            let post = taken > copied && !std::mem::replace(&mut pending.scheduled, true);
             (taken, post, result)
         };
         if post {
             self.schedule();
         }
         result.map(|()| taken)
+    }
+
+    /// Moves the longest run at the front of `msgs` that the queue admits and that is not to be
+    /// copied into a queue of entries without holding the pending lock, then appends it under
+    /// the lock in one step; returns how many were queued. Queues none, and puts them back, in
+    /// the cases [`push_copied`](Self::push_copied) queues none.
+    fn push_moved(&self, msgs: &mut VecDeque<Bytes>, copy: bool) -> usize {
+        let options = &self.shared.options;
+        let queued = self.shared.queued.total();
+        let mut total = 0;
+        let mut run = 0;
+        for msg in msgs.iter() {
+            let size = HEADER_LEN + msg.len();
+            let after = queued + total;
+            if (copy && msg.len() < COPY_AT_PUSH_BELOW)
+                || msg.len() > options.max_frame_len
+                || (after > 0 && after + size > options.high_water_bytes)
+            {
+                break;
+            }
+            total += size;
+            run += 1;
+        }
+        if run == 0 {
+            return 0;
+        }
+        let mut entries = std::mem::take(&mut *lock(&self.shared.spare_entries));
+        entries.extend(msgs.drain(..run).map(Entry::Msg));
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            if pending.state != State::Open || self.shared.queued.total() > queued {
+                drop(pending);
+                while let Some(entry) = entries.pop_back() {
+                    if let Entry::Msg(msg) = entry {
+                        msgs.push_front(msg);
+                    }
+                }
+                *lock(&self.shared.spare_entries) = entries;
+                return 0;
+            }
+            self.shared.queued.add_pending(total);
+            if pending.queue.is_empty() {
+                std::mem::swap(&mut pending.queue, &mut entries);
+            } else {
+                pending.queue.append(&mut entries);
+            }
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        *lock(&self.shared.spare_entries) = entries;
+        if post {
+            self.schedule();
+        }
+        run
+    }
+
+    /// Copies the longest run of small messages at the front of `msgs` that the queue admits,
+    /// header and payload, into run buffers without holding the pending lock, then queues the
+    /// runs under it in one step and drops the messages after it; returns how many were queued.
+    ///
+    /// Queues none (and the caller takes the locked way) when the queue is not open or when the
+    /// byte count rose meanwhile (another producer pushed): the checks were made against a count
+    /// that only the writer may have lowered since, which can only admit more.
+    fn push_copied(&self, msgs: &mut VecDeque<Bytes>) -> usize {
+        let options = &self.shared.options;
+        let queued = self.shared.queued.total();
+        let mut total = 0;
+        let mut run = 0;
+        let mut runs = Vec::new();
+        let mut current = self.shared.spare.take();
+        // Checks and copies in one pass.
+        for msg in msgs.iter() {
+            let size = HEADER_LEN + msg.len();
+            let after = queued + total;
+            if msg.len() >= COPY_AT_PUSH_BELOW
+                || msg.len() > options.max_frame_len
+                || (after > 0 && after + size > options.high_water_bytes)
+            {
+                break;
+            }
+            // A frame under `COPY_AT_PUSH_BELOW` bytes always fits an empty run.
+            if current.room() < size {
+                runs.push(std::mem::replace(&mut current, self.shared.spare.take()));
+            }
+            current.push_frame(msg);
+            total += size;
+            run += 1;
+        }
+        runs.push(current);
+        if run == 0 {
+            self.shared.spare.put(runs);
+            return 0;
+        }
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            if pending.state != State::Open || self.shared.queued.total() > queued {
+                drop(pending);
+                self.shared.spare.put(runs);
+                return 0;
+            }
+            self.shared.queued.add_pending(total);
+            pending.enqueue_runs(&mut runs, &self.shared.spare);
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if post {
+            self.schedule();
+        }
+        msgs.drain(..run);
+        run
     }
 
     /// Queues, with one update of the byte count, the longest run at the front of `msgs` that
@@ -347,21 +687,16 @@ impl Outbox {
             return 0;
         }
         self.shared.queued.add_pending(total);
-        if run == msgs.len() {
-            // The whole batch: trade buffers, or move the messages in bulk.
-            if pending.queue.is_empty() {
-                std::mem::swap(&mut pending.queue, msgs);
-            } else {
-                pending.queue.append(msgs);
-            }
-        } else {
-            pending.queue.extend(msgs.drain(..run));
+        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
+        for msg in msgs.drain(..run) {
+            pending.enqueue(msg, copy, &self.shared.spare);
         }
         run
     }
 
     /// Checks one message against the limits and queues it; the caller holds the pending lock.
-    fn admit(&self, pending: &mut Pending, msg: Bytes) -> Result<(), PushError> {
+    /// Returns the message if it was copied into the queue, to be dropped after the lock.
+    fn admit(&self, pending: &mut Pending, msg: Bytes) -> Result<Option<Bytes>, PushError> {
         let options = &self.shared.options;
         if msg.len() > options.max_frame_len {
             return Err(PushError::TooLarge {
@@ -393,8 +728,8 @@ impl Outbox {
             }
         }
         self.shared.queued.add_pending(size);
-        pending.queue.push_back(msg);
-        Ok(())
+        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
+        Ok(pending.enqueue(msg, copy, &self.shared.spare))
     }
 
     fn schedule(&self) {
@@ -408,6 +743,56 @@ impl Outbox {
         if posted.is_err() {
             tracing::debug!("send task not scheduled: pump closed or owner killed");
         }
+    }
+
+    /// Chooses whether written messages are handed back to [`SendEvents::sent_all`] (the
+    /// default) or not.
+    ///
+    /// Handing back keeps every message pushed until it is written, to return that very
+    /// handle. With it off, nothing is handed back: a small message (under 128 bytes) is copied,
+    /// header and payload, into a buffer shared with the messages pushed around it and its
+    /// handle is dropped at once, so the writer writes whole runs of frames with no work per
+    /// message; larger messages are still written in place and dropped once written. Turn it
+    /// off when `sent` would do nothing with the message, for speed.
+    ///
+    /// The choice applies to what is written from now on and to the form of what is pushed
+    /// from now on: a message copied while it was off and written after it was turned on again
+    /// comes back as a zero-copy slice of the shared buffer, equal to the one pushed but not the
+    /// same handle, and so do copied messages reported unsent by [`SendEvents::finished`].
+    ///
+    /// # Examples
+    /// ```
+    /// use mixbus_task::{Bytes, SendEvents, SendOptions, SendOutcome, SendTask};
+    /// use mixbus_task::pump::{Context, EventPump};
+    /// use mixbus_task::pump::eventq::net::TcpStream;
+    /// use std::io::Read;
+    ///
+    /// struct Quiet;
+    /// impl SendEvents for Quiet {
+    ///     fn sent(&mut self, _msg: Bytes, _cx: &mut Context<'_>) { unreachable!("not handed back") }
+    ///     fn finished(&mut self, _outcome: &SendOutcome, _cx: &mut Context<'_>) {}
+    /// }
+    ///
+    /// let pump = EventPump::new()?;
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let stream = TcpStream::from_std(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap()).unwrap();
+    /// let (mut peer, _) = listener.accept().unwrap();
+    /// let outbox = SendTask::start(&pump, stream, SendOptions::default(), None, Quiet)?;
+    /// outbox.set_hand_back(false);
+    /// outbox.push(Bytes::from_static(b"hi")).unwrap();
+    /// outbox.push(Bytes::from_static(b"there")).unwrap();
+    /// let mut wire = [0u8; 15];
+    /// peer.read_exact(&mut wire).unwrap();
+    /// assert_eq!(&wire, b"\0\0\0\x02hi\0\0\0\x05there");
+    /// # Ok::<(), mixbus_task::pump::Error>(())
+    /// ```
+    pub fn set_hand_back(&self, on: bool) {
+        self.shared.hand_back.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether written messages are handed back (see [`set_hand_back`](Self::set_hand_back)).
+    pub fn hands_back(&self) -> bool {
+        self.shared.hand_back.load(Ordering::Relaxed)
     }
 
     /// Header and payload bytes queued and not yet written.
@@ -522,7 +907,8 @@ impl fmt::Debug for Outbox {
 /// Writes the frames queued in its [`Outbox`] to a socket, many per vectored write.
 ///
 /// Partial writes resume exactly where they stopped; each message is handed back through
-/// [`SendEvents::sent`] once written; a peer that accepts nothing for longer than the write
+/// [`SendEvents::sent`] once written (unless hand-back is off: see [`Outbox::set_hand_back`],
+/// which makes small messages cheaper still); a peer that accepts nothing for longer than the write
 /// timeout fails the task with that reason, and every unsent message is reported. The task runs
 /// only while there is something to write: an idle send side costs nothing.
 ///
@@ -578,11 +964,15 @@ impl SendTask {
                 close_hook: None,
             }),
             queued: Queued::default(),
+            hand_back: AtomicBool::new(true),
+            spare: Spare::default(),
+            spare_entries: Mutex::new(VecDeque::new()),
             refused: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 source: Some(source),
                 inflight: VecDeque::new(),
                 offset: 0,
+                done: VecDeque::new(),
                 stalled_since: None,
                 events: Box::new(events),
                 scratch: Vec::with_capacity(64 * 1024),
@@ -632,10 +1022,33 @@ fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Conte
             pending.close_hook.take(),
         )
     };
-    let mut unsent: Vec<Bytes> = writer.inflight.drain(..).collect();
-    unsent.extend(rest);
-    writer.offset = 0;
+    // Frames of a run the last write finished in part were written: they are handed back,
+    // the rest of that run and everything after it are not.
+    let offset = std::mem::take(&mut writer.offset);
+    let hand_back = shared.hand_back.load(Ordering::Relaxed);
+    let mut written = std::mem::take(&mut writer.done);
+    let mut unsent: Vec<Bytes> = Vec::new();
+    for (i, entry) in writer.inflight.drain(..).chain(rest).enumerate() {
+        match entry {
+            Entry::Msg(msg) => unsent.push(msg),
+            Entry::Run(run) => {
+                let from = if i == 0 {
+                    frames_end(run.frames(), offset)
+                } else {
+                    0
+                };
+                let run = run.into_bytes();
+                if hand_back && from > 0 {
+                    split_run(run.slice(..from), 0, &mut written);
+                }
+                split_run(run, from, &mut unsent);
+            }
+        }
+    }
     shared.queued.clear();
+    if !written.is_empty() {
+        writer.events.sent_all(written.drain(..), cx);
+    }
     let outcome = match outcome {
         Outcome::Flushed => SendOutcome::Flushed,
         Outcome::LingerExpired => SendOutcome::LingerExpired { unsent },
@@ -658,13 +1071,15 @@ fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Conte
 enum Piece {
     Scratch(usize, usize),
     Payload(usize, usize),
+    Run(usize, usize),
 }
 
 impl Writer {
     /// Gathers up to [`MAX_SLICES`] slices from the front of `inflight` and writes them once.
     ///
-    /// Small frames are copied, header and payload, into one scratch buffer; consecutive copies
-    /// make one slice, so a stream of small messages costs one `writev` per megabyte.
+    /// A run of frames copied at push time is one slice. Other small frames are copied, header
+    /// and payload, into one scratch buffer; consecutive copies make one slice, so a stream of
+    /// small messages costs one `writev` per megabyte.
     fn write_batch(&mut self) -> io::Result<usize> {
         self.scratch.clear();
         let mut pieces = [Piece::Scratch(0, 0); MAX_SLICES];
@@ -672,15 +1087,27 @@ impl Writer {
         let mut bytes = 0;
         // Start of the scratch run not yet closed into a piece.
         let mut run: Option<usize> = None;
-        let mut frames = 0;
-        for (i, msg) in self.inflight.iter().enumerate() {
-            // Each frame needs at most two more slices, and an open run one more.
+        let mut entries = 0;
+        for (i, entry) in self.inflight.iter().enumerate() {
+            // Each entry needs at most two more slices, and an open run one more.
             if count + usize::from(run.is_some()) + 2 > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
                 break;
             }
-            frames += 1;
+            entries += 1;
             let skip = if i == 0 { self.offset } else { 0 };
-            bytes += HEADER_LEN + msg.len() - skip;
+            bytes += entry.wire_len() - skip;
+            let msg = match entry {
+                Entry::Run(_) => {
+                    if let Some(start) = run.take() {
+                        pieces[count] = Piece::Scratch(start, self.scratch.len());
+                        count += 1;
+                    }
+                    pieces[count] = Piece::Run(i, skip);
+                    count += 1;
+                    continue;
+                }
+                Entry::Msg(msg) => msg,
+            };
             let from = skip.saturating_sub(HEADER_LEN);
             let copy = msg.len() < COPY_BELOW;
             if skip < HEADER_LEN || (copy && msg.len() > from) {
@@ -707,7 +1134,7 @@ impl Writer {
             pieces[count] = Piece::Scratch(start, self.scratch.len());
             count += 1;
         }
-        self.gathered = (frames, bytes);
+        self.gathered = (entries, bytes);
         if bytes == 0 {
             return Ok(0);
         }
@@ -716,7 +1143,10 @@ impl Writer {
         for (slot, piece) in slices.iter_mut().zip(&pieces[..count]) {
             *slot = match *piece {
                 Piece::Scratch(start, end) => IoSlice::new(&self.scratch[start..end]),
-                Piece::Payload(i, from) => IoSlice::new(&self.inflight[i][from..]),
+                Piece::Payload(i, from) | Piece::Run(i, from) => match &self.inflight[i] {
+                    Entry::Msg(msg) => IoSlice::new(&msg[from..]),
+                    Entry::Run(run) => IoSlice::new(&run.frames()[from..]),
+                },
             };
         }
         let source = self
@@ -726,23 +1156,23 @@ impl Writer {
         (&**source).write_vectored(&slices[..count])
     }
 
-    /// Accounts `n` written bytes: pops finished frames and hands them back.
+    /// Accounts `n` written bytes: pops finished entries and hands their messages back.
     fn advance(&mut self, mut n: usize, shared: &Shared, cx: &mut Context<'_>) {
         let mut freed = 0;
         let mut finished = 0;
-        let (frames, bytes) = self.gathered;
+        let (entries, bytes) = self.gathered;
         if n == bytes {
             // The whole batch went out (the usual case): no need to walk it again.
             freed = n;
-            finished = frames;
+            finished = entries;
             n = 0;
             self.offset = 0;
         }
-        for msg in self.inflight.iter().skip(finished) {
+        for entry in self.inflight.iter().skip(finished) {
             if n == 0 {
                 break;
             }
-            let left = HEADER_LEN + msg.len() - self.offset;
+            let left = entry.wire_len() - self.offset;
             if n < left {
                 self.offset += n;
                 freed += n;
@@ -754,7 +1184,30 @@ impl Writer {
             finished += 1;
         }
         if finished > 0 {
-            self.events.sent_all(self.inflight.drain(..finished), cx);
+            if shared.hand_back.load(Ordering::Relaxed) {
+                for entry in self.inflight.drain(..finished) {
+                    match entry {
+                        Entry::Msg(msg) => self.done.push_back(msg),
+                        // Copied while nothing was handed back, written now that it is.
+                        Entry::Run(run) => split_run(run.into_bytes(), 0, &mut self.done),
+                    }
+                }
+                self.events.sent_all(self.done.drain(..), cx);
+            } else {
+                // Messages are dropped; runs go back to be filled again (one lock, and none
+                // when there is no run among them).
+                let mut runs = self
+                    .inflight
+                    .drain(..finished)
+                    .filter_map(|entry| match entry {
+                        Entry::Run(run) => Some(run),
+                        Entry::Msg(_) => None,
+                    })
+                    .peekable();
+                if runs.peek().is_some() {
+                    shared.spare.put(runs);
+                }
+            }
         }
         // SeqCst pairs with `Outbox::push`: see the re-check there.
         let after = shared.queued.written(freed);
