@@ -556,22 +556,9 @@ impl Outbox {
     /// the lock in one step; returns how many were queued. Queues none, and puts them back, in
     /// the cases [`push_copied`](Self::push_copied) queues none.
     fn push_moved(&self, msgs: &mut VecDeque<Bytes>, copy: bool) -> usize {
-        let options = &self.shared.options;
         let queued = self.shared.queued.total();
-        let mut total = 0;
-        let mut run = 0;
-        for msg in msgs.iter() {
-            let size = HEADER_LEN + msg.len();
-            let after = queued + total;
-            if (copy && msg.len() < COPY_AT_PUSH_BELOW)
-                || msg.len() > options.max_frame_len
-                || (after > 0 && after + size > options.high_water_bytes)
-            {
-                break;
-            }
-            total += size;
-            run += 1;
-        }
+        let (run, total) =
+            self.admissible(msgs, queued, |msg| copy && msg.len() < COPY_AT_PUSH_BELOW);
         if run == 0 {
             return 0;
         }
@@ -659,23 +646,24 @@ impl Outbox {
         run
     }
 
-    /// Queues, with one update of the byte count, the longest run at the front of `msgs` that
-    /// passes every check of [`admit`](Self::admit) without a refusal; returns how many. The
-    /// caller holds the pending lock and hands the rest to `admit`, one at a time.
-    fn admit_run(&self, pending: &mut Pending, msgs: &mut VecDeque<Bytes>) -> usize {
+    /// The longest run at the front of `msgs` that fits the frame limit and the high water mark
+    /// (with `queued` bytes already queued) and in which `stop` holds for none: how many
+    /// messages, and their bytes on the wire. The writer only lowers the queued count, so a
+    /// stale reading errs on the side of refusing, and `admit` decides those cases exactly.
+    fn admissible(
+        &self,
+        msgs: &VecDeque<Bytes>,
+        queued: usize,
+        stop: impl Fn(&Bytes) -> bool,
+    ) -> (usize, usize) {
         let options = &self.shared.options;
-        if pending.state != State::Open {
-            return 0;
-        }
-        // The writer only lowers the count, so a stale reading errs on the side of refusing,
-        // and `admit` decides those cases exactly.
-        let queued = self.shared.queued.total();
         let mut total = 0;
         let mut run = 0;
         for msg in msgs.iter() {
             let size = HEADER_LEN + msg.len();
             let after = queued + total;
-            if msg.len() > options.max_frame_len
+            if stop(msg)
+                || msg.len() > options.max_frame_len
                 || (after > 0 && after + size > options.high_water_bytes)
             {
                 break;
@@ -683,6 +671,17 @@ impl Outbox {
             total += size;
             run += 1;
         }
+        (run, total)
+    }
+
+    /// Queues, with one update of the byte count, the longest run at the front of `msgs` that
+    /// passes every check of [`admit`](Self::admit) without a refusal; returns how many. The
+    /// caller holds the pending lock and hands the rest to `admit`, one at a time.
+    fn admit_run(&self, pending: &mut Pending, msgs: &mut VecDeque<Bytes>) -> usize {
+        if pending.state != State::Open {
+            return 0;
+        }
+        let (run, total) = self.admissible(msgs, self.shared.queued.total(), |_| false);
         if run == 0 {
             return 0;
         }
