@@ -9,7 +9,10 @@ use std::time::Duration;
 use mixbus_task::pump::EventPump;
 use mixbus_task::{Bytes, SendOptions, SendTask};
 
-use support::{PATIENCE, SendEvent, pair, payload, read_frames, recv, send_events, until_finished};
+use support::{
+    PATIENCE, SendEvent, pair, payload, read_frames, recv, send_events, stalled_outbox,
+    until_finished,
+};
 
 /// Sizes around the copy threshold (512 bytes) and the short-copy classes, and empty ones.
 fn size(i: u64) -> usize {
@@ -105,11 +108,7 @@ fn copied_messages_come_back_as_copies_once_hand_back_is_on_again() {
 fn unsent_copies_come_back_when_the_peer_stalls() {
     const WRITE_TIMEOUT: Duration = Duration::from_millis(300);
     let pump = EventPump::new().unwrap();
-    let (client, peer) = pair();
-    client.set_send_buffer_size(4096).unwrap();
-    let (events, rx) = send_events();
-    let options = SendOptions::default().with_write_timeout(WRITE_TIMEOUT);
-    let outbox = SendTask::start(&pump, client, options, None, events).unwrap();
+    let (outbox, rx, peer) = stalled_outbox(&pump, WRITE_TIMEOUT);
     outbox.set_hand_back(false);
     // Small messages (and a few large ones) up to the high water mark; the peer never reads.
     let mut pushed: Vec<Bytes> = (0..16_000)

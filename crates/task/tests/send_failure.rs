@@ -10,7 +10,9 @@ use mixbus_task::pump::EventPump;
 use mixbus_task::pump::eventq::net::TcpStream;
 use mixbus_task::{Bytes, PushError, SendOptions, SendTask};
 
-use support::{PATIENCE, SLACK, SendEvent, pair, payload, same, send_events, until_finished};
+use support::{
+    PATIENCE, SLACK, SendEvent, pair, payload, same, send_events, stalled_outbox, until_finished,
+};
 
 /// Panics unless `sent` then `unsent` are exactly `pushed`, in order.
 fn check_accounting(pushed: &[Bytes], sent: &[Bytes], unsent: &[Bytes]) {
@@ -50,11 +52,7 @@ fn smoke() {
 fn a_peer_that_stalls_past_the_write_timeout_fails_the_send_side() {
     const WRITE_TIMEOUT: Duration = Duration::from_millis(300);
     let pump = EventPump::new().unwrap();
-    let (client, peer) = pair();
-    client.set_send_buffer_size(4096).unwrap();
-    let (events, rx) = send_events();
-    let options = SendOptions::default().with_write_timeout(WRITE_TIMEOUT);
-    let outbox = SendTask::start(&pump, client, options, None, events).unwrap();
+    let (outbox, rx, peer) = stalled_outbox(&pump, WRITE_TIMEOUT);
 
     // A few MiB queued; the peer never reads.
     let start = Instant::now();

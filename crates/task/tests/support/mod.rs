@@ -182,6 +182,24 @@ pub(crate) fn send_events() -> (ForwardSend, flume::Receiver<SendEvent>) {
     (ForwardSend(tx), rx)
 }
 
+/// An outbox whose peer never reads: a 4 KiB send buffer and `write_timeout`, with its events and
+/// the peer (drop it to end the stall).
+pub(crate) fn stalled_outbox(
+    pump: &mixbus_task::pump::EventPump,
+    write_timeout: Duration,
+) -> (
+    mixbus_task::Outbox,
+    flume::Receiver<SendEvent>,
+    std::net::TcpStream,
+) {
+    let (client, peer) = pair();
+    client.set_send_buffer_size(4096).unwrap();
+    let (events, rx) = send_events();
+    let options = mixbus_task::SendOptions::default().with_write_timeout(write_timeout);
+    let outbox = mixbus_task::SendTask::start(pump, client, options, None, events).unwrap();
+    (outbox, rx, peer)
+}
+
 /// Collects send events until `Finished`: (messages sent, in order; drained count; the end).
 pub(crate) fn until_finished(rx: &flume::Receiver<SendEvent>) -> (Vec<Bytes>, usize, SendEnd) {
     let mut sent = Vec::new();
