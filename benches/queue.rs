@@ -5,7 +5,8 @@
 //! `queue_latency/<case>/<size>`. Throughput cases: `queue` (one `send` per message from a
 //! thread, one `Bytes` per message received), `queue_batched` (`send_all` from a thread, batches
 //! read in place), `queue_on_pump` (`send_all` from a task on the sending pump, batches read in
-//! place) and `raw_tcp`; latency cases: `queue`, `queue_pumps` and `raw_tcp`.
+//! place), `queue_copied` (`send_copied` of borrowed payloads from a task on the sending pump,
+//! read in place) and `raw_tcp`; latency cases: `queue`, `queue_pumps` and `raw_tcp`.
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -246,6 +247,27 @@ struct Produce {
     msgs: Messages,
     left: u64,
     batch: VecDeque<Bytes>,
+    /// Send with `send_copied` from the messages in place instead of `send_all` of handles.
+    copied: bool,
+    /// Where `send_copied` goes on in `msgs`.
+    next: usize,
+}
+
+impl Produce {
+    /// Sends with `send_copied` up to 1,024 messages from where the count left stands; returns
+    /// false when the queue is full.
+    fn send_copied(&mut self) -> bool {
+        let all = &self.msgs.0;
+        let from = self.next;
+        let end = (from + self.left.min(1024) as usize).min(all.len());
+        let taken = self
+            .queue
+            .send_copied(&all[from..end])
+            .expect("send_copied");
+        self.left -= taken as u64;
+        self.next = (from + taken) % all.len();
+        taken == end - from
+    }
 }
 
 /// A task on the sending pump that sends what `state` has left with `send_all`, 1,024 at a time;
@@ -254,6 +276,17 @@ fn produce(state: Arc<Mutex<Produce>>) -> FnTask<impl FnMut(&mut Context<'_>) ->
     FnTask::new("produce", move |cx: &mut Context<'_>| {
         let mut guard = state.lock().expect("producer state");
         let p = &mut *guard;
+        while p.copied {
+            if p.left == 0 {
+                return Next::Done;
+            }
+            if !p.send_copied() {
+                return Next::Done; // Full: `writable` posts the next run.
+            }
+            if cx.should_yield() {
+                return Next::Repost;
+            }
+        }
         loop {
             while p.batch.len() < 1024 && p.left > 0 {
                 p.batch.push_back(p.msgs.get(p.left));
@@ -285,7 +318,7 @@ impl QueueListener for Resume {
 
 /// One-way throughput with the producer on the sending pump itself (as an event-driven
 /// application sends): two threads at work, like the raw baseline.
-fn bench_on_pump(b: &mut criterion::Bencher<'_>, msgs: &Messages, n: u64) {
+fn bench_on_pump(b: &mut criterion::Bencher<'_>, msgs: &Messages, n: u64, copied: bool) {
     let (_pumps, sender, receiver) = queue_pair();
     let done = count_received(&receiver, n, true);
     let state = Arc::new(Mutex::new(Produce {
@@ -293,6 +326,8 @@ fn bench_on_pump(b: &mut criterion::Bencher<'_>, msgs: &Messages, n: u64) {
         msgs: msgs.clone(),
         left: 0,
         batch: VecDeque::with_capacity(1024),
+        copied,
+        next: 0,
     }));
     sender
         .set_listener(Resume(state.clone()))
@@ -332,10 +367,13 @@ fn throughput(c: &mut Criterion) {
                 bench_queue(b, &msgs, n, send, in_place)
             });
         }
-        // `queue_on_pump`: `send_all` from a task on the sending pump, read in place.
-        group.bench_function(BenchmarkId::new("queue_on_pump", size), |b| {
-            bench_on_pump(b, &msgs, n)
-        });
+        // `queue_on_pump`: `send_all` from a task on the sending pump, read in place;
+        // `queue_copied`: the same with `send_copied` (no handle per message).
+        for (case, copied) in [("queue_on_pump", false), ("queue_copied", true)] {
+            group.bench_function(BenchmarkId::new(case, size), |b| {
+                bench_on_pump(b, &msgs, n, copied)
+            });
+        }
 
         group.bench_function(BenchmarkId::new("raw_tcp", size), |b| {
             let (writer, reader) = raw_pair();

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use mixbus_queue::task::Bytes;
 use mixbus_queue::{MessageQueue, QueueConfig, QueueListener};
-use support::{Ev, Forward, broker, pair, payload, recv, until_closed};
+use support::{Forward, broker, pair, payloads, receive, recv, until_closed};
 
 /// Takes nothing back: the defaults.
 struct Quiet;
@@ -36,21 +36,7 @@ impl QueueListener for Delegating {
 
 /// Messages 0..n of stream 7, sizes around the copy threshold.
 fn messages(from: u64, n: u64) -> Vec<Bytes> {
-    (from..from + n)
-        .map(|i| payload(7, i, [16, 0, 300, 700, 8][(i % 5) as usize]))
-        .collect()
-}
-
-/// Receives `n` messages on the forwarding listener's channel.
-fn receive(rx: &flume::Receiver<Ev>, n: usize) -> Vec<Bytes> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match recv(rx, "the messages") {
-            Ev::Received(msg) => got.push(msg),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    got
+    payloads(7, from, n, &[16, 0, 300, 700, 8])
 }
 
 #[test]

@@ -37,6 +37,11 @@ const SPARE_RUNS: usize = 16;
 /// the queue (if it has room) rather than queued as a run of its own: runs stay full, so fewer
 /// buffers are in flight and the spare ones go round instead of being allocated afresh.
 const APPEND_BELOW: usize = 32 * 1024;
+/// Payloads shorter than this fit an empty run with their header: [`Outbox::push_copies`]
+/// copies them into runs.
+const COPY_LIMIT: usize = RUN_BYTES - HEADER_LEN + 1;
+/// Messages [`Outbox::push_copies`] copies into buffers of their own per `push_all`.
+const COPIES_PER_BATCH: usize = 256;
 
 /// How a [`SendTask`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,8 +247,7 @@ impl Run {
         }
     }
 
-    /// Appends the frame of `payload` (under [`COPY_AT_PUSH_BELOW`] bytes); the caller checked
-    /// the room.
+    /// Appends the frame of `payload`; the caller checked the room.
     fn push_frame(&mut self, payload: &[u8]) {
         let end = self.len + HEADER_LEN + payload.len();
         self.init_to(end);
@@ -591,14 +595,23 @@ impl Outbox {
         run
     }
 
-    /// Copies the longest run of small messages at the front of `msgs` that the queue admits,
-    /// header and payload, into run buffers without holding the pending lock, then queues the
-    /// runs under it in one step and drops the messages after it; returns how many were queued.
+    /// Copies the longest run of small messages at the front of `msgs` that the queue admits into
+    /// run buffers (see [`copy_frames`](Self::copy_frames)) and drops them; returns how many.
+    fn push_copied(&self, msgs: &mut VecDeque<Bytes>) -> usize {
+        let run = self.copy_frames(msgs.iter().map(|msg| &msg[..]), COPY_AT_PUSH_BELOW);
+        msgs.drain(..run);
+        run
+    }
+
+    /// Copies the longest run of payloads at the front of `msgs` that are shorter than `below`
+    /// (at most [`COPY_LIMIT`]) and that the queue admits, header and payload, into run
+    /// buffers without holding the pending lock, then queues the runs under it in one step;
+    /// returns how many were queued.
     ///
     /// Queues none (and the caller takes the locked way) when the queue is not open or when the
     /// byte count rose meanwhile (another producer pushed): the checks were made against a count
     /// that only the writer may have lowered since, which can only admit more.
-    fn push_copied(&self, msgs: &mut VecDeque<Bytes>) -> usize {
+    fn copy_frames<'a>(&self, msgs: impl Iterator<Item = &'a [u8]>, below: usize) -> usize {
         let options = &self.shared.options;
         let queued = self.shared.queued.total();
         let mut total = 0;
@@ -606,16 +619,16 @@ impl Outbox {
         let mut runs = Vec::new();
         let mut current = self.shared.spare.take();
         // Checks and copies in one pass.
-        for msg in msgs.iter() {
+        for msg in msgs {
             let size = HEADER_LEN + msg.len();
             let after = queued + total;
-            if msg.len() >= COPY_AT_PUSH_BELOW
+            if msg.len() >= below
                 || msg.len() > options.max_frame_len
                 || (after > 0 && after + size > options.high_water_bytes)
             {
                 break;
             }
-            // A frame under `COPY_AT_PUSH_BELOW` bytes always fits an empty run.
+            // A frame under `COPY_LIMIT` bytes always fits an empty run.
             if current.room() < size {
                 runs.push(std::mem::replace(&mut current, self.shared.spare.take()));
             }
@@ -642,8 +655,63 @@ impl Outbox {
         if post {
             self.schedule();
         }
-        msgs.drain(..run);
         run
+    }
+
+    /// Queues copies of the messages at the front of `msgs`, in order: the batched `push` for
+    /// payloads the caller keeps (a buffer it reuses, a slice of a larger one). Returns how many
+    /// were taken; it stops at the high water mark (wait for [`SendEvents::drained`], then call
+    /// again with the rest), and before a message it refuses when others were taken before it.
+    ///
+    /// While nothing is handed back (see [`set_hand_back`](Self::set_hand_back)), payloads that
+    /// fit are copied, header and payload, straight into shared 64 KiB runs of frames, with no
+    /// allocation and no handle per message: the cheapest way to send small messages. Otherwise
+    /// each is copied into a buffer of its own, which is what comes back to `sent_all`.
+    ///
+    /// ```
+    /// # use mixbus_task::{Outbox, PushError};
+    /// # fn demo(outbox: &Outbox) -> Result<(), PushError> {
+    /// let readings = [[1u8; 16], [2u8; 16], [3u8; 16]];
+    /// let taken = outbox.push_copies(&readings)?;
+    /// assert!(taken <= readings.len()); // the rest waits for `drained`
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the first message is refused: [`PushError::TooLarge`] or [`PushError::Closed`],
+    /// holding a copy of it.
+    pub fn push_copies<B: AsRef<[u8]>>(&self, msgs: &[B]) -> Result<usize, PushError> {
+        let mut taken = 0;
+        if !self.shared.hand_back.load(Ordering::Relaxed) {
+            while taken < msgs.len() {
+                let rest = msgs[taken..].iter().map(|msg| msg.as_ref());
+                match self.copy_frames(rest, COPY_LIMIT) {
+                    0 => break,
+                    n => taken += n,
+                }
+            }
+        }
+        // The rest (large payloads, messages handed back, a full or closed queue): each copied
+        // into a buffer of its own and pushed as a handle, a batch at a time.
+        let mut batch = VecDeque::new();
+        while taken < msgs.len() {
+            batch.extend(
+                msgs[taken..]
+                    .iter()
+                    .take(COPIES_PER_BATCH)
+                    .map(|msg| Bytes::copy_from_slice(msg.as_ref())),
+            );
+            let offered = batch.len();
+            match self.push_all(&mut batch) {
+                Ok(n) => taken += n,
+                Err(err) if taken == 0 && offered - batch.len() == 1 => return Err(err),
+                Err(_) => return Ok(taken + offered - batch.len() - 1),
+            }
+            if !batch.is_empty() {
+                break;
+            }
+        }
+        Ok(taken)
     }
 
     /// The longest run at the front of `msgs` that fits the frame limit and the high water mark

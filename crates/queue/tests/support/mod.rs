@@ -248,6 +248,27 @@ fn word(stream: u64, index: u64) -> u64 {
     z
 }
 
+/// Messages `from..from + n` of `stream`, their sizes taken from `sizes` in turn.
+pub(crate) fn payloads(stream: u64, from: u64, n: u64, sizes: &[usize]) -> Vec<Bytes> {
+    (from..from + n)
+        .map(|i| payload(stream, i, sizes[(i % sizes.len() as u64) as usize]))
+        .collect()
+}
+
+/// Receives `n` messages on a [`Forward`] listener's channel, passing over `sent` and `writable`
+/// notices; `closed` first is a failure.
+pub(crate) fn receive(rx: &flume::Receiver<Ev>, n: usize) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match recv(rx, "the messages") {
+            Ev::Received(msg) => got.push(msg),
+            Ev::Sent(_) | Ev::Writable => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
 /// The index a payload of 8 bytes or more carries.
 pub(crate) fn index_of(msg: &[u8]) -> Option<u64> {
     msg.get(..8)
