@@ -108,6 +108,19 @@ pub trait QueueListener: Send + 'static {
     /// After a `send` was refused as full, the outbound queue fell below the low water mark.
     fn writable(&mut self, _queue: &MessageQueue) {}
 
+    /// Whether to stop reading for now: flow control for a receiver that cannot keep up (a
+    /// server whose queues are deep, say). Asked on the pump before each batch is delivered and
+    /// before each read. While it returns true nothing more is delivered or read: the kernel's
+    /// buffers fill and TCP makes the peer's writes wait, then its `send`s are refused as full.
+    /// It is asked again about every millisecond ([`HOLD_RECHECK`](crate::task::HOLD_RECHECK)); a queue closing on
+    /// this side is never held. The default never holds.
+    ///
+    /// Hold only what is safe to hold: a peer that must be read for the hold to end (one whose
+    /// acknowledgements drain the deep queue) would wait for ever.
+    fn hold_receiving(&mut self, _queue: &MessageQueue) -> bool {
+        false
+    }
+
     /// The peer broke the framing (a header announcing more than the maximum frame length): the
     /// queue stops reading and closes, with [`CloseReason::Protocol`]. Called once, before
     /// `closed`, while `send` still works: a message sent here (saying why, for example) goes
@@ -650,6 +663,16 @@ impl ReceiveEvents for RecvSide {
             }
             None => Flow::Stop,
         }
+    }
+
+    fn hold(&mut self, _cx: &mut Context<'_>) -> bool {
+        if lock(&self.queue.inner.phase).local_close {
+            return false;
+        }
+        let mut listener = lock(&self.queue.inner.listener);
+        listener
+            .as_deref_mut()
+            .is_some_and(|l| l.hold_receiving(&self.queue))
     }
 
     fn finished(&mut self, outcome: ReceiveOutcome, cx: &mut Context<'_>) {

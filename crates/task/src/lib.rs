@@ -63,5 +63,5 @@ pub use codec::{
 pub use connect::{ConnectError, ConnectOptions, ConnectTask};
 pub use error::{Error, FrameError, Result};
 pub use event::TaskEvent;
-pub use receive::{Flow, READ_CHUNK, ReceiveEvents, ReceiveOutcome, ReceiveTask};
+pub use receive::{Flow, HOLD_RECHECK, READ_CHUNK, ReceiveEvents, ReceiveOutcome, ReceiveTask};
 pub use send::{Outbox, PushError, SendEvents, SendOptions, SendOutcome, SendTask};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -15,6 +16,8 @@ const DELIVER_BATCH: usize = 1024;
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// While [`ReceiveEvents::hold`] says so, how often the receive task asks again.
+pub const HOLD_RECHECK: Duration = Duration::from_millis(1);
 
 /// How the receive side ended.
 #[derive(Debug)]
@@ -60,6 +63,14 @@ pub trait ReceiveEvents: Send + 'static {
             }
         }
         Flow::Continue
+    }
+
+    /// Whether to stop reading for now (flow control): asked before each batch is delivered and
+    /// before each read. While it says so, nothing more is delivered or read, the kernel's
+    /// buffers fill and TCP makes the peer wait; it is asked again every [`HOLD_RECHECK`].
+    /// The default never holds.
+    fn hold(&mut self, _cx: &mut Context<'_>) -> bool {
+        false
     }
 
     /// The receive side ended; called exactly once, after every `received`.
@@ -113,6 +124,9 @@ impl<E: ReceiveEvents> ReceiveTask<E> {
     /// delivered first on the next run, so one large read never holds the pump for long.
     fn deliver(&mut self, cx: &mut Context<'_>) -> Option<Next> {
         loop {
+            if self.decoder.buffered() > 0 && self.events.hold(cx) {
+                return Some(Next::RepostAfter(HOLD_RECHECK));
+            }
             let count = match self.decoder.decode_frames(&mut self.frames, DELIVER_BATCH) {
                 Ok(count) => count,
                 Err(err) => {
@@ -149,6 +163,12 @@ impl<E: ReceiveEvents> Task for ReceiveTask<E> {
             return next;
         }
         loop {
+            if self.source.is_none() {
+                return Next::Done;
+            }
+            if self.events.hold(cx) {
+                return Next::RepostAfter(HOLD_RECHECK);
+            }
             let Some(source) = self.source.as_ref() else {
                 return Next::Done;
             };
