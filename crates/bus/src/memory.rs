@@ -314,6 +314,21 @@ impl Inbox {
         }
     }
 
+    /// Cuts the queue off (as an overflow would) if it has an overflow hook and its consumer is
+    /// stuck; returns whether it is cut off.
+    fn cut_if_stuck(&self) -> bool {
+        if let Some((stall, hook)) = &self.on_overflow
+            && !self.is_cut()
+            && self.stuck(*stall)
+            && !self.cut.swap(true, Ordering::AcqRel)
+        {
+            let len = self.len();
+            tracing::warn!(queue = %self.name, queued = len, "consumer stuck behind a held publisher; cut off");
+            hook(len);
+        }
+        self.is_cut()
+    }
+
     /// Whether every member is held at its in-flight limit by a delivery older than `stall`.
     fn stuck(&self, stall: Duration) -> bool {
         let now = Instant::now();
@@ -656,12 +671,16 @@ impl InMemoryBroker {
     /// `result` with each outcome in turn (what the bus server does for a burst of PUBLISH
     /// frames). A burst costs one clock reading, one route lookup per run of one topic, and one
     /// lock and at most one wake per queue for each run.
+    ///
+    /// Queues left holding more than `watch.above` messages after it are added to
+    /// `watch.deep`.
     pub(crate) fn publish_many(
         &self,
         messages: impl IntoIterator<Item = Message>,
         result: impl FnMut(Result<MessageId>),
+        watch: &mut Watch,
     ) {
-        self.shared.publish_many(messages, result);
+        self.shared.publish_many(messages, result, watch);
     }
 
     /// Acks several deliveries of one subscription at once (what the bus server does for an ACKS
@@ -678,6 +697,40 @@ impl InMemoryBroker {
             .iter()
             .find(|i| i.name == queue)
             .map(|i| i.len())
+    }
+}
+
+/// The queues a burst of publishes left deep (see [`InMemoryBroker::publish_many`]): what a
+/// server watches while it holds a publisher back.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// Queues holding more messages than this are noted.
+    pub(crate) above: usize,
+    pub(crate) deep: Vec<Depth>,
+}
+
+impl Watch {
+    fn note(&mut self, target: &Arc<Inbox>) {
+        if target.len() > self.above && !self.deep.iter().any(|d| Arc::ptr_eq(&d.0, target)) {
+            self.deep.push(Depth(target.clone()));
+        }
+    }
+}
+
+/// One queue's depth, read without a lock.
+pub(crate) struct Depth(Arc<Inbox>);
+
+impl Depth {
+    /// Messages waiting in the queue.
+    pub(crate) fn get(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the queue still takes messages (its subscription is open and not cut off). A
+    /// queue whose consumer is stuck is cut off now, as if it had overflowed: a publisher held
+    /// for it would otherwise wait for ever.
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.open.load(Ordering::Acquire) && !self.0.cut_if_stuck()
     }
 }
 
@@ -729,6 +782,7 @@ impl Shared {
         &self,
         messages: impl IntoIterator<Item = Message>,
         mut result: impl FnMut(Result<MessageId>),
+        watch: &mut Watch,
     ) {
         let closed = self.closed.load(Ordering::Acquire);
         let now = SystemTime::now();
@@ -746,7 +800,7 @@ impl Shared {
             });
             if !same {
                 if let Some((_, targets)) = route.take() {
-                    self.enqueue_run(&targets, &mut run, &notifier);
+                    self.enqueue_run(&targets, &mut run, &notifier, watch);
                 }
                 match self.route(message.topic()) {
                     Ok(targets) => route = Some((message.shared_topic().clone(), targets)),
@@ -768,12 +822,18 @@ impl Shared {
             }
         }
         if let Some((_, targets)) = route {
-            self.enqueue_run(&targets, &mut run, &notifier);
+            self.enqueue_run(&targets, &mut run, &notifier, watch);
         }
     }
 
     /// Pushes a run of admitted messages to each of their queues: one lock and one wake each.
-    fn enqueue_run(&self, targets: &[Arc<Inbox>], run: &mut Vec<Message>, notifier: &Notifier) {
+    fn enqueue_run(
+        &self,
+        targets: &[Arc<Inbox>],
+        run: &mut Vec<Message>,
+        notifier: &Notifier,
+        watch: &mut Watch,
+    ) {
         if run.is_empty() {
             return;
         }
@@ -785,6 +845,7 @@ impl Shared {
                 target.fresh.push_all(run.drain(..));
             }
             self.notify_or_drain(target, notifier);
+            watch.note(target);
         }
         run.clear();
     }

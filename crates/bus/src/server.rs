@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::{Broker, CloseReport, Handler, Subscription};
 use crate::error::{Error, Result};
-use crate::memory::{InMemoryBroker, InMemoryConfig};
+use crate::memory::{Depth, InMemoryBroker, InMemoryConfig, Watch};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, VERSION};
@@ -44,6 +44,14 @@ pub struct ServerConfig {
     /// publishers outrun it. A consumer group's queue is bounded by the inner broker's
     /// `group_capacity` instead, with publishes refused past it.
     pub max_queued_per_subscription: usize,
+    /// Flow control for publishers: when a burst of publishes read from a connection leaves a
+    /// queue (a subscription's or a group's) holding more than this many messages, the server
+    /// stops reading that connection until every such queue is back to half of it. The
+    /// publisher's socket fills and its publishes wait for room, so the server's memory stays
+    /// bounded by what consumers can take (default 16,384; `usize::MAX` never holds). A
+    /// connection that holds subscriptions is never held: its acks may be what drains the
+    /// queue.
+    pub hold_publishers_above: usize,
     /// How long a consumer held at its in-flight limit may go without an ack before it counts
     /// as stuck (default 5 s; see `max_queued_per_subscription`).
     pub slow_consumer_stall: Duration,
@@ -66,6 +74,7 @@ impl Default for ServerConfig {
             max_subscriptions_per_connection: 1024,
             max_outbound_bytes: 8 << 20,
             max_queued_per_subscription: 65_536,
+            hold_publishers_above: 16_384,
             slow_consumer_stall: Duration::from_secs(5),
             linger: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
@@ -116,6 +125,14 @@ impl ServerConfig {
     #[must_use]
     pub fn with_max_queued_per_subscription(mut self, n: usize) -> Self {
         self.max_queued_per_subscription = n.max(1);
+        self
+    }
+
+    /// Sets the queue depth past which the server stops reading from the publishers filling it
+    /// (see [`hold_publishers_above`](Self::hold_publishers_above)).
+    #[must_use]
+    pub fn with_hold_publishers_above(mut self, n: usize) -> Self {
+        self.hold_publishers_above = n.max(1);
         self
     }
 
@@ -360,6 +377,11 @@ struct ConnListener {
     requests: Vec<u64>,
     /// The topic of the last publish read: the next one on the same topic shares it.
     last_topic: Option<Arc<str>>,
+    /// The queues the last burst left deep.
+    watch: Watch,
+    /// Deep queues this connection's publishes went to: it is not read until they are back to
+    /// half the mark ([`ServerConfig::hold_publishers_above`]).
+    held_by: Vec<Depth>,
 }
 
 impl ConnListener {
@@ -474,11 +496,27 @@ impl ConnListener {
         let mut burst = std::mem::take(&mut self.burst);
         let mut answers = self.requests.drain(..);
         let conn = &self.conn;
-        shared.bus.publish_many(burst.drain(..), |result| {
-            let request = answers.next().unwrap_or(0);
-            conn.published(shared, request, result);
-        });
+        self.watch.above = shared.config.hold_publishers_above;
+        shared.bus.publish_many(
+            burst.drain(..),
+            |result| {
+                let request = answers.next().unwrap_or(0);
+                conn.published(shared, request, result);
+            },
+            &mut self.watch,
+        );
         self.burst = burst;
+        if !self.watch.deep.is_empty() {
+            // Holding a connection whose acks drain a queue could wait for ever.
+            if lock(&conn.state).subs.is_empty() {
+                if self.held_by.is_empty() {
+                    tracing::debug!(conn.id = conn.queue.id(), "publisher held: queues deep");
+                }
+                self.held_by.append(&mut self.watch.deep);
+            } else {
+                self.watch.deep.clear();
+            }
+        }
     }
 
     fn delivery(&self, sub: u64, message: u64) -> Option<DeliveryId> {
@@ -775,6 +813,23 @@ impl QueueListener for ConnListener {
         }
     }
 
+    /// Not read while queues this connection published to are deep (see
+    /// [`ServerConfig::hold_publishers_above`]).
+    fn hold_receiving(&mut self, _queue: &MessageQueue) -> bool {
+        if self.held_by.is_empty() {
+            return false;
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        let low = shared.config.hold_publishers_above / 2;
+        self.held_by.retain(|d| d.is_open() && d.get() > low);
+        if self.held_by.is_empty() {
+            tracing::debug!(conn.id = self.conn.queue.id(), "publisher released");
+        }
+        !self.held_by.is_empty()
+    }
+
     /// A header announced more than twice the frame limit: the queue closes; say why first.
     fn protocol_error(&mut self, _queue: &MessageQueue, err: &FrameError) {
         if self.conn.closing.swap(true, Ordering::AcqRel) {
@@ -1003,6 +1058,8 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         burst: Vec::new(),
         requests: Vec::new(),
         last_topic: None,
+        watch: Watch::default(),
+        held_by: Vec::new(),
     };
     if let Err(err) = queue.set_listener(listener) {
         tracing::warn!(conn.id = queue.id(), error = %err, "could not start reading");

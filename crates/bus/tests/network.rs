@@ -479,12 +479,24 @@ fn an_inline_handler_replies_at_once_but_may_not_wait_for_the_server() {
 
 #[test]
 fn a_stuck_consumer_is_cut_off_at_the_queue_limit() {
+    stuck_consumer_is_cut_off(ServerConfig::default().hold_publishers_above);
+}
+
+#[test]
+fn a_stuck_consumer_is_cut_off_while_it_holds_the_publisher_back() {
+    // The publisher is held (not read) once the stuck consumer's queue passes 100, so the queue
+    // never reaches the limit: the hold itself finds the consumer stuck and cuts it off.
+    stuck_consumer_is_cut_off(100);
+}
+
+fn stuck_consumer_is_cut_off(hold_above: usize) {
     const LIMIT: usize = 200;
     const N: u64 = 1_000;
     let stall = Duration::from_millis(50);
     let server = server_with(
         ServerConfig::default()
             .with_max_queued_per_subscription(LIMIT)
+            .with_hold_publishers_above(hold_above)
             .with_slow_consumer_stall(stall),
         2,
     );
@@ -521,33 +533,83 @@ fn a_stuck_consumer_is_cut_off_at_the_queue_limit() {
     }
 }
 
+/// A consumer of `topic` with a window of 4 (every few messages wait for an ack's round trip, so
+/// it is far slower than the publisher), and a publisher that does not wait for confirms.
+struct Outrun {
+    _consumer: RemoteBroker,
+    _sub: mixbus_bus::Subscription,
+    rx: flume::Receiver<Message>,
+    publisher: RemoteBroker,
+}
+
+impl Outrun {
+    fn new(server: &mixbus_bus::BusServer, topic: &str) -> Outrun {
+        let consumer = remote(server);
+        let (h, rx) = collector();
+        let sub = consumer
+            .subscribe(topic, SubscribeOptions::default().with_max_in_flight(4), h)
+            .unwrap();
+        let publisher = RemoteBroker::connect(
+            server.local_addr(),
+            RemoteConfig::default().with_confirm(false),
+        )
+        .unwrap();
+        Outrun {
+            _consumer: consumer,
+            _sub: sub,
+            rx,
+            publisher,
+        }
+    }
+
+    /// Receives messages `0..n` in order, then checks that nobody was cut off and nothing was
+    /// dropped.
+    fn receive_all(&self, server: &mixbus_bus::BusServer, n: u64) {
+        for i in 0..n {
+            assert_eq!(recv(&self.rx).payload(), i.to_string().as_bytes());
+        }
+        let stats = server.stats();
+        assert_eq!(stats.slow_consumers, 0);
+        assert_eq!(stats.bus.total.dropped, 0);
+    }
+}
+
+#[test]
+fn a_publisher_that_outruns_its_consumer_is_held_and_the_queue_stays_bounded() {
+    const HOLD: usize = 200;
+    const N: u64 = 20_000;
+    let server = server_with(ServerConfig::default().with_hold_publishers_above(HOLD), 2);
+    let outrun = Outrun::new(&server, "outrun");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let deepest = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut deepest = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let depth = server.stats().bus.queues.iter().map(|q| q.depth).max();
+                deepest = deepest.max(depth.unwrap_or(0));
+                std::thread::yield_now();
+            }
+            deepest
+        });
+        scope.spawn(|| publish_numbered(&outrun.publisher, "outrun", N));
+        outrun.receive_all(&server, N);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        watcher.join().unwrap()
+    });
+    // One read's burst (at most 1,024 frames) may land past the mark before the hold starts.
+    assert!(deepest <= HOLD as u64 + 1024, "the queue reached {deepest}");
+}
+
 #[test]
 fn a_consumer_that_keeps_up_is_never_cut_off_even_past_the_queue_limit() {
-    // A small window and a small limit: a burst queues far more than the limit on the server
-    // while the consumer acks its way through it.
+    // A small limit: a burst queues far more than the limit on the server while the consumer
+    // acks its way through it.
     let server = server_with(
         ServerConfig::default().with_max_queued_per_subscription(50),
         2,
     );
-    let consumer = remote(&server);
-    let (h, rx) = collector();
-    let _sub = consumer
-        .subscribe(
-            "burst",
-            SubscribeOptions::default().with_max_in_flight(4),
-            h,
-        )
-        .unwrap();
-    let publisher = RemoteBroker::connect(
-        server.local_addr(),
-        RemoteConfig::default().with_confirm(false),
-    )
-    .unwrap();
+    let outrun = Outrun::new(&server, "burst");
     const N: u64 = 5_000;
-    publish_numbered(&publisher, "burst", N);
-    for i in 0..N {
-        assert_eq!(recv(&rx).payload(), i.to_string().as_bytes());
-    }
-    assert_eq!(server.stats().slow_consumers, 0);
-    assert_eq!(server.stats().bus.total.dropped, 0);
+    publish_numbered(&outrun.publisher, "burst", N);
+    outrun.receive_all(&server, N);
 }

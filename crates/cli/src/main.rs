@@ -62,6 +62,10 @@ enum Command {
         /// before it is cut off as slow.
         #[arg(long, default_value_t = 65_536)]
         max_queued_per_subscription: usize,
+        /// Messages waiting in a queue past which the server stops reading the publishers
+        /// filling it (those holding no subscriptions), until it is back to half.
+        #[arg(long, default_value_t = 16_384)]
+        hold_publishers_above: usize,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -269,13 +273,15 @@ fn main() -> ExitCode {
             max_subscriptions,
             max_outbound_bytes,
             max_queued_per_subscription,
+            hold_publishers_above,
         } => {
             let mut config = ServerConfig::default()
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)
                 .with_max_outbound_bytes(max_outbound_bytes)
-                .with_max_queued_per_subscription(max_queued_per_subscription);
+                .with_max_queued_per_subscription(max_queued_per_subscription)
+                .with_hold_publishers_above(hold_publishers_above);
             if let Some(token) = token {
                 config = config.with_token(token);
             }
