@@ -230,6 +230,16 @@ impl Client {
         }
     }
 
+    /// [`try_send`](Self::try_send) for a frame the caller keeps: queued as a copy (see
+    /// [`MessageQueue::send_copied`]), with no handle made for it; false if it was not queued.
+    fn try_send_copy(&self, frame: &[u8]) -> bool {
+        let link = lock(&self.link);
+        match &link.queue {
+            Some(queue) if !link.closed => matches!(queue.send_copied(&[frame]), Ok(1)),
+            _ => false,
+        }
+    }
+
     fn send_frame(
         &self,
         queue: &MessageQueue,
@@ -734,6 +744,29 @@ struct Deferred {
     acks: Vec<(u64, u64)>,
 }
 
+/// Unconfirmed publishes with a payload under this many bytes are encoded into a scratch
+/// buffer and copied into the outbound runs (no allocation); larger ones get a frame of their
+/// own, whose payload is written in place.
+const COPY_PUBLISH_BELOW: usize = 1024;
+
+thread_local! {
+    /// Where this thread encodes small unconfirmed publishes.
+    static PUBLISH_SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// The PUBLISH frame of `message`.
+fn publish_frame(message: &Message, request: u64) -> Bytes {
+    let mut buf = BytesMut::new();
+    protocol::put_publish(
+        &mut buf,
+        request,
+        message.topic(),
+        message.headers(),
+        message.payload(),
+    );
+    buf.freeze()
+}
+
 thread_local! {
     static DEFERRED: std::cell::RefCell<Deferred> = std::cell::RefCell::new(Deferred::default());
 }
@@ -971,26 +1004,35 @@ impl Broker for RemoteBroker {
         // The clock is read only for a confirm (the common unconfirmed publish never waits).
         let start = c.config.confirm.then(Instant::now);
         let request = if c.config.confirm { c.next_id() } else { 0 };
-        let mut buf = BytesMut::new();
-        protocol::put_publish(
-            &mut buf,
-            request,
-            message.topic(),
-            message.headers(),
-            message.payload(),
-        );
-        let frame = buf.freeze();
         if request == 0 {
-            // The common case: connected, with room. One lock, no handle cloned.
-            if let Err(frame) = c.try_send(frame) {
-                let queue = c.queue(timeout)?;
-                c.send_frame(&queue, frame, None)?;
+            // The common case: connected, with room. One lock, no handle cloned; a small frame
+            // is encoded into this thread's scratch buffer and copied straight into the
+            // connection's outbound runs, with no allocation.
+            let sent = message.payload().len() < COPY_PUBLISH_BELOW
+                && PUBLISH_SCRATCH.with_borrow_mut(|buf| {
+                    buf.clear();
+                    protocol::put_publish(
+                        buf,
+                        0,
+                        message.topic(),
+                        message.headers(),
+                        message.payload(),
+                    );
+                    c.try_send_copy(buf)
+                });
+            if !sent {
+                let frame = publish_frame(&message, 0);
+                if let Err(frame) = c.try_send(frame) {
+                    let queue = c.queue(timeout)?;
+                    c.send_frame(&queue, frame, None)?;
+                }
             }
             c.listeners
                 .snapshot()
                 .each("published", |l| l.published(&message));
             return Ok(MessageId(0));
         }
+        let frame = publish_frame(&message, request);
         let queue = c.queue(timeout)?;
         let left = timeout.saturating_sub(start.map_or(Duration::ZERO, |s| s.elapsed()));
         match c.request_frame(&queue, request, frame, "PUBLISH", left)? {

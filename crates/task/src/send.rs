@@ -42,6 +42,9 @@ const APPEND_BELOW: usize = 32 * 1024;
 /// Payloads shorter than this fit an empty run with their header: [`Outbox::push_copies`]
 /// copies them into runs.
 const COPY_LIMIT: usize = RUN_BYTES - HEADER_LEN + 1;
+/// [`Outbox::push_copies`] copies this many messages or fewer under the pending lock, straight
+/// into the run at the back of the queue; more are copied outside it, into runs of their own.
+const COPY_FEW: usize = 8;
 /// Messages [`Outbox::push_copies`] copies into buffers of their own per `push_all`.
 const COPIES_PER_BATCH: usize = 256;
 
@@ -193,6 +196,15 @@ impl PushError {
             | PushError::Closed(msg) => msg,
         }
     }
+}
+
+/// Why a message may not be queued now (see [`Outbox::room_for`]).
+enum Refusal {
+    /// Above the frame limit (this one).
+    TooLarge(usize),
+    Closed,
+    /// Past the high water mark, with this many bytes queued.
+    Full(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,15 +383,21 @@ impl Pending {
             self.queue.push_back(Entry::Msg(msg));
             return None;
         }
-        let size = HEADER_LEN + msg.len();
+        self.copy_in(&msg, spare);
+        Some(msg)
+    }
+
+    /// Copies the frame of `payload` (shorter than [`COPY_LIMIT`]) into the run at the back,
+    /// or into a new one if it has no room.
+    fn copy_in(&mut self, payload: &[u8], spare: &Spare) {
+        let size = HEADER_LEN + payload.len();
         let fits = matches!(self.queue.back(), Some(Entry::Run(run)) if run.room() >= size);
         if !fits {
             self.queue.push_back(Entry::Run(spare.take()));
         }
         if let Some(Entry::Run(run)) = self.queue.back_mut() {
-            run.push_frame(&msg);
+            run.push_frame(payload);
         }
-        Some(msg)
     }
 
     /// Queues runs of frames copied outside the lock, in order.
@@ -685,6 +703,9 @@ impl Outbox {
     pub fn push_copies<B: AsRef<[u8]>>(&self, msgs: &[B]) -> Result<usize, PushError> {
         let mut taken = 0;
         if !self.shared.hand_back.load(Ordering::Relaxed) {
+            if msgs.len() <= COPY_FEW {
+                taken = self.copy_few(msgs);
+            }
             while taken < msgs.len() {
                 let rest = msgs[taken..].iter().map(|msg| msg.as_ref());
                 match self.copy_frames(rest, COPY_LIMIT) {
@@ -766,20 +787,42 @@ impl Outbox {
     /// Checks one message against the limits and queues it; the caller holds the pending lock.
     /// Returns the message if it was copied into the queue, to be dropped after the lock.
     fn admit(&self, pending: &mut Pending, msg: Bytes) -> Result<Option<Bytes>, PushError> {
-        let options = &self.shared.options;
-        if msg.len() > options.max_frame_len {
-            return Err(PushError::TooLarge {
-                len: msg.len(),
-                max: options.max_frame_len,
-                msg,
-            });
+        let high_water = self.shared.options.high_water_bytes;
+        match self.room_for(pending, msg.len()) {
+            Ok(()) => {}
+            Err(Refusal::TooLarge(max)) => {
+                return Err(PushError::TooLarge {
+                    len: msg.len(),
+                    max,
+                    msg,
+                });
+            }
+            Err(Refusal::Closed) => return Err(PushError::Closed(msg)),
+            Err(Refusal::Full(queued)) => {
+                return Err(PushError::Full {
+                    msg,
+                    queued,
+                    high_water,
+                });
+            }
         }
-        let size = HEADER_LEN + msg.len();
+        self.shared.queued.add_pending(HEADER_LEN + msg.len());
+        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
+        Ok(pending.enqueue(msg, copy, &self.shared.spare))
+    }
+
+    /// Whether a message of `len` bytes may be queued now; the caller holds the pending lock
+    /// and, if so, counts it.
+    fn room_for(&self, pending: &Pending, len: usize) -> Result<(), Refusal> {
+        let options = &self.shared.options;
+        if len > options.max_frame_len {
+            return Err(Refusal::TooLarge(options.max_frame_len));
+        }
         if pending.state != State::Open {
-            return Err(PushError::Closed(msg));
+            return Err(Refusal::Closed);
         }
         let queued = self.shared.queued.total();
-        if queued > 0 && queued + size > options.high_water_bytes {
+        if queued > 0 && queued + HEADER_LEN + len > options.high_water_bytes {
             self.shared.refused.store(true, Ordering::SeqCst);
             // Bug fix: the writer lowers the queued bytes without the pending lock. If it fell
             // to the low water mark between the load above and the store of `refused`, the
@@ -787,18 +830,38 @@ impl Outbox {
             // producer waiting for ever. Re-check after raising the flag (both sides use
             // SeqCst, so either the writer sees the flag or this load sees its decrease). The
             // flag stays raised for earlier refusals; at worst a later `drained` is spurious.
-            let now = self.shared.queued.total();
-            if now > options.low_water_bytes {
-                return Err(PushError::Full {
-                    msg,
-                    queued,
-                    high_water: options.high_water_bytes,
-                });
+            if self.shared.queued.total() > options.low_water_bytes {
+                return Err(Refusal::Full(queued));
             }
         }
-        self.shared.queued.add_pending(size);
-        let copy = !self.shared.hand_back.load(Ordering::Relaxed);
-        Ok(pending.enqueue(msg, copy, &self.shared.spare))
+        Ok(())
+    }
+
+    /// Copies the first few of `msgs` into the run at the back of the queue under the pending
+    /// lock, as `push` does for a small message: cheaper than
+    /// [`copy_frames`](Self::copy_frames) for a handful of messages. Stops at the first that is
+    /// too large to copy or is refused (the caller's general way decides it); returns how many
+    /// were queued.
+    fn copy_few<B: AsRef<[u8]>>(&self, msgs: &[B]) -> usize {
+        let (taken, post) = {
+            let mut pending = lock(&self.shared.pending);
+            let mut taken = 0;
+            for msg in msgs {
+                let msg = msg.as_ref();
+                if msg.len() >= COPY_LIMIT || self.room_for(&pending, msg.len()).is_err() {
+                    break;
+                }
+                self.shared.queued.add_pending(HEADER_LEN + msg.len());
+                pending.copy_in(msg, &self.shared.spare);
+                taken += 1;
+            }
+            let post = taken > 0 && !std::mem::replace(&mut pending.scheduled, true);
+            (taken, post)
+        };
+        if post {
+            self.schedule();
+        }
+        taken
     }
 
     fn schedule(&self) {
