@@ -54,6 +54,10 @@ pub enum DropReason {
 /// thread, the timer thread), concurrently and often: they must return quickly and must not call
 /// back into the broker. A listener that panics is logged and skipped; the broker goes on.
 ///
+/// Where a broker handles a run of messages at once it tells the listeners once per run through
+/// the `*_all` methods, whose defaults call the per-message method for each message in order; a
+/// listener that only implements the per-message methods sees every event either way.
+///
 /// # Examples
 ///
 /// ```
@@ -95,6 +99,45 @@ pub trait BrokerListener: Send + Sync + 'static {
     fn subscribed(&self, subscription: &SubscriptionInfo) {}
     /// A subscription ended.
     fn unsubscribed(&self, subscription: &SubscriptionInfo) {}
+
+    /// A run of messages was published together (the bus server publishes each burst it reads
+    /// this way): the same as [`published`](Self::published) for each, in order, which is what
+    /// the default does. A listener that counts can take the whole run in one step.
+    fn published_all(&self, messages: &[Message]) {
+        for message in messages {
+            self.published(message);
+        }
+    }
+    /// A run of messages was put in `queue` together: [`enqueued`](Self::enqueued) for each,
+    /// in order (the default).
+    fn enqueued_all(&self, messages: &[Message], queue: &str) {
+        for message in messages {
+            self.enqueued(message, queue);
+        }
+    }
+    /// A run of messages is about to be handed to the subscription's handler, one after another
+    /// on one thread: [`dispatched`](Self::dispatched) for each, in order (the default). Their
+    /// outcomes follow as [`processed_all`](Self::processed_all) for the runs that succeeded and
+    /// [`failed`](Self::failed) for each that did not, in order.
+    fn dispatched_all(&self, messages: &[Message], subscription: &SubscriptionInfo) {
+        for message in messages {
+            self.dispatched(message, subscription);
+        }
+    }
+    /// Handlers returned `Ok` for a run of messages: [`processed`](Self::processed) for each,
+    /// in order (the default).
+    fn processed_all(&self, messages: &[Message], subscription: &SubscriptionInfo) {
+        for message in messages {
+            self.processed(message, subscription);
+        }
+    }
+    /// A run of manual-ack deliveries was acknowledged together (an ACKS frame on the bus
+    /// server): [`acked`](Self::acked) for each, in order (the default).
+    fn acked_all(&self, messages: &[Message], subscription: &SubscriptionInfo) {
+        for message in messages {
+            self.acked(message, subscription);
+        }
+    }
 }
 
 type Entry = (ListenerId, Arc<dyn BrokerListener>);

@@ -768,7 +768,7 @@ impl Shared {
         }
         let targets = self.route(message.topic())?;
         let notifier = self.listeners.snapshot();
-        let message = self.admit(message, &targets, SystemTime::now(), &notifier)?;
+        let message = self.admit(message, &targets, SystemTime::now(), &notifier, true)?;
         let id = message.id();
         for target in targets.iter().filter(|t| !t.is_cut()) {
             target.fresh.push(message.clone());
@@ -811,7 +811,8 @@ impl Shared {
                 }
             }
             let Some((_, targets)) = &route else { continue };
-            match self.admit(message, targets, now, &notifier) {
+            // A run with targets is told to the listeners as a run, when it is queued.
+            match self.admit(message, targets, now, &notifier, targets.is_empty()) {
                 Ok(message) => {
                     result(Ok(message.id()));
                     if !targets.is_empty() {
@@ -826,7 +827,8 @@ impl Shared {
         }
     }
 
-    /// Pushes a run of admitted messages to each of their queues: one lock and one wake each.
+    /// Tells the listeners of a run of admitted messages (published, then enqueued or dropped
+    /// for each target) and pushes it to each of their queues: one lock and one wake each.
     fn enqueue_run(
         &self,
         targets: &[Arc<Inbox>],
@@ -836,6 +838,21 @@ impl Shared {
     ) {
         if run.is_empty() {
             return;
+        }
+        if !notifier.is_empty() {
+            notifier.each("published", |l| l.published_all(run));
+            for target in targets {
+                if target.is_cut() {
+                    let reason = DropReason::SlowConsumer {
+                        queue: target.name.clone(),
+                    };
+                    for message in run.iter() {
+                        notifier.each("dropped", |l| l.dropped(message, &reason));
+                    }
+                } else {
+                    notifier.each("enqueued", |l| l.enqueued_all(run, &target.name));
+                }
+            }
         }
         let mut open = targets.iter().filter(|t| !t.is_cut()).peekable();
         while let Some(target) = open.next() {
@@ -861,7 +878,8 @@ impl Shared {
     }
 
     /// Gives `message` its id, publish time and first attempt and reserves room for it in each
-    /// of `targets` (the caller pushes it), telling the listeners.
+    /// of `targets` (the caller pushes it), telling the listeners if `notify` (else the caller
+    /// tells them, as [`enqueue_run`](Self::enqueue_run) does).
     ///
     /// # Errors
     ///
@@ -872,6 +890,7 @@ impl Shared {
         targets: &[Arc<Inbox>],
         now: SystemTime,
         notifier: &Notifier,
+        notify: bool,
     ) -> Result<Message> {
         let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
         let message = message.stamped(id, now);
@@ -888,7 +907,7 @@ impl Shared {
                 });
             }
         }
-        let listen = !notifier.is_empty();
+        let listen = notify && !notifier.is_empty();
         if listen {
             notifier.each("published", |l| l.published(&message));
         }
@@ -1103,8 +1122,8 @@ impl Shared {
             notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
         }
         let Some(sub) = sub else { return };
-        for msg in &acked {
-            notifier.each("acked", |l| l.acked(msg, &sub.info));
+        if !acked.is_empty() {
+            notifier.each("acked", |l| l.acked_all(&acked, &sub.info));
         }
         if !sub.inbox.is_empty() {
             sub.try_schedule(self);
@@ -1273,9 +1292,7 @@ impl Shared {
             if !self.track(sub, &mut taken, run_start, ctx) {
                 break;
             }
-            for msg in taken.drain(..) {
-                self.deliver(sub, msg, ctx);
-            }
+            self.deliver(sub, &mut taken, ctx);
             if run_start.is_some_and(|t| t.elapsed() >= EXECUTOR_BUDGET) {
                 break;
             }
@@ -1347,33 +1364,50 @@ impl Shared {
         false
     }
 
-    /// Delivers one message taken and tracked by [`track`](Self::track).
-    fn deliver(&self, sub: &Sub, msg: Message, ctx: &Ctx) {
+    /// Delivers the messages taken and tracked by [`track`](Self::track), in order, and empties
+    /// `taken`. The listeners hear of them a run at a time: dispatched for all, then processed
+    /// for each run that succeeded and failed for each that did not, in order.
+    fn deliver(&self, sub: &Sub, taken: &mut Vec<Message>, ctx: &Ctx) {
         let notifier = &ctx.notifier;
         let listen = !notifier.is_empty();
         if listen {
-            notifier.each("dispatched", |l| l.dispatched(&msg, &sub.info));
+            notifier.each("dispatched", |l| l.dispatched_all(taken, &sub.info));
         }
         let busy = ctx.slot.and_then(|slot| self.busy.get(slot)).map(|b| &b.0);
-        if let Some(busy) = busy {
-            busy.store(true, Ordering::Release);
-        }
-        let result = catch_unwind(AssertUnwindSafe(|| sub.handler.call(&msg)));
-        if let Some(busy) = busy {
-            busy.store(false, Ordering::Release);
-        }
-        let error = match result {
-            Ok(Ok(())) => {
-                if listen {
-                    notifier.each("processed", |l| l.processed(&msg, &sub.info));
-                }
-                return;
+        // Where the run of messages not yet told as processed starts.
+        let mut ok_from = 0;
+        for i in 0..taken.len() {
+            if let Some(busy) = busy {
+                busy.store(true, Ordering::Release);
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(payload) => panic_text(payload.as_ref()),
-        };
+            let result = catch_unwind(AssertUnwindSafe(|| sub.handler.call(&taken[i])));
+            if let Some(busy) = busy {
+                busy.store(false, Ordering::Release);
+            }
+            let error = match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(payload) => panic_text(payload.as_ref()),
+            };
+            if listen && ok_from < i {
+                let done = &taken[ok_from..i];
+                notifier.each("processed", |l| l.processed_all(done, &sub.info));
+            }
+            ok_from = i + 1;
+            self.delivery_failed(sub, taken[i].clone(), &error, notifier);
+        }
+        if listen && ok_from < taken.len() {
+            let done = &taken[ok_from..];
+            notifier.each("processed", |l| l.processed_all(done, &sub.info));
+        }
+        taken.clear();
+    }
+
+    /// A handler failed on `msg`: tells the listeners and retries it or sends it to the dead
+    /// letters.
+    fn delivery_failed(&self, sub: &Sub, msg: Message, error: &str, notifier: &Notifier) {
         tracing::warn!(topic = msg.topic(), msg.id = msg.id().0, attempt = msg.attempt(), %error, "delivery failed");
-        notifier.each("failed", |l| l.failed(&msg, &sub.info, &error));
+        notifier.each("failed", |l| l.failed(&msg, &sub.info, error));
         let msg = if sub.manual {
             match sub.remove_unacked(msg.id(), Some(msg.attempt())) {
                 Some(m) => m,
@@ -1382,7 +1416,7 @@ impl Shared {
         } else {
             msg
         };
-        self.retry_or_dead(sub, msg, &error, notifier);
+        self.retry_or_dead(sub, msg, error, notifier);
     }
 
     fn timer_loop(self: Arc<Self>) {

@@ -275,10 +275,44 @@ impl StatsCollector {
         self.with_topic(message, |c| bump(f(c)));
     }
 
+    /// Runs `f` once per run of one topic in `messages`, with that topic's counters and the
+    /// run's length: a burst on one topic costs one lookup and one count per counter.
+    fn each_run(&self, messages: &[Message], mut f: impl FnMut(&Counters, u64)) {
+        let mut rest = messages;
+        while let Some(first) = rest.first() {
+            let topic = first.shared_topic();
+            let n = rest
+                .iter()
+                .take_while(|m| Arc::ptr_eq(m.shared_topic(), topic) || m.topic() == &**topic)
+                .count();
+            self.with_topic(first, |c| f(c, n as u64));
+            rest = &rest[n..];
+        }
+    }
+
+    /// Counts a run of messages on `f`'s counter of each one's topic.
+    fn count_all(&self, messages: &[Message], f: impl Fn(&Counters) -> &AtomicU64) {
+        self.each_run(messages, |c, n| {
+            f(c).fetch_add(n, Ordering::Relaxed);
+        });
+    }
+
+    /// Moves the depth of each message's topic and of `queue` by `delta` per message.
+    fn depth_all(&self, messages: &[Message], queue: &str, delta: i64) {
+        self.each_run(messages, |c, n| {
+            c.depth.fetch_add(delta * n as i64, Ordering::Relaxed);
+        });
+        self.queue_depth(queue, delta * messages.len() as i64);
+    }
+
     fn depth(&self, message: &Message, queue: &str, delta: i64) {
         self.with_topic(message, |c| {
             c.depth.fetch_add(delta, Ordering::Relaxed);
         });
+        self.queue_depth(queue, delta);
+    }
+
+    fn queue_depth(&self, queue: &str, delta: i64) {
         let is = |k: &String| k == queue;
         cached(
             &RECENT_QUEUES,
@@ -421,5 +455,30 @@ impl BrokerListener for StatsCollector {
 
     fn unsubscribed(&self, _subscription: &SubscriptionInfo) {
         self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn published_all(&self, messages: &[Message]) {
+        self.count_all(messages, |c| &c.published);
+    }
+
+    fn enqueued_all(&self, messages: &[Message], queue: &str) {
+        self.depth_all(messages, queue, 1);
+    }
+
+    fn dispatched_all(&self, messages: &[Message], subscription: &SubscriptionInfo) {
+        self.active
+            .fetch_add(messages.len() as i64, Ordering::Relaxed);
+        self.depth_all(messages, &subscription.queue, -1);
+        self.count_all(messages, |c| &c.dispatched);
+    }
+
+    fn processed_all(&self, messages: &[Message], _subscription: &SubscriptionInfo) {
+        self.active
+            .fetch_sub(messages.len() as i64, Ordering::Relaxed);
+        self.count_all(messages, |c| &c.processed);
+    }
+
+    fn acked_all(&self, messages: &[Message], _subscription: &SubscriptionInfo) {
+        self.count_all(messages, |c| &c.acked);
     }
 }

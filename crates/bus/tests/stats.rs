@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mixbus_bus::{Backoff, Broker, Handler, Message, StatsCollector, SubscribeOptions};
-use support::{broker, wait_until};
+use support::{Recorder, broker, remote, server, wait_until};
 
 #[test]
 fn smoke() {
@@ -143,6 +143,70 @@ fn counts_from_many_threads_add_up() {
         snap.topic("many.odd").unwrap().dispatched,
         THREADS * EACH / 2
     );
+    assert_eq!(snap.total.depth, 0);
+    assert_eq!(snap.active_dispatch, 0);
+    assert!(
+        snap.queues.iter().all(|q| q.depth == 0),
+        "{:?}",
+        snap.queues
+    );
+}
+
+#[test]
+fn server_bursts_count_like_single_events() {
+    // The server tells its listeners a burst at a time (`published_all`, `dispatched_all`, ...);
+    // its own collector counts each run in one step, while `Recorder` takes the per-message
+    // defaults. Both must see the same totals, and the depths must come back to zero.
+    const N: u64 = 20_000;
+    let server = server(1);
+    let rec = Recorder::new();
+    server.broker().add_listener(rec.clone());
+    let subscriber = Arc::new(remote(&server));
+    let acker = Arc::downgrade(&subscriber);
+    let _group = subscriber
+        .subscribe(
+            "burst.*",
+            SubscribeOptions::group("g").manual_ack(),
+            Handler::new(move |m| {
+                let acker = acker.upgrade().ok_or("client gone")?;
+                acker.ack(m.delivery_id().expect("a delivery id"))?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    let _all = subscriber
+        .subscribe(
+            "burst.>",
+            SubscribeOptions::default(),
+            Handler::new(|_| Ok(())),
+        )
+        .unwrap();
+    let publisher = remote(&server);
+    // Runs of one topic of different lengths, so bursts hold several runs.
+    for i in 0..N {
+        let topic = if (i / 7) % 3 == 0 {
+            "burst.a"
+        } else {
+            "burst.b"
+        };
+        publisher
+            .publish(Message::new(topic, i.to_string()))
+            .unwrap();
+    }
+    wait_until("every delivery acked", || {
+        Recorder::get(&rec.acked) == 2 * N && server.stats().bus.total.acked == 2 * N
+    });
+    let snap = server.stats().bus;
+    assert_eq!(snap.total.published, N);
+    assert_eq!(Recorder::get(&rec.published), N);
+    assert_eq!(snap.total.dispatched, 2 * N);
+    assert_eq!(Recorder::get(&rec.dispatched), 2 * N);
+    assert_eq!(snap.total.processed, 2 * N);
+    assert_eq!(Recorder::get(&rec.processed), 2 * N);
+    let a = snap.topic("burst.a").unwrap().published;
+    let b = snap.topic("burst.b").unwrap().published;
+    assert_eq!(a + b, N);
+    assert_eq!(a, (0..N).filter(|i| (i / 7) % 3 == 0).count() as u64);
     assert_eq!(snap.total.depth, 0);
     assert_eq!(snap.active_dispatch, 0);
     assert!(
