@@ -725,7 +725,17 @@ impl<'a> Reader<'a> {
     /// A topic, shared with the previous one read by this reader if they are equal: a burst on
     /// one topic allocates it once.
     fn topic(&mut self) -> Result<Arc<str>, ProtocolError> {
-        let topic = self.str("topic")?;
+        let n = self.len("topic")?;
+        let raw = self.take(n, "topic")?;
+        // The same bytes as the last topic are valid UTF-8 already.
+        if let Some(last) = &self.last_topic
+            && last.as_bytes() == raw
+        {
+            return Ok(last.clone());
+        }
+        let op = self.op;
+        let topic = std::str::from_utf8(raw)
+            .map_err(|_| ProtocolError::InvalidUtf8 { op, field: "topic" })?;
         match &self.last_topic {
             Some(last) if **last == *topic => Ok(last.clone()),
             _ => {

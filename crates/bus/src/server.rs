@@ -603,6 +603,11 @@ struct Outgoing {
     frames: VecDeque<Bytes>,
     /// The open DELIVERS frame: where its count goes, and how many deliveries it holds.
     open: Option<(usize, usize)>,
+    /// The connection, held from the first delivery of a run to its flush, so that a run
+    /// upgrades its weak reference once rather than once per delivery.
+    conn: Option<Arc<Conn>>,
+    /// The last publish time encoded and its microseconds: the messages of one burst share it.
+    published: (SystemTime, u64),
 }
 
 impl Outgoing {
@@ -635,6 +640,8 @@ impl Forwarder {
                 buf: BytesMut::with_capacity(FRAME_TARGET),
                 frames: VecDeque::new(),
                 open: None,
+                conn: None,
+                published: (UNIX_EPOCH, 0),
             }),
         });
         let flusher = me.clone();
@@ -657,7 +664,12 @@ impl Forwarder {
     }
 
     fn push(&self, msg: &Message) {
-        let Some(conn) = self.conn.upgrade() else {
+        let mut out = lock(&self.out);
+        let out = &mut *out;
+        if out.conn.is_none() {
+            out.conn = self.conn.upgrade();
+        }
+        let Some(conn) = &out.conn else {
             return;
         };
         if conn.closing.load(Ordering::Acquire) {
@@ -665,9 +677,11 @@ impl Forwarder {
             // to other members.
             return;
         }
-        let mut out = lock(&self.out);
-        let out = &mut *out;
         let batched = conn.batched.load(Ordering::Acquire);
+        let at = msg.published_at();
+        if out.published.0 != at {
+            out.published = (at, micros_since_epoch(at));
+        }
         if batched {
             if out.open.is_none() {
                 let at = protocol::begin_delivers(&mut out.buf, self.sub);
@@ -680,7 +694,7 @@ impl Forwarder {
             &mut out.buf,
             msg.id().0,
             msg.attempt(),
-            micros_since_epoch(msg.published_at()),
+            out.published.1,
             msg.topic(),
             msg.headers(),
             msg.payload(),
@@ -700,10 +714,11 @@ impl Forwarder {
     fn flush(&self) {
         let mut out = lock(&self.out);
         out.close_frame();
+        let conn = out.conn.take();
         if out.frames.is_empty() {
             return;
         }
-        let (Some(conn), Some(shared)) = (self.conn.upgrade(), self.shared.upgrade()) else {
+        let (Some(conn), Some(shared)) = (conn, self.shared.upgrade()) else {
             out.frames.clear();
             return;
         };
