@@ -5,8 +5,21 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mixbus_bus::{Backoff, Broker, Handler, Message, StatsCollector, SubscribeOptions};
+use mixbus_bus::{
+    Backoff, Broker, Handler, Message, StatsCollector, StatsSnapshot, SubscribeOptions,
+};
 use support::{Recorder, broker, remote, server, wait_until};
+
+/// Nothing is queued or running any more: every depth and the handler count are back to zero.
+fn assert_drained(snap: &StatsSnapshot) {
+    assert_eq!(snap.total.depth, 0);
+    assert_eq!(snap.active_dispatch, 0);
+    assert!(
+        snap.queues.iter().all(|q| q.depth == 0),
+        "{:?}",
+        snap.queues
+    );
+}
 
 #[test]
 fn smoke() {
@@ -143,13 +156,7 @@ fn counts_from_many_threads_add_up() {
         snap.topic("many.odd").unwrap().dispatched,
         THREADS * EACH / 2
     );
-    assert_eq!(snap.total.depth, 0);
-    assert_eq!(snap.active_dispatch, 0);
-    assert!(
-        snap.queues.iter().all(|q| q.depth == 0),
-        "{:?}",
-        snap.queues
-    );
+    assert_drained(&snap);
 }
 
 #[test]
@@ -207,11 +214,5 @@ fn server_bursts_count_like_single_events() {
     let b = snap.topic("burst.b").unwrap().published;
     assert_eq!(a + b, N);
     assert_eq!(a, (0..N).filter(|i| (i / 7) % 3 == 0).count() as u64);
-    assert_eq!(snap.total.depth, 0);
-    assert_eq!(snap.active_dispatch, 0);
-    assert!(
-        snap.queues.iter().all(|q| q.depth == 0),
-        "{:?}",
-        snap.queues
-    );
+    assert_drained(&snap);
 }
