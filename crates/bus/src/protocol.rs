@@ -481,12 +481,35 @@ pub(crate) fn put_delivery(
     payload: &[u8],
 ) {
     buf.reserve(8 + 4 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+    put_delivery_head(
+        buf,
+        message,
+        attempt,
+        published_us,
+        topic,
+        headers,
+        payload.len(),
+    );
+    buf.put_slice(payload);
+}
+
+/// Appends one delivery up to its payload's length: the payload's `payload_len` bytes must
+/// follow on the wire (the server sends them from the message's own buffer).
+pub(crate) fn put_delivery_head(
+    buf: &mut BytesMut,
+    message: u64,
+    attempt: u32,
+    published_us: u64,
+    topic: &str,
+    headers: &[(String, String)],
+    payload_len: usize,
+) {
     buf.put_u64(message);
     buf.put_u32(attempt);
     buf.put_u64(published_us);
     put_str(buf, topic);
     put_pairs16(buf, headers);
-    put_blob(buf, payload);
+    put_len(buf, payload_len);
 }
 
 fn put_wire(buf: &mut BytesMut, d: &WireDelivery) {

@@ -595,14 +595,45 @@ impl ConnListener {
 /// A DELIVERS frame is closed once it holds this many bytes; the next delivery opens another.
 const FRAME_TARGET: usize = 64 << 10;
 
+/// A delivery's payload of at least this many bytes is not copied into its DELIVERS frame but
+/// sent from the message's own buffer (the frame goes out in parts, gathered by one `writev`):
+/// a fan-out of large messages shares one payload to the socket.
+const SHARE_PAYLOAD_AT: usize = 1024;
+
+/// Payloads one DELIVERS frame shares at most (each adds two parts to the frame).
+const SHARED_PER_FRAME: usize = (crate::queue::task::MAX_PARTS - 2) / 2;
+
+/// A frame waiting for the end of a run.
+enum OutFrame {
+    /// Encoded in one buffer.
+    Whole(Bytes),
+    /// Encoded pieces and shared payloads, one after another.
+    Parts(Vec<Bytes>),
+}
+
+impl OutFrame {
+    fn len(&self) -> usize {
+        match self {
+            OutFrame::Whole(b) => b.len(),
+            OutFrame::Parts(parts) => parts.iter().map(Bytes::len).sum(),
+        }
+    }
+}
+
 /// Deliveries of one remote subscription encoded during a run of the inner broker.
 struct Outgoing {
     /// Where frames are encoded; frames are split off it, so its allocation is reused.
     buf: BytesMut,
-    /// Whole frames waiting for the end of the run.
-    frames: VecDeque<Bytes>,
+    /// Frames waiting for the end of the run.
+    frames: VecDeque<OutFrame>,
     /// The open DELIVERS frame: where its count goes, and how many deliveries it holds.
     open: Option<(usize, usize)>,
+    /// The pieces of the open frame before `buf` once it shares a payload: encoded bytes split
+    /// off `buf` (the first holds the count, written when the frame closes) and payloads.
+    pieces: Vec<BytesMut>,
+    shared: Vec<Bytes>,
+    /// Bytes in `pieces` and `shared`.
+    pieces_len: usize,
     /// The connection, held from the first delivery of a run to its flush, so that a run
     /// upgrades its weak reference once rather than once per delivery.
     conn: Option<Arc<Conn>>,
@@ -612,10 +643,35 @@ struct Outgoing {
 
 impl Outgoing {
     fn close_frame(&mut self) {
-        if let Some((at, count)) = self.open.take() {
+        let Some((at, count)) = self.open.take() else {
+            return;
+        };
+        if self.pieces.is_empty() {
             protocol::end_delivers(&mut self.buf, at, count);
-            self.frames.push_back(self.buf.split().freeze());
+            self.frames
+                .push_back(OutFrame::Whole(self.buf.split().freeze()));
+            return;
         }
+        // Pieces and payloads alternate: piece, payload, piece, payload, ..., then the rest.
+        if let Some(first) = self.pieces.first_mut() {
+            protocol::end_delivers(first, at, count);
+        }
+        let tail = self.buf.split();
+        let mut parts = Vec::with_capacity(2 * self.shared.len() + 1);
+        for (piece, payload) in self.pieces.drain(..).zip(self.shared.drain(..)) {
+            parts.push(piece.freeze());
+            parts.push(payload);
+        }
+        if !tail.is_empty() {
+            parts.push(tail.freeze());
+        }
+        self.pieces_len = 0;
+        self.frames.push_back(OutFrame::Parts(parts));
+    }
+
+    /// Bytes of the open frame so far.
+    fn open_len(&self) -> usize {
+        self.pieces_len + self.buf.len()
     }
 }
 
@@ -640,6 +696,9 @@ impl Forwarder {
                 buf: BytesMut::with_capacity(FRAME_TARGET),
                 frames: VecDeque::new(),
                 open: None,
+                pieces: Vec::new(),
+                shared: Vec::new(),
+                pieces_len: 0,
                 conn: None,
                 published: (UNIX_EPOCH, 0),
             }),
@@ -690,23 +749,43 @@ impl Forwarder {
         } else {
             protocol::begin_deliver(&mut out.buf, self.sub);
         }
-        protocol::put_delivery(
-            &mut out.buf,
-            msg.id().0,
-            msg.attempt(),
-            out.published.1,
-            msg.topic(),
-            msg.headers(),
-            msg.payload(),
-        );
+        let payload = msg.payload();
+        if batched && payload.len() >= SHARE_PAYLOAD_AT {
+            // Everything up to the payload is encoded; the payload goes out from its buffer.
+            protocol::put_delivery_head(
+                &mut out.buf,
+                msg.id().0,
+                msg.attempt(),
+                out.published.1,
+                msg.topic(),
+                msg.headers(),
+                payload.len(),
+            );
+            let piece = out.buf.split();
+            out.pieces_len += piece.len() + payload.len();
+            out.pieces.push(piece);
+            out.shared.push(payload.clone());
+        } else {
+            protocol::put_delivery(
+                &mut out.buf,
+                msg.id().0,
+                msg.attempt(),
+                out.published.1,
+                msg.topic(),
+                msg.headers(),
+                payload,
+            );
+        }
         match &mut out.open {
             Some((_, count)) => {
                 *count += 1;
-                if out.buf.len() >= FRAME_TARGET {
+                if out.open_len() >= FRAME_TARGET || out.shared.len() >= SHARED_PER_FRAME {
                     out.close_frame();
                 }
             }
-            None => out.frames.push_back(out.buf.split().freeze()),
+            None => out
+                .frames
+                .push_back(OutFrame::Whole(out.buf.split().freeze())),
         }
     }
 
@@ -728,23 +807,13 @@ impl Forwarder {
         }
         let limit = shared.config.max_outbound_bytes;
         let queued = conn.queue.queued_bytes();
-        let bytes: usize = out.frames.iter().map(Bytes::len).sum();
+        let bytes: usize = out.frames.iter().map(OutFrame::len).sum();
         let slow = if queued + bytes > limit {
             Some(format!(
                 "slow consumer: {queued} bytes queued, the limit is {limit}"
             ))
         } else {
-            match conn.queue.send_all(&mut out.frames) {
-                Ok(_) if out.frames.is_empty() => None,
-                Ok(_) | Err(SendError::Full { .. }) => Some(format!(
-                    "slow consumer: outbound queue full at {} bytes",
-                    conn.queue.queued_bytes()
-                )),
-                Err(err) => {
-                    tracing::debug!(conn.id = conn.queue.id(), error = %err, "delivery not sent");
-                    None
-                }
-            }
+            send_frames(&conn.queue, &mut out.frames)
         };
         out.frames.clear();
         drop(out);
@@ -759,6 +828,47 @@ impl Forwarder {
             conn.fault(ErrorCode::SlowConsumer, reason);
         }
     }
+}
+
+/// Sends `frames` in order (runs of whole frames with one `send_all`); returns why the
+/// connection is a slow consumer if its queue could not take them all.
+fn send_frames(queue: &MessageQueue, frames: &mut VecDeque<OutFrame>) -> Option<String> {
+    let mut whole = VecDeque::new();
+    let full = || {
+        Some(format!(
+            "slow consumer: outbound queue full at {} bytes",
+            queue.queued_bytes()
+        ))
+    };
+    let mut frames = std::mem::take(frames).into_iter().peekable();
+    while frames.peek().is_some() {
+        while let Some(OutFrame::Whole(_)) = frames.peek() {
+            if let Some(OutFrame::Whole(frame)) = frames.next() {
+                whole.push_back(frame);
+            }
+        }
+        let sent = if whole.is_empty() {
+            match frames.next() {
+                Some(OutFrame::Parts(parts)) => queue.send_parts(parts),
+                _ => Ok(()),
+            }
+        } else {
+            match queue.send_all(&mut whole) {
+                Ok(_) if whole.is_empty() => Ok(()),
+                Ok(_) => return full(),
+                Err(err) => Err(err),
+            }
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Full { .. }) => return full(),
+            Err(err) => {
+                tracing::debug!(conn.id = queue.id(), error = %err, "delivery not sent");
+                return None;
+            }
+        }
+    }
+    None
 }
 
 impl QueueListener for ConnListener {

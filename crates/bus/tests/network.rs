@@ -53,6 +53,46 @@ fn read_deliveries(raw: &mut Raw, sub: u64) -> Vec<(u64, Vec<u8>)> {
 }
 
 #[test]
+fn large_payloads_fan_out_whole_and_in_order() {
+    // Payloads from 1 KiB up go out from the message's own buffer, in frames of several parts;
+    // small ones are copied into the frame. Mixed, fanned out to two subscribers and a group.
+    const SIZES: [usize; 7] = [0, 16, 1023, 1024, 5000, 70_000, 200_000];
+    const N: usize = 700;
+    let payload = |i: usize| -> Vec<u8> {
+        let len = SIZES[i % SIZES.len()];
+        (0..len).map(|k| (i * 31 + k * 7) as u8).collect()
+    };
+    let server = server(1);
+    let subscriber = remote(&server);
+    let (h1, rx1) = collector();
+    let (h2, rx2) = collector();
+    let (h3, rx3) = collector();
+    let _a = subscriber
+        .subscribe("big.>", SubscribeOptions::default(), h1)
+        .unwrap();
+    let other = remote(&server);
+    let _b = other
+        .subscribe("big.*", SubscribeOptions::default(), h2)
+        .unwrap();
+    let _g = other
+        .subscribe("big.*", SubscribeOptions::group("g"), h3)
+        .unwrap();
+    let publisher = remote(&server);
+    for i in 0..N {
+        publisher
+            .publish(Message::new("big.data", payload(i)).with_header("i", i.to_string()))
+            .unwrap();
+    }
+    for rx in [&rx1, &rx2, &rx3] {
+        for i in 0..N {
+            let m = recv(rx);
+            assert_eq!(m.header("i"), Some(i.to_string().as_str()));
+            assert!(m.payload()[..] == payload(i)[..], "message {i} differs");
+        }
+    }
+}
+
+#[test]
 fn a_version_1_client_gets_one_deliver_per_message() {
     let server = server(2);
     let mut old = Raw::connect(server.local_addr());

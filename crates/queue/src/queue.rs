@@ -338,6 +338,22 @@ impl MessageQueue {
         self.inner.outbox.push_all(msgs)
     }
 
+    /// Queues one message whose bytes are `parts` one after another, written from the parts in
+    /// place (one `writev` gathers them, no copy): for a message assembled around large shared
+    /// buffers, such as many deliveries of payloads also sent to other peers. The peer receives
+    /// one message, as if the parts had been joined; never blocks.
+    ///
+    /// The queue treats it as one message: [`QueueListener::sent`] hands it back (and
+    /// [`CloseInfo::unsent`](crate::CloseInfo) reports it) as one buffer of the joined bytes,
+    /// a copy when there are several parts. Past [`MAX_PARTS`](crate::task::MAX_PARTS) parts
+    /// they are joined when queued.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), with the joined bytes as the refused message.
+    pub fn send_parts(&self, parts: Vec<Bytes>) -> Result<(), SendError> {
+        self.inner.outbox.push_parts(parts)
+    }
+
     /// Queues copies of the messages at the front of `msgs`, in order, without taking them over:
     /// for payloads the caller keeps (a buffer it reuses, a slice of a larger one). Returns how
     /// many were taken; it stops at the high water mark (wait for [`QueueListener::writable`],

@@ -64,4 +64,4 @@ pub use connect::{ConnectError, ConnectOptions, ConnectTask};
 pub use error::{Error, FrameError, Result};
 pub use event::TaskEvent;
 pub use receive::{Flow, HOLD_RECHECK, READ_CHUNK, ReceiveEvents, ReceiveOutcome, ReceiveTask};
-pub use send::{Outbox, PushError, SendEvents, SendOptions, SendOutcome, SendTask};
+pub use send::{MAX_PARTS, Outbox, PushError, SendEvents, SendOptions, SendOutcome, SendTask};

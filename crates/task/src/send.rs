@@ -223,6 +223,9 @@ enum Entry {
     /// Small frames, header and payload, copied one after another into one buffer when pushed
     /// while nothing is handed back: the writer writes the run as it is, with no work per frame.
     Run(Run),
+    /// One frame whose payload is the concatenation of these buffers (see
+    /// [`Outbox::push_parts`]), each written in place, and their total length.
+    Parts(Vec<Bytes>, usize),
 }
 
 impl Entry {
@@ -231,6 +234,26 @@ impl Entry {
         match self {
             Entry::Msg(msg) => HEADER_LEN + msg.len(),
             Entry::Run(run) => run.len,
+            Entry::Parts(_, len) => HEADER_LEN + len,
+        }
+    }
+}
+
+/// The most buffers one frame of [`Outbox::push_parts`] is written from; a frame of more is
+/// joined into one buffer first (the writer gathers at most [`MAX_SLICES`] slices per write).
+pub const MAX_PARTS: usize = 64;
+
+/// One buffer with the bytes of `parts` in order (a copy, unless there is only one).
+fn join(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [one] => one.clone(),
+        _ => {
+            let len = parts.iter().map(Bytes::len).sum();
+            let mut joined = Vec::with_capacity(len);
+            for part in parts {
+                joined.extend_from_slice(part);
+            }
+            Bytes::from(joined)
         }
     }
 }
@@ -514,6 +537,62 @@ impl Outbox {
         };
         // A message copied into the queue is let go of outside the lock.
         drop(copied);
+        if post {
+            self.schedule();
+        }
+        Ok(())
+    }
+
+    /// Queues one frame whose payload is the concatenation of `parts`, written from the parts in
+    /// place (one `writev` gathers them): a frame assembled around large shared buffers, such
+    /// as a batch of deliveries of one payload to many peers, costs no copy. Returns at once.
+    ///
+    /// The frame counts as one message: `sent` hands it back (and `unsent` reports it) as one
+    /// buffer holding the joined bytes, a copy when there are several parts. More than
+    /// [`MAX_PARTS`] parts are joined into one buffer when queued.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push), with the joined bytes as the refused message.
+    ///
+    /// # Examples
+    /// ```
+    /// # use mixbus_task::{Bytes, Outbox, PushError};
+    /// # fn demo(outbox: &Outbox, payload: Bytes) -> Result<(), PushError> {
+    /// // One frame: a small header written before a payload shared with other frames.
+    /// outbox.push_parts(vec![Bytes::from_static(b"header:"), payload])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn push_parts(&self, mut parts: Vec<Bytes>) -> Result<(), PushError> {
+        if parts.len() > MAX_PARTS {
+            parts = vec![join(&parts)];
+        }
+        let len = parts.iter().map(Bytes::len).sum();
+        let post = {
+            let mut pending = lock(&self.shared.pending);
+            let high_water = self.shared.options.high_water_bytes;
+            match self.room_for(&pending, len) {
+                Ok(()) => {}
+                Err(Refusal::TooLarge(max)) => {
+                    return Err(PushError::TooLarge {
+                        msg: join(&parts),
+                        len,
+                        max,
+                    });
+                }
+                Err(Refusal::Closed) => return Err(PushError::Closed(join(&parts))),
+                Err(Refusal::Full(queued)) => {
+                    return Err(PushError::Full {
+                        msg: join(&parts),
+                        queued,
+                        high_water,
+                    });
+                }
+            }
+            self.shared.queued.add_pending(HEADER_LEN + len);
+            pending.queue.push_back(Entry::Parts(parts, len));
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
         if post {
             self.schedule();
         }
@@ -1163,6 +1242,7 @@ fn finish(shared: &Shared, writer: &mut Writer, outcome: Outcome, cx: &mut Conte
     for (i, entry) in writer.inflight.drain(..).chain(rest).enumerate() {
         match entry {
             Entry::Msg(msg) => unsent.push(msg),
+            Entry::Parts(parts, _) => unsent.push(join(&parts)),
             Entry::Run(run) => {
                 let from = if i == 0 {
                     frames_end(run.frames(), offset)
@@ -1204,6 +1284,8 @@ enum Piece {
     Scratch(usize, usize),
     Payload(usize, usize),
     Run(usize, usize),
+    /// Part `.1` of the parts entry `.0`, from byte `.2`.
+    Part(usize, usize, usize),
 }
 
 impl Writer {
@@ -1221,8 +1303,13 @@ impl Writer {
         let mut run: Option<usize> = None;
         let mut entries = 0;
         for (i, entry) in self.inflight.iter().enumerate() {
-            // Each entry needs at most two more slices, and an open run one more.
-            if count + usize::from(run.is_some()) + 2 > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
+            // Each entry needs at most two more slices (a parts entry two per part and two
+            // more), and an open run one more.
+            let need = match entry {
+                Entry::Parts(parts, _) => 2 * parts.len() + 2,
+                _ => 2,
+            };
+            if count + usize::from(run.is_some()) + need > MAX_SLICES || bytes >= MAX_BATCH_BYTES {
                 break;
             }
             entries += 1;
@@ -1236,6 +1323,33 @@ impl Writer {
                     }
                     pieces[count] = Piece::Run(i, skip);
                     count += 1;
+                    continue;
+                }
+                Entry::Parts(parts, len) => {
+                    if skip < HEADER_LEN {
+                        run.get_or_insert(self.scratch.len());
+                        self.scratch.extend_from_slice(&encode_header(*len)[skip..]);
+                    }
+                    // Payload bytes of the frame already written, to skip.
+                    let mut from = skip.saturating_sub(HEADER_LEN);
+                    for (k, part) in parts.iter().enumerate() {
+                        if from >= part.len() {
+                            from -= part.len();
+                            continue;
+                        }
+                        if part.len() < COPY_BELOW {
+                            run.get_or_insert(self.scratch.len());
+                            self.scratch.extend_from_slice(&part[from..]);
+                        } else {
+                            if let Some(start) = run.take() {
+                                pieces[count] = Piece::Scratch(start, self.scratch.len());
+                                count += 1;
+                            }
+                            pieces[count] = Piece::Part(i, k, from);
+                            count += 1;
+                        }
+                        from = 0;
+                    }
                     continue;
                 }
                 Entry::Msg(msg) => msg,
@@ -1278,6 +1392,11 @@ impl Writer {
                 Piece::Payload(i, from) | Piece::Run(i, from) => match &self.inflight[i] {
                     Entry::Msg(msg) => IoSlice::new(&msg[from..]),
                     Entry::Run(run) => IoSlice::new(&run.frames()[from..]),
+                    Entry::Parts(..) => IoSlice::new(empty),
+                },
+                Piece::Part(i, k, from) => match &self.inflight[i] {
+                    Entry::Parts(parts, _) => IoSlice::new(&parts[k][from..]),
+                    _ => IoSlice::new(empty),
                 },
             };
         }
@@ -1320,6 +1439,7 @@ impl Writer {
                 for entry in self.inflight.drain(..finished) {
                     match entry {
                         Entry::Msg(msg) => self.done.push_back(msg),
+                        Entry::Parts(parts, _) => self.done.push_back(join(&parts)),
                         // Copied while nothing was handed back, written now that it is.
                         Entry::Run(run) => split_run(run.into_bytes(), 0, &mut self.done),
                     }
@@ -1333,7 +1453,7 @@ impl Writer {
                     .drain(..finished)
                     .filter_map(|entry| match entry {
                         Entry::Run(run) => Some(run),
-                        Entry::Msg(_) => None,
+                        Entry::Msg(_) | Entry::Parts(..) => None,
                     })
                     .peekable();
                 if runs.peek().is_some() {
