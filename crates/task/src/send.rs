@@ -240,7 +240,7 @@ impl Entry {
 }
 
 /// The most buffers one frame of [`Outbox::push_parts`] is written from; a frame of more is
-/// joined into one buffer first (the writer gathers at most [`MAX_SLICES`] slices per write).
+/// joined into one buffer first (the writer gathers at most 256 slices per write).
 pub const MAX_PARTS: usize = 64;
 
 /// One buffer with the bytes of `parts` in order (a copy, unless there is only one).
