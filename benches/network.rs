@@ -28,6 +28,9 @@ use mixbus::bus::{
 const SIZES: [usize; 3] = [16, 256, 4096];
 /// Message size of the fan-out and group cases.
 const FAN_SIZE: usize = 256;
+/// Message sizes of the fan-out cases: small, and large enough that the server shares the
+/// payload among the subscribers' frames instead of copying it.
+const FAN_SIZES: [usize; 2] = [FAN_SIZE, 4096];
 /// Subscribers of the fan-out case.
 const FAN_OUT: usize = 4;
 /// Message size of the latency group.
@@ -222,30 +225,33 @@ fn fanout_and_group(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let server = server();
     let publisher = client(&server, false);
-    let payload = Bytes::from(vec![7u8; FAN_SIZE]);
-    for (case, inline) in [("bus", false), ("bus_inline", true)] {
-        let count = Arc::new(Count::default());
-        let subscribers: Vec<(RemoteBroker, Subscription)> = (0..FAN_OUT)
-            .map(|_| {
-                let s = client(&server, true);
-                let h = count.handler();
-                let h = if inline { h.inline() } else { h };
-                let sub = s.subscribe("fan", SubscribeOptions::default(), h).unwrap();
-                (s, sub)
-            })
-            .collect();
-        g.bench_with_input(BenchmarkId::new(case, FAN_SIZE), &FAN_SIZE, |b, _| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                let target = count.get() + iters * FAN_OUT as u64;
-                publish_batch(&publisher, "fan", &payload, iters);
-                count.wait_for(target);
-                start.elapsed()
-            })
-        });
-        drop(subscribers);
+    for size in FAN_SIZES {
+        let payload = Bytes::from(vec![7u8; size]);
+        for (case, inline) in [("bus", false), ("bus_inline", true)] {
+            let count = Arc::new(Count::default());
+            let subscribers: Vec<(RemoteBroker, Subscription)> = (0..FAN_OUT)
+                .map(|_| {
+                    let s = client(&server, true);
+                    let h = count.handler();
+                    let h = if inline { h.inline() } else { h };
+                    let sub = s.subscribe("fan", SubscribeOptions::default(), h).unwrap();
+                    (s, sub)
+                })
+                .collect();
+            g.bench_with_input(BenchmarkId::new(case, size), &size, |b, _| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    let target = count.get() + iters * FAN_OUT as u64;
+                    publish_batch(&publisher, "fan", &payload, iters);
+                    count.wait_for(target);
+                    start.elapsed()
+                })
+            });
+            drop(subscribers);
+        }
     }
     g.finish();
+    let payload = Bytes::from(vec![7u8; FAN_SIZE]);
 
     let mut g = c.benchmark_group("network_group");
     g.sample_size(SAMPLES).measurement_time(MEASURE);
@@ -515,9 +521,11 @@ fn nats(c: &mut Criterion) {
             s
         })
         .collect();
-    g.bench_with_input(BenchmarkId::new("nats", FAN_SIZE), &FAN_SIZE, |b, _| {
-        b.iter_custom(|iters| nats_publish(&mut w, "fan", FAN_SIZE, iters, &count, FAN_OUT as u64))
-    });
+    for size in FAN_SIZES {
+        g.bench_with_input(BenchmarkId::new("nats", size), &size, |b, _| {
+            b.iter_custom(|iters| nats_publish(&mut w, "fan", size, iters, &count, FAN_OUT as u64))
+        });
+    }
     g.finish();
     drop(fans);
 
