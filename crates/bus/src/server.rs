@@ -750,31 +750,23 @@ impl Forwarder {
             protocol::begin_deliver(&mut out.buf, self.sub);
         }
         let payload = msg.payload();
+        protocol::put_delivery_head(
+            &mut out.buf,
+            msg.id().0,
+            msg.attempt(),
+            out.published.1,
+            msg.topic(),
+            msg.headers(),
+            payload.len(),
+        );
         if batched && payload.len() >= SHARE_PAYLOAD_AT {
-            // Everything up to the payload is encoded; the payload goes out from its buffer.
-            protocol::put_delivery_head(
-                &mut out.buf,
-                msg.id().0,
-                msg.attempt(),
-                out.published.1,
-                msg.topic(),
-                msg.headers(),
-                payload.len(),
-            );
+            // The payload goes out from its own buffer, after what is encoded so far.
             let piece = out.buf.split();
             out.pieces_len += piece.len() + payload.len();
             out.pieces.push(piece);
             out.shared.push(payload.clone());
         } else {
-            protocol::put_delivery(
-                &mut out.buf,
-                msg.id().0,
-                msg.attempt(),
-                out.published.1,
-                msg.topic(),
-                msg.headers(),
-                payload,
-            );
+            out.buf.extend_from_slice(payload);
         }
         match &mut out.open {
             Some((_, count)) => {

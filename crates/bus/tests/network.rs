@@ -258,7 +258,14 @@ fn clients_reconnect_to_a_restarted_server_and_resubscribe() {
     let down = client.publish(Message::new("r.one", "lost"));
     assert!(matches!(down, Err(Error::Disconnected { .. })), "{down:?}");
 
-    let second = BusServer::bind(addr, ServerConfig::default()).expect("rebind the same address");
+    // Another test's client socket may hold the freed port as its own ephemeral port for a
+    // moment (both come from the same range): retry the bind until it is free, within the wait.
+    let mut second = None;
+    wait_until("the same address to be bound again", || {
+        second = BusServer::bind(addr, ServerConfig::default()).ok();
+        second.is_some()
+    });
+    let second = second.expect("bound");
     assert!(client.wait_connected(WAIT), "no reconnection");
     let id = client.publish(Message::new("r.two", "after")).unwrap();
     let m = recv(&rx);
