@@ -446,14 +446,14 @@ pub(crate) fn put_publish(
     put_blob(buf, payload);
 }
 
-/// Starts a DELIVER frame for `sub`: follow with exactly one [`put_delivery`].
+/// Starts a DELIVER frame for `sub`: follow with exactly one delivery.
 pub(crate) fn begin_deliver(buf: &mut BytesMut, sub: u64) {
     buf.put_u8(code::DELIVER);
     buf.put_u64(sub);
 }
 
 /// Starts a DELIVERS frame for `sub` at the end of `buf`: follow with one or more
-/// [`put_delivery`], then [`end_delivers`] with the returned position and the count.
+/// deliveries, then [`end_delivers`] with the returned position and the count.
 pub(crate) fn begin_delivers(buf: &mut BytesMut, sub: u64) -> usize {
     buf.put_u8(code::DELIVERS);
     buf.put_u64(sub);
@@ -468,29 +468,6 @@ pub(crate) fn end_delivers(buf: &mut BytesMut, at: usize, count: usize) {
     if let Some(slot) = buf.get_mut(at..at + 4) {
         slot.copy_from_slice(&n);
     }
-}
-
-/// Appends one delivery (the fields of a DELIVER after its sub id), borrowing every field.
-pub(crate) fn put_delivery(
-    buf: &mut BytesMut,
-    message: u64,
-    attempt: u32,
-    published_us: u64,
-    topic: &str,
-    headers: &[(String, String)],
-    payload: &[u8],
-) {
-    buf.reserve(8 + 4 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
-    put_delivery_head(
-        buf,
-        message,
-        attempt,
-        published_us,
-        topic,
-        headers,
-        payload.len(),
-    );
-    buf.put_slice(payload);
 }
 
 /// Appends one delivery up to its payload's length: the payload's `payload_len` bytes must
@@ -512,16 +489,18 @@ pub(crate) fn put_delivery_head(
     put_len(buf, payload_len);
 }
 
+/// Appends one delivery (the fields of a DELIVER after its sub id).
 fn put_wire(buf: &mut BytesMut, d: &WireDelivery) {
-    put_delivery(
+    put_delivery_head(
         buf,
         d.message,
         d.attempt,
         d.published_us,
         &d.topic,
         &d.headers,
-        &d.payload,
+        d.payload.len(),
     );
+    buf.put_slice(&d.payload);
 }
 
 /// Appends the encoding of `op` (op byte and fields, without the queue layer's length prefix).
