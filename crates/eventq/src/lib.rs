@@ -62,6 +62,8 @@
 //! # Ok::<(), mixbus_eventq::Error>(())
 //! ```
 mod error;
+#[cfg(target_os = "linux")]
+mod linux;
 mod poll;
 mod sys;
 

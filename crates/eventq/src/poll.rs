@@ -99,6 +99,23 @@ impl Event {
         self.error
     }
 
+    #[cfg(target_os = "linux")]
+    pub(crate) fn new(
+        token: Token,
+        readable: bool,
+        writable: bool,
+        hup: bool,
+        error: bool,
+    ) -> Event {
+        Event {
+            token,
+            readable,
+            writable,
+            hup,
+            error,
+        }
+    }
+
     fn from_polling(ev: &polling::Event) -> Event {
         Event {
             token: Token(ev.key),
@@ -180,6 +197,58 @@ struct Shared {
     /// Set by any waker before it notifies; lets `poll` tell a wake from a spurious return.
     woken: AtomicBool,
     wakers: Mutex<Vec<Arc<WakerState>>>,
+    /// What the wakers write to (on other platforms they notify through `polling`).
+    #[cfg(target_os = "linux")]
+    wake_fd: crate::linux::WakeFd,
+}
+
+impl Shared {
+    /// Makes the poll (blocked now, or the next one) return.
+    fn notify(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        return self.wake_fd.wake();
+        #[cfg(not(target_os = "linux"))]
+        return self.poller.notify();
+    }
+
+    /// One wait for events into `events.list` (appended): one `epoll_wait` (see
+    /// [`crate::linux`]).
+    #[cfg(target_os = "linux")]
+    fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        use crate::linux::{Raw, WAKE_KEY, wait};
+        let mut polling_fds = false;
+        let cap = events.list.capacity().max(1);
+        wait(&self.poller, cap, timeout, |raw| match raw {
+            Raw::Source(event) => events.list.push(event),
+            Raw::Wake => self.wake_fd.drain(),
+            Raw::Polling => polling_fds = true,
+        })?;
+        if polling_fds {
+            // `polling`'s notifier or timer reported: only its own wait re-arms them. (It never
+            // does while nothing notifies through `polling`; this keeps it so if it did.)
+            self.poller.wait(&mut events.raw, Some(Duration::ZERO))?;
+            for ev in events.raw.iter() {
+                if ev.key == WAKE_KEY {
+                    self.wake_fd.drain();
+                } else {
+                    events.list.push(Event::from_polling(&ev));
+                }
+            }
+            events.raw.clear();
+        }
+        Ok(())
+    }
+
+    /// One wait for events into `events.list` (appended).
+    #[cfg(not(target_os = "linux"))]
+    fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        self.poller.wait(&mut events.raw, timeout)?;
+        events
+            .list
+            .extend(events.raw.iter().map(|ev| Event::from_polling(&ev)));
+        events.raw.clear();
+        Ok(())
+    }
 }
 
 /// Waits for readiness events. One `Poll` per loop thread; register sources through [`Registry`].
@@ -208,10 +277,12 @@ impl Poll {
     /// # Errors
     /// [`Error::NewPoll`] if the operating system refuses (for example, too many open files).
     pub fn new() -> Result<Poll> {
-        let poller = polling::Poller::new().map_err(Error::NewPoll)?;
+        let poller = Arc::new(polling::Poller::new().map_err(Error::NewPoll)?);
         Ok(Poll {
             shared: Arc::new(Shared {
-                poller: Arc::new(poller),
+                #[cfg(target_os = "linux")]
+                wake_fd: crate::linux::WakeFd::new(poller.clone()).map_err(Error::NewPoll)?,
+                poller,
                 woken: AtomicBool::new(false),
                 wakers: Mutex::new(Vec::new()),
             }),
@@ -244,15 +315,11 @@ impl Poll {
                 // A timeout too large to add to now: wait as if forever.
                 (Some(_), None) => None,
             };
-            match self.shared.poller.wait(&mut events.raw, remaining) {
-                Ok(_) => {}
+            match self.shared.wait(events, remaining) {
+                Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(Error::Wait(err)),
             }
-            events
-                .list
-                .extend(events.raw.iter().map(|ev| Event::from_polling(&ev)));
-            events.raw.clear();
             let woken = self.shared.woken.swap(false, Ordering::AcqRel);
             if woken {
                 self.collect_wakes(events);
@@ -314,13 +381,15 @@ impl Registry {
     /// is never closed while registered. Events are edge-triggered where the platform supports it.
     ///
     /// # Errors
-    /// [`Error::Register`] if the operating system refuses.
+    /// [`Error::Register`] if the operating system refuses, or if `token` is one of the two the
+    /// poll keeps for itself (`usize::MAX` and `usize::MAX - 1`).
     pub fn register<S: Source>(
         &self,
         source: S,
         token: Token,
         interest: Interest,
     ) -> Result<Registration<S>> {
+        crate::sys::check_token(token, "register")?;
         Registration::new(self.shared.poller.clone(), source, token, interest)
     }
 }
@@ -372,7 +441,7 @@ impl Waker {
             return Ok(());
         }
         self.shared.woken.store(true, Ordering::Release);
-        self.shared.poller.notify().map_err(Error::Wake)
+        self.shared.notify().map_err(Error::Wake)
     }
 }
 

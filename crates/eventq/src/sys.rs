@@ -53,6 +53,25 @@ pub(crate) fn mode(poller: &polling::Poller) -> polling::PollMode {
     }
 }
 
+/// Tokens at or above this are the poll's own: `polling`'s notifier (`usize::MAX`) and the
+/// wakers' descriptor (`usize::MAX - 1`).
+const FIRST_RESERVED: usize = usize::MAX - 1;
+
+/// Refuses a token the poll keeps for itself.
+pub(crate) fn check_token(token: Token, op: &'static str) -> Result<()> {
+    if token.0 >= FIRST_RESERVED {
+        return Err(Error::Register {
+            op,
+            token,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "tokens usize::MAX and usize::MAX - 1 are reserved",
+            ),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn to_polling(token: Token, interest: Interest) -> polling::Event {
     let mut ev = polling::Event::none(token.0);
     ev.readable = interest.is_readable();
@@ -115,8 +134,10 @@ impl<S: Source> Registration<S> {
     /// the next poll reports it.
     ///
     /// # Errors
-    /// [`Error::Register`] if the operating system refuses.
+    /// [`Error::Register`] if the operating system refuses, or for a reserved token (see
+    /// [`Registry::register`](crate::Registry::register)).
     pub fn reregister(&mut self, token: Token, interest: Interest) -> Result<()> {
+        check_token(token, "reregister")?;
         self.rearm_token(token, interest)?;
         self.token = token;
         Ok(())

@@ -50,3 +50,25 @@ fn handles_are_send_and_sync() {
     send_sync::<mixbus_eventq::Registration<mixbus_eventq::net::TcpStream>>();
     send_sync::<mixbus_eventq::Error>();
 }
+
+#[test]
+fn the_poll_s_own_tokens_are_refused() {
+    let poll = Poll::new().unwrap();
+    let registry = poll.registry();
+    for token in [usize::MAX, usize::MAX - 1] {
+        let (_client, server) = loopback_pair();
+        let err = registry
+            .register(server, Token(token), Interest::READABLE)
+            .expect_err("a reserved token");
+        assert!(err.to_string().contains("register"), "{err}");
+    }
+    let (_client, server) = loopback_pair();
+    let mut reg = registry
+        .register(server, Token(usize::MAX - 2), Interest::READABLE)
+        .unwrap();
+    assert!(
+        reg.reregister(Token(usize::MAX - 1), Interest::READABLE)
+            .is_err()
+    );
+    assert_eq!(reg.token(), Token(usize::MAX - 2));
+}

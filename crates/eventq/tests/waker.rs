@@ -93,3 +93,26 @@ fn a_wake_from_a_waker_dropped_right_after_is_still_reported() {
         .unwrap();
     assert!(events.is_empty(), "got {events:?}");
 }
+
+#[test]
+fn every_wake_after_a_poll_ends_the_next_blocked_poll() {
+    // Each wake must reach a poll that blocks after the previous wake was taken: on Linux the
+    // wakers share an edge-triggered eventfd, so this checks that taking a wake re-arms it.
+    let mut poll = Poll::new().unwrap();
+    let waker = Waker::new(&poll.registry(), Token(9)).unwrap();
+    let (go, next) = std::sync::mpsc::channel::<()>();
+    let waking = thread::spawn(move || {
+        while next.recv().is_ok() {
+            waker.wake().unwrap();
+        }
+    });
+    let mut events = Events::with_capacity(4);
+    for round in 0..200 {
+        go.send(()).unwrap();
+        poll.poll(&mut events, Some(PATIENCE)).unwrap();
+        let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+        assert_eq!(tokens, vec![Token(9)], "round {round}");
+    }
+    drop(go);
+    waking.join().unwrap();
+}
