@@ -1103,7 +1103,16 @@ impl Shared {
                 let mut u = lock(&sub.unacked);
                 for &id in messages {
                     match u.map.remove(&id) {
-                        Some(msg) => acked.push(msg),
+                        Some(msg) => {
+                            // Acks mostly come in delivery order: the front of the wait order
+                            // goes with its message, with no look-up in `trim_front`.
+                            if u.order.front().is_some_and(|&(_, front, attempt)| {
+                                front == id && attempt == msg.attempt()
+                            }) {
+                                u.order.pop_front();
+                            }
+                            acked.push(msg);
+                        }
                         None => unknown.push(id),
                     }
                 }

@@ -641,7 +641,10 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
 
 /// A checked cursor over one frame.
 struct Reader<'a> {
-    frame: &'a Bytes,
+    /// The frame's bytes: all of `owner`, or a part of it.
+    frame: &'a [u8],
+    /// The buffer `frame` lies in, which byte blobs are zero-copy slices of.
+    owner: &'a Bytes,
     pos: usize,
     op: &'static str,
     /// The topic of the previous delivery in this frame: the next one on the same topic shares it.
@@ -650,8 +653,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(frame: &'a Bytes, op: &'static str) -> Self {
+        Reader::within(frame, frame, op)
+    }
+
+    /// A reader of `frame`, which lies in `owner`.
+    fn within(frame: &'a [u8], owner: &'a Bytes, op: &'static str) -> Self {
         Reader {
             frame,
+            owner,
             pos: 1,
             op,
             last_topic: None,
@@ -750,9 +759,8 @@ impl<'a> Reader<'a> {
 
     fn blob(&mut self, field: &'static str) -> Result<Bytes, ProtocolError> {
         let n = self.len(field)?;
-        let start = self.pos;
-        self.take(n, field)?;
-        Ok(self.frame.slice(start..start + n))
+        let blob = self.take(n, field)?;
+        Ok(self.owner.slice_ref(blob))
     }
 
     /// Headers: a `u16` count, then that many key/value strings.
@@ -886,15 +894,17 @@ pub(crate) struct Publish {
 
 /// Decodes `frame` if it is a PUBLISH, as [`decode`] would, but with its topic shared with
 /// `last_topic` when they are equal (and remembered there): a burst of publishes on one topic
-/// allocates it once. `None` for any other op.
+/// allocates it once. `None` for any other op. `frame` lies in `owner`, and the payload is a
+/// zero-copy slice of it: a batch of frames read together is decoded with no handle per frame.
 pub(crate) fn decode_publish(
-    frame: &Bytes,
+    frame: &[u8],
+    owner: &Bytes,
     last_topic: &mut Option<Arc<str>>,
 ) -> Option<Result<Publish, ProtocolError>> {
     if frame.first() != Some(&code::PUBLISH) {
         return None;
     }
-    let mut r = Reader::new(frame, "PUBLISH");
+    let mut r = Reader::within(frame, owner, "PUBLISH");
     r.last_topic = last_topic.take();
     let publish = r.publish();
     *last_topic = r.last_topic.take();

@@ -872,12 +872,13 @@ impl QueueListener for ConnListener {
             return;
         };
         let max = shared.config.max_frame_len;
-        for frame in frames.iter_bytes() {
+        let chunk = frames.chunk();
+        for frame in frames.iter() {
             if self.conn.closing.load(Ordering::Acquire) {
                 break;
             }
             let publish = if frame.len() <= max && self.conn.welcomed.load(Ordering::Acquire) {
-                protocol::decode_publish(&frame, &mut self.last_topic)
+                protocol::decode_publish(frame, chunk, &mut self.last_topic)
             } else {
                 None
             };
@@ -893,7 +894,7 @@ impl QueueListener for ConnListener {
                 // Anything else (a malformed PUBLISH too) goes the one-frame way, in order.
                 _ => {
                     self.publish_burst(&shared);
-                    self.received(queue, frame);
+                    self.received(queue, chunk.slice_ref(frame));
                 }
             }
         }

@@ -418,10 +418,13 @@ fn a_blocked_remote_handler_is_held_to_its_in_flight_limit_and_others_go_on() {
     }
     // The server forwarded the blocked subscription only its 4 un-acked deliveries; the rest
     // wait on the server, not in the client's memory or on the wire.
-    wait_until("the fast deliveries to be acked and 4 sent to the blocked one", || {
-        let total = server.stats().bus.total;
-        total.acked == N && total.dispatched >= N + 4
-    });
+    wait_until(
+        "the fast deliveries to be acked and 4 sent to the blocked one",
+        || {
+            let total = server.stats().bus.total;
+            total.acked == N && total.dispatched >= N + 4
+        },
+    );
     assert_eq!(server.stats().bus.total.dispatched, N + 4);
     // Its handler runs on the first of them (on the client's thread, maybe only now) and waits
     // at the gate: once, whatever the timing.

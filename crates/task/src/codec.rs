@@ -325,6 +325,13 @@ impl Frames {
             .map(|&(start, end)| &self.chunk[start..end])
     }
 
+    /// The buffer every payload of the batch lies in: `chunk().slice_ref(payload)` makes a
+    /// zero-copy [`Bytes`] of a payload from [`iter`](Self::iter), or of any part of one, with
+    /// one reference count taken only for what is kept.
+    pub fn chunk(&self) -> &Bytes {
+        &self.chunk
+    }
+
     /// The payloads, in order, each as a zero-copy [`Bytes`].
     pub fn iter_bytes(&self) -> impl ExactSizeIterator<Item = Bytes> + '_ {
         self.spans
