@@ -172,6 +172,81 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Bytes of deliveries the publishers may have outstanding (published, not yet handled by a
+/// subscriber). A server cuts off a consumer whose connection falls `max_outbound_bytes` behind
+/// (8 MiB by default) as a slow consumer, as NATS does: a publisher of large messages running
+/// flat out would get a healthy subscriber cut off. Half of that default keeps the pipe full
+/// (at 4 KiB, a thousand deliveries in flight) and leaves small messages to the server's own
+/// hold on publishers.
+const PACE_BYTES: u64 = 4 << 20;
+
+/// How long the publishers wait for a delivery before they give up (something was lost).
+const STALL: Duration = Duration::from_secs(10);
+
+/// Keeps the publishers at most a window of deliveries ahead of the subscribers.
+struct Pace {
+    /// Deliveries the window allows outstanding (at least one message's worth).
+    window: u64,
+    /// Deliveries the messages published so far will make.
+    owed: AtomicU64,
+    /// Deliveries handled.
+    delivered: Arc<AtomicU64>,
+    /// A publisher waits on `room`; a handler signals it when this is set.
+    waiting: AtomicBool,
+    lock: Mutex<()>,
+    room: std::sync::Condvar,
+}
+
+impl Pace {
+    /// Waits for room in the window and takes a share of it for one of `publishers` threads:
+    /// how many messages of `per_message` deliveries each it may publish now (at least one),
+    /// or `None` if no delivery was handled for [`STALL`] while it waited. A publisher looks at
+    /// the subscribers' count once per share, not once per message.
+    fn admit(&self, per_message: u64, publishers: u64) -> Option<u64> {
+        let mut last = (self.delivered.load(Ordering::SeqCst), Instant::now());
+        loop {
+            let room = |delivered: u64| {
+                let outstanding = self.owed.load(Ordering::SeqCst).saturating_sub(delivered);
+                self.window.saturating_sub(outstanding)
+            };
+            let delivered = self.delivered.load(Ordering::SeqCst);
+            let free = room(delivered);
+            if free >= per_message {
+                // Concurrent publishers each take a share of what they saw, so together they
+                // stay within it (give or take one message each).
+                let share = (free / per_message / publishers).max(1);
+                self.owed.fetch_add(share * per_message, Ordering::SeqCst);
+                return Some(share);
+            }
+            if delivered != last.0 {
+                last = (delivered, Instant::now());
+            } else if last.1.elapsed() > STALL {
+                return None;
+            }
+            let guard = lock(&self.lock);
+            self.waiting.store(true, Ordering::SeqCst);
+            // Either the handler that makes room sees `waiting`, or this sees its delivery.
+            if room(self.delivered.load(Ordering::SeqCst)) >= per_message {
+                continue;
+            }
+            drop(
+                self.room
+                    .wait_timeout(guard, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+        }
+    }
+
+    /// Called by a handler after it counted a delivery.
+    fn delivered(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            let _guard = lock(&self.lock);
+            self.waiting.store(false, Ordering::SeqCst);
+            self.room.notify_all();
+        }
+    }
+}
+
 /// Publishes, retrying while a bounded queue is full (backpressure, not loss).
 fn publish_retrying(broker: &dyn Broker, mut msg: Message) -> Result<(), BusError> {
     loop {
@@ -219,6 +294,16 @@ pub(crate) fn run(
     };
 
     let delivered = Arc::new(AtomicU64::new(0));
+    let per_message = if group { 1 } else { subscribers as u64 };
+    let pace = Arc::new(Pace {
+        window: (PACE_BYTES / size as u64).max(per_message),
+        owed: AtomicU64::new(0),
+        delivered: delivered.clone(),
+        waiting: AtomicBool::new(false),
+        lock: Mutex::new(()),
+        room: std::sync::Condvar::new(),
+    });
+    let stalled = Arc::new(AtomicBool::new(false));
     let seen: Vec<Arc<Mutex<Seen>>> = (0..subscribers)
         .map(|_| {
             Arc::new(Mutex::new(Seen {
@@ -242,6 +327,7 @@ pub(crate) fn run(
         let seen = seen[s].clone();
         let once = once.clone();
         let delivered = delivered.clone();
+        let pace = pace.clone();
         let weak = weak.clone();
         let options = if group {
             SubscribeOptions::group("bench").manual_ack()
@@ -277,7 +363,8 @@ pub(crate) fn run(
             if group && let (Some(broker), Some(delivery)) = (weak.upgrade(), msg.delivery_id()) {
                 broker.ack(delivery)?;
             }
-            delivered.fetch_add(1, Ordering::Relaxed);
+            delivered.fetch_add(1, Ordering::SeqCst);
+            pace.delivered();
             Ok(())
         });
         subs.push(subscriber.subscribe("bench.data", options, handler)?);
@@ -294,9 +381,23 @@ pub(crate) fn run(
     let mut threads = Vec::new();
     for (p, &n) in per_publisher.iter().enumerate() {
         let broker = broker.clone();
+        let (pace, stalled) = (pace.clone(), stalled.clone());
         threads.push(thread::spawn(move || -> Result<(), BusError> {
             let mut buf = vec![0u8; size];
+            let mut credit = 0;
             for seq in 0..n {
+                if credit == 0 {
+                    match pace.admit(per_message, publishers as u64) {
+                        Some(share) => credit = share,
+                        None => {
+                            // Nothing arrives any more: stop, and let the check below say what
+                            // is missing.
+                            stalled.store(true, Ordering::SeqCst);
+                            return Ok(());
+                        }
+                    }
+                }
+                credit -= 1;
                 encode(&mut buf, p, seq, origin);
                 publish_retrying(
                     &*broker,
@@ -330,6 +431,12 @@ pub(crate) fn run(
 
     let mut latency = histogram();
     let mut problems = Vec::new();
+    if stalled.load(Ordering::SeqCst) {
+        problems.push(format!(
+            "the publishers stopped: no delivery for {} s",
+            STALL.as_secs()
+        ));
+    }
     let mut got = 0;
     for (i, s) in seen.iter().enumerate() {
         let s = lock(s);

@@ -116,6 +116,11 @@ enum Command {
         client: ClientArgs,
     },
     /// Measure throughput and latency; every message is checked on arrival.
+    ///
+    /// Publishers stream without waiting for confirms, but stay at most 4 MiB of deliveries
+    /// ahead of the subscribers: a server cuts off a consumer that falls its outbound limit
+    /// behind (8 MiB by default) as a slow consumer, and a publisher of large messages running
+    /// flat out would get a healthy one cut off.
     #[command(
         after_help = "Examples:\n  mixbus bench\n  mixbus bench --workload group --subscribers 4 --count 200000\n  mixbus bench --workload reqrep --count 10000 --json"
     )]

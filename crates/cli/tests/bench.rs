@@ -58,3 +58,29 @@ fn a_bad_flag_is_one_clear_line_and_a_non_zero_exit() {
     assert!(stderr.contains("nonsense"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_of_large_messages_through_the_server_is_verified() {
+    // Flat out, 64 KiB messages to 4 subscribers on one connection outran it by more than the
+    // server's outbound limit (8 MiB) and got it cut off as a slow consumer: the bench lost
+    // messages and failed its own check. Its publishers now stay within a window of bytes.
+    let out = mixbus(&[
+        "bench",
+        "--workload",
+        "fanout",
+        "--subscribers",
+        "4",
+        "--size",
+        "65536",
+        "--count",
+        "1500",
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("each of 4 subscribers got all 1500 messages"),
+        "{stdout}"
+    );
+}
