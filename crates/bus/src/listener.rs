@@ -99,6 +99,13 @@ pub trait BrokerListener: Send + Sync + 'static {
     fn subscribed(&self, subscription: &SubscriptionInfo) {}
     /// A subscription ended.
     fn unsubscribed(&self, subscription: &SubscriptionInfo) {}
+    /// The connection to the server was lost (told by a remote broker only): `reason` says why,
+    /// with the server's error first when it sent one (for example a slow consumer cut off).
+    /// The client reconnects with back-off and subscribes again; what is published for its
+    /// broadcast subscriptions meanwhile does not reach them (the server counts it as dropped).
+    fn disconnected(&self, reason: &str) {}
+    /// A remote broker is connected again, its subscriptions restored.
+    fn reconnected(&self) {}
 
     /// A run of messages was published together (the bus server publishes each burst it reads
     /// this way): the same as [`published`](Self::published) for each, in order, which is what

@@ -359,6 +359,7 @@ impl Client {
             client: Arc::downgrade(self),
             generation,
             hello: Some(hello_tx),
+            server_error: None,
         })?;
         let timeout = self.config.request_timeout;
         let hello = Op::Hello {
@@ -440,6 +441,9 @@ impl Client {
             let _ = tx.send(Reply::Disconnected);
         }
         tracing::warn!(addr = %self.addr, reason, "connection to bus server lost; reconnecting");
+        self.listeners
+            .snapshot()
+            .each("disconnected", |l| l.disconnected(&reason));
         let client = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("mixbus-reconnect".into())
@@ -472,6 +476,13 @@ impl Client {
                     let mut link = lock(&self.link);
                     if link.queue.is_some() || link.closed {
                         link.reconnecting = false;
+                        let back = link.queue.is_some();
+                        drop(link);
+                        if back {
+                            self.listeners
+                                .snapshot()
+                                .each("reconnected", |l| l.reconnected());
+                        }
                         return;
                     }
                     // Lost again before we got here: `lost` left the reconnecting to us.
@@ -779,6 +790,9 @@ struct ClientListener {
     client: Weak<Client>,
     generation: u64,
     hello: Option<flume::Sender<std::result::Result<(), (ErrorCode, String)>>>,
+    /// The error the server sent before closing, if it did: part of the reason the listeners
+    /// hear (`BrokerListener::disconnected`).
+    server_error: Option<String>,
 }
 
 impl QueueListener for ClientListener {
@@ -823,6 +837,7 @@ impl QueueListener for ClientListener {
                 text,
             } => {
                 tracing::warn!(conn.id = queue.id(), %code, text, "server closes the connection");
+                self.server_error = Some(format!("{code}: {text}"));
                 if let Some(tx) = self.hello.take() {
                     let _ = tx.send(Err((code, text)));
                 }
@@ -854,7 +869,11 @@ impl QueueListener for ClientListener {
             let _ = tx.send(Err((ErrorCode::Closed, info.reason.to_string())));
         }
         if let Some(client) = self.client.upgrade() {
-            client.lost(self.generation, info.reason.to_string());
+            let reason = match self.server_error.take() {
+                Some(error) => format!("{error} ({})", info.reason),
+                None => info.reason.to_string(),
+            };
+            client.lost(self.generation, reason);
         }
     }
 }

@@ -17,6 +17,35 @@ use support::{
     Raw, WAIT, collector, publish_numbered, recv, remote, server, server_with, wait_until,
 };
 
+/// What a client's listener hears of its connection: `disconnected: <reason>` and
+/// `reconnected`, in order.
+#[derive(Debug, Default)]
+struct ConnEvents(Mutex<Vec<String>>);
+
+impl mixbus_bus::BrokerListener for ConnEvents {
+    fn disconnected(&self, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("disconnected: {reason}"));
+    }
+    fn reconnected(&self) {
+        self.0.lock().unwrap().push("reconnected".into());
+    }
+}
+
+impl ConnEvents {
+    fn attach(client: &RemoteBroker) -> Arc<ConnEvents> {
+        let events = Arc::new(ConnEvents::default());
+        client.add_listener(events.clone());
+        events
+    }
+
+    fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 #[test]
 fn smoke() {
     let server = server(2);
@@ -248,6 +277,7 @@ fn clients_reconnect_to_a_restarted_server_and_resubscribe() {
     let addr = first.local_addr();
     let config = RemoteConfig::default().with_publish_timeout(Duration::from_millis(300));
     let client = RemoteBroker::connect(addr, config).unwrap();
+    let events = ConnEvents::attach(&client);
     let (h, rx) = collector();
     let _sub = client
         .subscribe("r.*", SubscribeOptions::default(), h)
@@ -270,6 +300,14 @@ fn clients_reconnect_to_a_restarted_server_and_resubscribe() {
     });
     let second = second.expect("bound");
     assert!(client.wait_connected(WAIT), "no reconnection");
+    // Its listeners heard of the loss (with the server's reason: it said it was shutting down)
+    // and of the return.
+    wait_until("the listener to hear of the reconnection", || {
+        events.get().last().map(String::as_str) == Some("reconnected")
+    });
+    let heard = events.get();
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(heard[0].starts_with("disconnected: "), "{heard:?}");
     let id = client.publish(Message::new("r.two", "after")).unwrap();
     let m = recv(&rx);
     assert_eq!((m.id(), &m.payload()[..]), (id, &b"after"[..]));
@@ -560,6 +598,7 @@ fn stuck_consumer_is_cut_off(hold_above: usize) {
         2,
     );
     let subs = HeldAndFast::subscribe(&server, "flood");
+    let events = ConnEvents::attach(&subs.blocked);
     let (fast, gate_tx, rx) = (&subs.fast, &subs.gate, &subs.rx);
     let publisher = remote(&server);
     // Confirmed publishes: the stuck consumer never makes one fail.
@@ -580,6 +619,13 @@ fn stuck_consumer_is_cut_off(hold_above: usize) {
     // What the server held for it is let go of: the queue of its first subscription (the
     // server's s1) is emptied, its messages counted as dropped. That happens as the cut
     // connection closes, just after the cut is counted, so it is waited for.
+    // The cut client's listeners hear why, in the server's words.
+    wait_until("the cut client to hear it was a slow consumer", || {
+        events
+            .get()
+            .first()
+            .is_some_and(|e| e.starts_with("disconnected: slow consumer"))
+    });
     wait_until("the cut consumer's queue to be let go of", || {
         let stats = server.stats();
         let first = stats.bus.queues.iter().find(|q| q.queue == "flood#s1");

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mixbus::bus::{
@@ -105,6 +106,21 @@ pub(crate) fn publish(
     Ok(())
 }
 
+/// Says on standard error when the connection is lost and when it is back: messages published
+/// in between do not reach a broadcast subscription (a slow consumer cut off, say).
+#[derive(Debug)]
+struct ConnectionNotes;
+
+impl mixbus::bus::BrokerListener for ConnectionNotes {
+    fn disconnected(&self, reason: &str) {
+        eprintln!("mixbus: connection lost: {reason}; reconnecting");
+    }
+
+    fn reconnected(&self) {
+        eprintln!("mixbus: reconnected");
+    }
+}
+
 /// `mixbus sub`.
 pub(crate) fn subscribe(
     broker: &RemoteBroker,
@@ -131,6 +147,7 @@ pub(crate) fn subscribe(
         }),
     )?;
     let stop = stop_signal()?;
+    broker.add_listener(Arc::new(ConnectionNotes));
     // On standard error, so that the payloads alone go to standard output.
     eprintln!("mixbus: subscribed to {pattern}");
     let stdout = std::io::stdout();
