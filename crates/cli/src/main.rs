@@ -14,6 +14,7 @@ use mixbus::bus::{Broker, InMemoryBroker, InMemoryConfig, ServerConfig};
 /// jemalloc keeps freed memory for reuse where glibc's allocator returns the 256 KiB read
 /// buffers of the server and clients to the system and faults them in again (see BENCHMARKS.md,
 /// "the receive buffers at 4 KiB"). The libraries leave the allocator to the program.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
