@@ -150,6 +150,10 @@ struct Shared {
     timer: Timer,
     busy: Box<[BusySlot]>,
     manual_subs: AtomicUsize,
+    /// Runs, timer passes and nacks under way: each may hold messages out of every queue for a
+    /// moment (taken and not yet handled, or failed and not yet queued again), so `close` does
+    /// not take the broker for idle while one is.
+    in_hand: AtomicUsize,
     retired_delivered: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
     report: Mutex<Option<CloseReport>>,
@@ -472,6 +476,22 @@ impl Sub {
     }
 }
 
+/// Counts one piece of work in [`Shared::in_hand`] for as long as it lives.
+struct InHand<'a>(&'a AtomicUsize);
+
+impl<'a> InHand<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        InHand(count)
+    }
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Per dispatch thread state: its busy slot and a cached listener snapshot.
 struct Ctx {
     /// The dispatch thread's busy slot (none for runs on a handler's executor).
@@ -624,6 +644,7 @@ impl InMemoryBroker {
             ready_rx,
             timer: Timer::default(),
             manual_subs: AtomicUsize::new(0),
+            in_hand: AtomicUsize::new(0),
             retired_delivered: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
             report: Mutex::new(None),
@@ -1140,6 +1161,7 @@ impl Shared {
     }
 
     fn nack(&self, delivery: DeliveryId, requeue: bool) {
+        let _in_hand = InHand::new(&self.in_hand);
         let notifier = self.listeners.snapshot();
         let removed = self
             .find_sub(delivery.subscription)
@@ -1265,6 +1287,8 @@ impl Shared {
     }
 
     fn run(&self, sub: &Arc<Sub>, ctx: &mut Ctx) {
+        // Counted before anything is taken, so that `idle` sees the run or the queued messages.
+        let _in_hand = InHand::new(&self.in_hand);
         ctx.refresh(self);
         // A run on an executor drains more, for a time budget: it shares its thread with whatever
         // fills the queue (the server's pump reads publishes for a budget of its own), so a run
@@ -1432,7 +1456,7 @@ impl Shared {
         let span = tracing::debug_span!("timer");
         let _enter = span.enter();
         loop {
-            let due = {
+            let (due, _in_hand) = {
                 let mut st = lock(&self.timer.state);
                 let mut due = Vec::new();
                 loop {
@@ -1464,7 +1488,8 @@ impl Shared {
                         break;
                     }
                 }
-                due
+                // Counted before the lock goes, so that `idle` sees the entries or this pass.
+                (due, InHand::new(&self.in_hand))
             };
             let notifier = self.listeners.snapshot();
             for entry in due {
@@ -1523,6 +1548,8 @@ impl Shared {
                 .all(|s| lock(&s.unacked).map.is_empty())
             && self.busy.iter().all(|b| !b.0.load(Ordering::Acquire))
             && self.timer.len() == 0
+            // Last: work that took messages from a queue or the timer counted itself first.
+            && self.in_hand.load(Ordering::SeqCst) == 0
     }
 
     fn close(&self, timeout: Duration) -> CloseReport {

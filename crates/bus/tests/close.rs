@@ -132,3 +132,67 @@ fn a_handler_that_never_returns_does_not_make_close_hang() {
     assert_eq!(report.running_handlers, 1);
     drop(forever_tx);
 }
+
+/// Holds the first `failed` event until told to go on: the failed delivery is then out of
+/// every queue and no handler is running, but its retry is not queued yet.
+struct HoldFirstFailure {
+    entered: flume::Sender<()>,
+    go: flume::Receiver<()>,
+    dead: std::sync::atomic::AtomicU64,
+    once: std::sync::Once,
+}
+
+impl mixbus_bus::BrokerListener for HoldFirstFailure {
+    fn failed(&self, _m: &Message, _s: &mixbus_bus::SubscriptionInfo, _e: &str) {
+        self.once.call_once(|| {
+            let _ = self.entered.send(());
+            let _ = self.go.recv_timeout(support::WAIT);
+        });
+    }
+
+    fn dead_lettered(&self, _m: &Message, _s: &mixbus_bus::SubscriptionInfo, _t: &str) {
+        self.dead.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn close_waits_for_a_failed_delivery_to_be_retried() {
+    // Regression: between a handler's failure and the queueing of its retry, close saw no
+    // queued message and no running handler, took the broker for idle and stopped it: the
+    // retry (and the dead letter after it) never happened.
+    let broker = broker(1);
+    let (entered_tx, entered) = flume::bounded(1);
+    let (go, go_rx) = flume::bounded(1);
+    let hold = std::sync::Arc::new(HoldFirstFailure {
+        entered: entered_tx,
+        go: go_rx,
+        dead: Default::default(),
+        once: std::sync::Once::new(),
+    });
+    broker.add_listener(hold.clone());
+    let options = SubscribeOptions::default()
+        .with_max_attempts(2)
+        .with_backoff(mixbus_bus::Backoff::none());
+    let _sub = broker
+        .subscribe("t", options, Handler::new(|_| Err("nope".into())))
+        .unwrap();
+    broker.publish(Message::new("t", "x")).unwrap();
+    entered
+        .recv_timeout(support::WAIT)
+        .expect("the first failure");
+    std::thread::scope(|s| {
+        let closing = s.spawn(|| broker.close(support::WAIT));
+        // A correct close waits for the retry, so it cannot finish while the failure is held:
+        // give it a bounded chance to (wrongly) finish, then let the failure go on.
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while !closing.is_finished() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let finished_early = closing.is_finished();
+        go.send(()).unwrap();
+        let report = closing.join().unwrap();
+        assert!(!finished_early, "close returned while a retry was pending");
+        assert!(!report.timed_out, "{report:?}");
+    });
+    assert_eq!(hold.dead.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
