@@ -5,18 +5,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mixbus_queue::task::Bytes;
-use mixbus_queue::{MessageQueue, QueueConfig, QueueListener, SendError};
-use support::{Ev, Forward, broker, pair, payloads, receive, recv, until_closed};
-
-/// Takes nothing back: payloads that fit are copied into shared runs of frames.
-struct Quiet(flume::Sender<()>);
-
-impl QueueListener for Quiet {
-    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
-    fn writable(&mut self, _queue: &MessageQueue) {
-        let _ = self.0.try_send(());
-    }
-}
+use mixbus_queue::{MessageQueue, QueueConfig, SendError};
+use support::{Ev, Forward, RoomSignal, broker, pair, payloads, receive, recv, until_closed};
 
 /// Messages `from..from + n` of stream 9, sizes from empty to past one 64 KiB run.
 fn messages(from: u64, n: u64) -> Vec<Bytes> {
@@ -43,7 +33,7 @@ fn copies_arrive_whole_and_in_order_without_hand_back() {
     let (_pump, broker) = broker(QueueConfig::default());
     let (client, server) = pair(&broker);
     let (room_tx, room) = flume::bounded(1);
-    client.set_listener(Quiet(room_tx)).unwrap();
+    client.set_listener(RoomSignal(room_tx)).unwrap();
     let (server_l, server_rx) = Forward::new();
     server.set_listener(server_l).unwrap();
     let msgs = messages(0, 3000);
@@ -76,7 +66,7 @@ fn a_full_queue_takes_part_and_the_rest_follows_once_writable() {
     // The server sets no listener yet: nothing reads its socket.
     let (client, server) = pair(&broker);
     let (room_tx, room) = flume::bounded(1);
-    client.set_listener(Quiet(room_tx)).unwrap();
+    client.set_listener(RoomSignal(room_tx)).unwrap();
     let msg = [0x5au8; 1000];
     let batch = vec![&msg[..]; 1000];
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -127,7 +117,7 @@ fn refusals_name_the_first_message_refused() {
     let (server_l, server_rx) = Forward::new();
     server.set_listener(server_l).unwrap();
     let (room_tx, _room) = flume::bounded(1);
-    client.set_listener(Quiet(room_tx)).unwrap();
+    client.set_listener(RoomSignal(room_tx)).unwrap();
     let big = vec![1u8; max + 1];
     let batch: [&[u8]; 4] = [b"a", b"b", &big, b"c"];
     // The two before the oversized one are taken; the next call starts at it and is refused.

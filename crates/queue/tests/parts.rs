@@ -5,18 +5,8 @@ mod support;
 use std::time::Duration;
 
 use mixbus_queue::task::{Bytes, MAX_PARTS};
-use mixbus_queue::{MessageQueue, QueueConfig, QueueListener, SendError};
-use support::{Forward, broker, pair, payload, receive, until_closed};
-
-/// Takes nothing back, and says when there is room again.
-struct Quiet(flume::Sender<()>);
-
-impl QueueListener for Quiet {
-    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
-    fn writable(&mut self, _queue: &MessageQueue) {
-        let _ = self.0.try_send(());
-    }
-}
+use mixbus_queue::{MessageQueue, QueueConfig, SendError};
+use support::{Forward, RoomSignal, broker, pair, payload, payloads, receive, until_closed};
 
 /// Message `index` cut into parts of the sizes in `cuts` (cycled; the last part takes the rest):
 /// small parts are copied by the writer, large ones written in place, empty ones skipped.
@@ -37,9 +27,7 @@ fn cut(msg: &Bytes, index: u64) -> Vec<Bytes> {
 /// Messages of stream 11: sizes from empty to several 64 KiB runs.
 fn messages(n: u64) -> Vec<Bytes> {
     const SIZES: [usize; 6] = [0, 16, 600, 5000, 80_000, 300_000];
-    (0..n)
-        .map(|i| payload(11, i, SIZES[i as usize % SIZES.len()]))
-        .collect()
+    payloads(11, 0, n, &SIZES)
 }
 
 /// Sends `msgs` in turn, every third one with `send`, the others cut into parts; waits on
@@ -72,7 +60,7 @@ fn parts_arrive_as_one_message_in_order_through_partial_writes() {
     let (_pump, broker) = broker(config);
     let (client, server) = pair(&broker);
     let (room_tx, room) = flume::bounded(1);
-    client.set_listener(Quiet(room_tx)).unwrap();
+    client.set_listener(RoomSignal(room_tx)).unwrap();
     let (server_l, server_rx) = Forward::new();
     server.set_listener(server_l).unwrap();
     let msgs = messages(600);

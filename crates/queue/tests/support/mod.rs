@@ -255,6 +255,16 @@ pub(crate) fn payloads(stream: u64, from: u64, n: u64, sizes: &[usize]) -> Vec<B
         .collect()
 }
 
+/// A listener that takes nothing back and says (on its channel) when there is room again.
+pub(crate) struct RoomSignal(pub(crate) flume::Sender<()>);
+
+impl QueueListener for RoomSignal {
+    fn received(&mut self, _queue: &MessageQueue, _msg: Bytes) {}
+    fn writable(&mut self, _queue: &MessageQueue) {
+        let _ = self.0.try_send(());
+    }
+}
+
 /// Receives `n` messages on a [`Forward`] listener's channel, passing over `sent` and `writable`
 /// notices; `closed` first is a failure.
 pub(crate) fn receive(rx: &flume::Receiver<Ev>, n: usize) -> Vec<Bytes> {
