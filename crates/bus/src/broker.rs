@@ -261,6 +261,9 @@ pub struct CloseReport {
     pub pending: u64,
     /// Handlers still running when the timeout passed (their threads were left behind).
     pub running_handlers: u64,
+    /// Unconfirmed publishes never sent: a [`RemoteBroker`](crate::RemoteBroker) closed while
+    /// disconnected, holding what its lost connection never wrote (always 0 in memory).
+    pub unsent_publishes: u64,
     /// Whether the timeout passed before the work was done.
     pub timed_out: bool,
     /// How long `close` took.
@@ -278,7 +281,15 @@ impl fmt::Display for CloseReport {
             self.running_handlers,
             if self.timed_out { "timed out" } else { "clean" },
             self.elapsed
-        )
+        )?;
+        if self.unsent_publishes > 0 {
+            write!(
+                f,
+                "; {} unconfirmed publishes never sent",
+                self.unsent_publishes
+            )?;
+        }
+        Ok(())
     }
 }
 

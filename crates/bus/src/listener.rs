@@ -103,6 +103,8 @@ pub trait BrokerListener: Send + Sync + 'static {
     /// with the server's error first when it sent one (for example a slow consumer cut off).
     /// The client reconnects with back-off and subscribes again; what is published for its
     /// broadcast subscriptions meanwhile does not reach them (the server counts it as dropped).
+    /// The reason ends by counting the unconfirmed publishes the connection never wrote, which
+    /// the client sends on the next connection.
     fn disconnected(&self, reason: &str) {}
     /// A remote broker is connected again, its subscriptions restored.
     fn reconnected(&self) {}

@@ -1625,6 +1625,7 @@ impl Shared {
             unacked,
             pending,
             running_handlers: running_handlers as u64,
+            unsent_publishes: 0,
             timed_out,
             elapsed: start.elapsed(),
         };

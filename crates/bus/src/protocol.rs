@@ -446,6 +446,11 @@ pub(crate) fn put_publish(
     put_blob(buf, payload);
 }
 
+/// Whether `frame` (one this side encoded) is a PUBLISH that asks for no confirm: request id 0.
+pub(crate) fn is_unconfirmed_publish(frame: &[u8]) -> bool {
+    frame.len() >= 9 && frame[0] == code::PUBLISH && frame[1..9] == [0; 8]
+}
+
 /// Starts a DELIVER frame for `sub`: follow with exactly one delivery.
 pub(crate) fn begin_deliver(buf: &mut BytesMut, sub: u64) {
     buf.put_u8(code::DELIVER);

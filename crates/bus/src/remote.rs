@@ -1,7 +1,7 @@
 //! [`RemoteBroker`]: the [`Broker`] trait over a connection to a [`BusServer`](crate::BusServer),
 //! with reconnection and re-subscription.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -157,6 +157,41 @@ struct Link {
     reconnecting: bool,
     /// A connection that closed before it was installed.
     lost_generation: u64,
+    /// Unconfirmed PUBLISH frames a lost connection never wrote, in order, to send first on the
+    /// next one (see [`Resend`]).
+    resend: Resend,
+}
+
+/// Unconfirmed publishes held across a reconnection: the frames a lost connection had queued
+/// and never written (the server cannot have seen them, so sending them again duplicates
+/// nothing), bounded by the outbound queue's high water mark.
+#[derive(Default)]
+struct Resend {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Frames given up because the bound was reached, since the last report.
+    dropped: u64,
+}
+
+impl Resend {
+    /// Keeps the unconfirmed publishes among `unsent`, in order, up to `limit` bytes held;
+    /// returns how many were kept.
+    fn keep(&mut self, unsent: Vec<Bytes>, limit: usize) -> usize {
+        let mut kept = 0;
+        for frame in unsent {
+            if !protocol::is_unconfirmed_publish(&frame) {
+                continue;
+            }
+            if self.bytes + frame.len() > limit {
+                self.dropped += 1;
+                continue;
+            }
+            self.bytes += frame.len();
+            self.frames.push_back(frame);
+            kept += 1;
+        }
+        kept
+    }
 }
 
 struct Client {
@@ -400,6 +435,15 @@ impl Client {
                 }
             }
         }
+        // What the last connection never wrote goes first, before any publish that waited for
+        // this one (they wait until it is installed below). Copies: the held frames stay
+        // until the connection is in place, in case this one is lost too.
+        let resend: Vec<Bytes> = lock(&self.link).resend.frames.iter().cloned().collect();
+        for frame in resend.iter().cloned() {
+            if let Err(err) = self.send_frame(&queue, frame, Some(Instant::now() + timeout)) {
+                return fail(err);
+            }
+        }
         let mut link = lock(&self.link);
         if link.closed {
             drop(link);
@@ -411,6 +455,11 @@ impl Client {
                 waited: Duration::ZERO,
             });
         }
+        if !resend.is_empty() {
+            tracing::info!(addr = %self.addr, frames = resend.len(), "unconfirmed publishes from the lost connection sent again");
+            link.resend.frames.drain(..resend.len());
+            link.resend.bytes = link.resend.frames.iter().map(Bytes::len).sum();
+        }
         link.queue = Some(queue.clone());
         link.generation = generation;
         self.changed.notify_all();
@@ -418,17 +467,32 @@ impl Client {
         Ok(queue)
     }
 
-    /// Called on the pump when the connection of `generation` closed.
-    fn lost(self: &Arc<Self>, generation: u64, reason: String) {
+    /// Called on the pump when the connection of `generation` closed, with the frames it never
+    /// wrote.
+    fn lost(self: &Arc<Self>, generation: u64, mut reason: String, unsent: Vec<Bytes>) {
         {
             let mut link = lock(&self.link);
             if generation > link.generation {
-                // Still in its handshake: `connect_once` sees this and fails.
+                // Still in its handshake: `connect_once` sees this and fails. What it re-sent
+                // is still held in `resend`, to go again on the next connection.
                 link.lost_generation = generation;
                 return;
             }
             if link.generation != generation || link.queue.is_none() {
                 return;
+            }
+            let kept = link.resend.keep(unsent, RESEND_LIMIT);
+            if kept > 0 {
+                reason.push_str(&format!(
+                    "; {kept} unconfirmed publish(es) never written, held to send on reconnection"
+                ));
+            }
+            let dropped = std::mem::take(&mut link.resend.dropped);
+            if dropped > 0 {
+                tracing::error!(addr = %self.addr, dropped, "unconfirmed publishes never written and past the resend limit: lost");
+                reason.push_str(&format!(
+                    "; {dropped} unconfirmed publish(es) never written and lost (over the {RESEND_LIMIT}-byte resend limit)"
+                ));
             }
             link.queue = None;
             self.changed.notify_all();
@@ -758,6 +822,10 @@ struct Deferred {
     acks: Vec<(u64, u64)>,
 }
 
+/// Most bytes of unconfirmed publishes held to send again after a reconnection (the default
+/// outbound high water mark: what one connection can have queued).
+const RESEND_LIMIT: usize = 8 << 20;
+
 /// Unconfirmed publishes with a payload under this many bytes are encoded into a scratch
 /// buffer and copied into the outbound runs (no allocation); larger ones get a frame of their
 /// own, whose payload is written in place.
@@ -873,7 +941,7 @@ impl QueueListener for ClientListener {
                 Some(error) => format!("{error} ({})", info.reason),
                 None => info.reason.to_string(),
             };
-            client.lost(self.generation, reason);
+            client.lost(self.generation, reason, info.unsent);
         }
     }
 }
@@ -889,6 +957,13 @@ impl QueueListener for ClientListener {
 /// re-subscribes every live subscription under the same ids; meanwhile `publish` waits up to
 /// [`RemoteConfig::publish_timeout`] for the connection and then fails with
 /// [`Error::Disconnected`]. Deliveries not acked before the drop come again from the server.
+///
+/// Unconfirmed publishes (see [`RemoteConfig::confirm`]) that the lost connection had queued
+/// and never written are sent first on the next one, in order, before any later publish (up to
+/// 8 MiB of them; the [`BrokerListener::disconnected`] reason says how many, and
+/// [`CloseReport::unsent_publishes`] counts those a `close` left unsent). Those already written
+/// to the socket but not read by the server are lost with the connection: confirm the
+/// publishes that must not be.
 ///
 /// Listeners added here see the client's side: `published`, `dispatched`, `processed`,
 /// `failed`, `subscribed`, `unsubscribed`.
@@ -1202,12 +1277,16 @@ impl Broker for RemoteBroker {
         let c = &self.client;
         let start = Instant::now();
         let deadline = start + timeout;
-        let queue = {
+        let (queue, unsent) = {
             let mut link = lock(&c.link);
             link.closed = true;
             c.changed.notify_all();
-            link.queue.take()
+            let unsent = std::mem::take(&mut link.resend.frames).len();
+            (link.queue.take(), unsent)
         };
+        if unsent > 0 {
+            tracing::warn!(addr = %c.addr, unsent, "closed while disconnected: unconfirmed publishes held for resending were not sent");
+        }
         // Let queued deliveries run, within the timeout.
         let mut timed_out = false;
         while c.queued.load(Ordering::Acquire) + c.running.load(Ordering::Acquire) > 0 {
@@ -1238,6 +1317,7 @@ impl Broker for RemoteBroker {
             unacked: lock(&c.unacked).len() as u64,
             pending: c.queued.load(Ordering::Acquire),
             running_handlers: c.running.load(Ordering::Acquire),
+            unsent_publishes: unsent as u64,
             timed_out,
             elapsed: start.elapsed(),
         };

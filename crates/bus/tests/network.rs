@@ -720,3 +720,75 @@ fn a_consumer_that_keeps_up_is_never_cut_off_even_past_the_queue_limit() {
     publish_numbered(&outrun.publisher, "burst", N);
     outrun.receive_all(&server, N);
 }
+
+#[test]
+fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
+    // A stand-in server on a free port: it welcomes the client, then reads nothing more, so the
+    // client's frames back up in its outbound queue.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = fake.local_addr().unwrap();
+    let welcoming = std::thread::spawn(move || {
+        let (stream, _) = fake.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut raw = Raw { stream };
+        assert!(matches!(raw.read_op(), Some(Op::Hello { .. })));
+        raw.send(&Op::Welcome {
+            version: mixbus_bus::protocol::VERSION,
+            server: "stand-in".into(),
+        });
+        raw // The listening socket closes here; the connection stays.
+    });
+    let config = RemoteConfig::default()
+        .with_confirm(false)
+        .with_publish_timeout(Duration::from_millis(300))
+        .with_reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let publisher = RemoteBroker::connect(addr, config).unwrap();
+    let stand_in = welcoming.join().unwrap();
+    let events = ConnEvents::attach(&publisher);
+    // Numbered 4 KiB messages until the outbound queue is full (past the socket buffers).
+    let body = vec![b'x'; 4096];
+    let mut published = 0u64;
+    loop {
+        let mut payload = published.to_be_bytes().to_vec();
+        payload.extend_from_slice(&body);
+        match publisher.publish(Message::new("resend.t", payload)) {
+            Ok(_) => published += 1,
+            Err(Error::Timeout { .. }) => break,
+            Err(err) => panic!("publish {published}: {err}"),
+        }
+        assert!(published < 1_000_000, "the queue never filled");
+    }
+
+    // The real server on the same address, and a subscriber on it.
+    let server = BusServer::bind(addr, ServerConfig::default()).unwrap();
+    let subscriber = remote(&server);
+    let (h, rx) = collector();
+    let _sub = subscriber
+        .subscribe("resend.t", SubscribeOptions::default(), h)
+        .unwrap();
+    // The stand-in goes away with unread bytes: the connection is reset, and the frames the
+    // client had queued were never written.
+    drop(stand_in);
+    let mut got = Vec::new();
+    while got.last() != Some(&(published - 1)) {
+        let m = recv(&rx);
+        got.push(u64::from_be_bytes(m.payload()[..8].try_into().unwrap()));
+    }
+    // Those in the lost socket buffers are gone (no confirm was asked for); the rest arrive
+    // once each, in order, ending with the last published.
+    let first = got[0];
+    assert_eq!(got, (first..published).collect::<Vec<_>>());
+    assert!(publisher.is_connected());
+    let heard = events.get();
+    assert!(
+        heard[0].contains("held to send on reconnection"),
+        "{heard:?}"
+    );
+    // Publishes after the reconnection follow them.
+    let mut payload = published.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"after");
+    publisher
+        .publish(Message::new("resend.t", payload))
+        .unwrap();
+    assert_eq!(&recv(&rx).payload()[8..], b"after");
+}
