@@ -385,11 +385,6 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_slice(s.as_bytes());
 }
 
-fn put_blob(buf: &mut BytesMut, b: &[u8]) {
-    put_len(buf, b.len());
-    buf.put_slice(b);
-}
-
 fn put_pairs16(buf: &mut BytesMut, pairs: &[(String, String)]) {
     let n = pairs.len().min(usize::from(u16::MAX));
     buf.put_u16(n as u16);
@@ -439,11 +434,24 @@ pub(crate) fn put_publish(
     payload: &[u8],
 ) {
     buf.reserve(1 + 8 + 4 + topic.len() + 2 + 4 + payload.len());
+    put_publish_head(buf, request, topic, headers, payload.len());
+    buf.put_slice(payload);
+}
+
+/// Appends a PUBLISH up to its payload: what [`put_publish`] writes before the payload's bytes,
+/// so that a large payload can follow as a part of its own, written in place.
+pub(crate) fn put_publish_head(
+    buf: &mut BytesMut,
+    request: u64,
+    topic: &str,
+    headers: &[(String, String)],
+    payload_len: usize,
+) {
     buf.put_u8(code::PUBLISH);
     buf.put_u64(request);
     put_str(buf, topic);
     put_pairs16(buf, headers);
-    put_blob(buf, payload);
+    put_len(buf, payload_len);
 }
 
 /// Whether `frame` (one this side encoded) is a PUBLISH that asks for no confirm: request id 0.

@@ -251,17 +251,13 @@ impl Client {
         }
     }
 
-    /// Sends a frame, waiting (bounded by `deadline`, or the publish timeout from the first
-    /// refusal) for room when the outbound queue is full.
-    /// Queues `frame` on the current connection if there is one with room; hands it back if not.
-    fn try_send(&self, frame: Bytes) -> std::result::Result<(), Bytes> {
+    /// Queues `frame` on the current connection if there is one with room; hands it back if not
+    /// (parts joined into one buffer).
+    fn try_send(&self, frame: Outgoing) -> std::result::Result<(), Bytes> {
         let link = lock(&self.link);
         match &link.queue {
-            Some(queue) if !link.closed => match queue.send(frame) {
-                Ok(()) => Ok(()),
-                Err(err) => Err(err.into_msg()),
-            },
-            _ => Err(frame),
+            Some(queue) if !link.closed => frame.send_on(queue).map_err(SendError::into_msg),
+            _ => Err(frame.join()),
         }
     }
 
@@ -275,18 +271,21 @@ impl Client {
         }
     }
 
+    /// Sends a frame, waiting (bounded by `deadline`, or the publish timeout from the first
+    /// refusal) for room when the outbound queue is full.
     fn send_frame(
         &self,
         queue: &MessageQueue,
-        mut frame: Bytes,
+        frame: impl Into<Outgoing>,
         deadline: Option<Instant>,
     ) -> Result<()> {
         let mut deadline = deadline;
+        let mut frame = frame.into();
         loop {
-            match queue.send(frame) {
+            match frame.send_on(queue) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Full { msg, .. }) => {
-                    frame = msg;
+                    frame = Outgoing::Whole(msg);
                     if self.on_io_thread() {
                         return Err(Error::WouldBlock {
                             what: "room in the outbound queue",
@@ -337,7 +336,7 @@ impl Client {
         &self,
         queue: &MessageQueue,
         id: u64,
-        frame: Bytes,
+        frame: impl Into<Outgoing>,
         what: &'static str,
         timeout: Duration,
     ) -> Result<Reply> {
@@ -836,17 +835,57 @@ thread_local! {
     static PUBLISH_SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
-/// The PUBLISH frame of `message`.
-fn publish_frame(message: &Message, request: u64) -> Bytes {
+/// A frame to send: one buffer, or the parts of one frame written in place.
+enum Outgoing {
+    Whole(Bytes),
+    Parts(Vec<Bytes>),
+}
+
+impl From<Bytes> for Outgoing {
+    fn from(frame: Bytes) -> Self {
+        Outgoing::Whole(frame)
+    }
+}
+
+impl Outgoing {
+    fn send_on(self, queue: &MessageQueue) -> std::result::Result<(), SendError> {
+        match self {
+            Outgoing::Whole(frame) => queue.send(frame),
+            Outgoing::Parts(parts) => queue.send_parts(parts),
+        }
+    }
+
+    fn join(self) -> Bytes {
+        match self {
+            Outgoing::Whole(frame) => frame,
+            Outgoing::Parts(parts) => parts.concat().into(),
+        }
+    }
+}
+
+/// The PUBLISH frame of `message`. A payload of [`COPY_PUBLISH_BELOW`] bytes or more is not
+/// copied: the frame is its encoded head and the payload itself, written in place.
+fn publish_frame(message: &Message, request: u64) -> Outgoing {
+    let payload = message.payload();
     let mut buf = BytesMut::new();
-    protocol::put_publish(
+    if payload.len() < COPY_PUBLISH_BELOW {
+        protocol::put_publish(
+            &mut buf,
+            request,
+            message.topic(),
+            message.headers(),
+            payload,
+        );
+        return Outgoing::Whole(buf.freeze());
+    }
+    protocol::put_publish_head(
         &mut buf,
         request,
         message.topic(),
         message.headers(),
-        message.payload(),
+        payload.len(),
     );
-    buf.freeze()
+    Outgoing::Parts(vec![buf.freeze(), payload.clone()])
 }
 
 thread_local! {
@@ -1117,12 +1156,9 @@ impl Broker for RemoteBroker {
                     );
                     c.try_send_copy(buf)
                 });
-            if !sent {
-                let frame = publish_frame(&message, 0);
-                if let Err(frame) = c.try_send(frame) {
-                    let queue = c.queue(timeout)?;
-                    c.send_frame(&queue, frame, None)?;
-                }
+            if !sent && let Err(frame) = c.try_send(publish_frame(&message, 0)) {
+                let queue = c.queue(timeout)?;
+                c.send_frame(&queue, frame, None)?;
             }
             c.listeners
                 .snapshot()
