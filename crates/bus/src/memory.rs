@@ -63,6 +63,12 @@ pub struct InMemoryConfig {
     pub dead_letter_prefix: String,
     /// Messages one subscription handles in a row before its dispatch thread moves on (default 64).
     pub batch: usize,
+    /// Payload bytes a manual-ack subscription may hold un-acked (default 64 MiB), beside its
+    /// [`SubscribeOptions::max_in_flight`] count: past either, it takes nothing new until acks
+    /// free room. It bounds the memory a subscription of large messages pins (a bus server's
+    /// remote subscriptions are manual-ack on the server); one delivery run may pass it by at
+    /// most one run of messages, and a subscription with nothing in flight always takes one.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for InMemoryConfig {
@@ -72,6 +78,7 @@ impl Default for InMemoryConfig {
             group_capacity: 65_536,
             dead_letter_prefix: "dead".to_owned(),
             batch: 64,
+            max_in_flight_bytes: 64 << 20,
         }
     }
 }
@@ -86,6 +93,12 @@ impl InMemoryConfig {
     /// Sets the consumer group queue limit.
     pub fn with_group_capacity(mut self, n: usize) -> Self {
         self.group_capacity = n;
+        self
+    }
+
+    /// Sets the payload bytes a manual-ack subscription may hold un-acked.
+    pub fn with_max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
         self
     }
 
@@ -422,6 +435,10 @@ struct Sub {
     scheduled: AtomicBool,
     active: AtomicBool,
     in_flight: AtomicUsize,
+    /// Payload bytes of the deliveries counted in `in_flight`.
+    in_flight_bytes: AtomicUsize,
+    /// [`InMemoryConfig::max_in_flight_bytes`].
+    max_in_flight_bytes: usize,
     unacked: Mutex<Unacked>,
     delivered: AtomicU64,
     /// The broker, for runs handed to the handler's executor.
@@ -430,7 +447,18 @@ struct Sub {
 
 impl Sub {
     fn blocked(&self) -> bool {
-        self.manual && self.in_flight.load(Ordering::Acquire) >= self.options.max_in_flight
+        self.manual
+            && (self.in_flight.load(Ordering::Acquire) >= self.options.max_in_flight
+                || self.in_flight_bytes.load(Ordering::Acquire) >= self.max_in_flight_bytes)
+    }
+
+    /// `msgs` left the in-flight count.
+    fn landed<'m>(&self, msgs: impl IntoIterator<Item = &'m Message>) {
+        let (n, bytes) = msgs
+            .into_iter()
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.payload().len()));
+        self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 
     fn try_schedule(self: &Arc<Self>, shared: &Shared) -> bool {
@@ -471,7 +499,7 @@ impl Sub {
         let msg = u.map.remove(&id)?;
         u.trim_front();
         drop(u);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.landed([&msg]);
         Some(msg)
     }
 }
@@ -1026,6 +1054,8 @@ impl Shared {
                 scheduled: AtomicBool::new(false),
                 active: AtomicBool::new(true),
                 in_flight: AtomicUsize::new(0),
+                in_flight_bytes: AtomicUsize::new(0),
+                max_in_flight_bytes: self.config.max_in_flight_bytes,
                 unacked: Mutex::new(Unacked::default()),
                 delivered: AtomicU64::new(0),
                 shared: Arc::downgrade(self),
@@ -1079,6 +1109,7 @@ impl Shared {
             u.map.drain().map(|(_, m)| m).collect()
         };
         sub.in_flight.store(0, Ordering::Release);
+        sub.in_flight_bytes.store(0, Ordering::Release);
         let notifier = self.listeners.snapshot();
         if sub.inbox.group.is_some() {
             for msg in unacked {
@@ -1139,7 +1170,7 @@ impl Shared {
                 }
                 u.trim_front();
                 drop(u);
-                sub.in_flight.fetch_sub(acked.len(), Ordering::AcqRel);
+                sub.landed(&acked);
             }
             None => unknown.extend_from_slice(messages),
         }
@@ -1362,12 +1393,17 @@ impl Shared {
         if sub.manual {
             let deadline = now.unwrap_or_else(Instant::now) + sub.options.ack_wait;
             let mut u = lock(&sub.unacked);
+            let mut bytes = 0;
             for msg in taken.iter() {
+                bytes += msg.payload().len();
                 u.map.insert(msg.id(), msg.clone());
                 u.order.push_back((deadline, msg.id(), msg.attempt()));
             }
-            drop(u);
+            // Counted before the lock is released: an ack of these (which takes it) must not
+            // subtract them first, wrapping the counts for a moment.
+            sub.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
             sub.in_flight.fetch_add(taken.len(), Ordering::AcqRel);
+            drop(u);
         }
         // An unsubscribe clears `active` before it takes the un-acked messages under the same
         // lock: either it took these too, or this load sees it.
@@ -1526,7 +1562,7 @@ impl Shared {
             if expired.is_empty() {
                 continue;
             }
-            sub.in_flight.fetch_sub(expired.len(), Ordering::AcqRel);
+            sub.landed(&expired);
             for msg in expired {
                 self.retry_or_dead(&sub, msg, "ack wait expired", notifier);
             }

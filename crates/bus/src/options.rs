@@ -131,7 +131,7 @@ pub struct SubscribeOptions {
     /// The most deliveries this subscription holds at once: with manual ack, the un-acked
     /// deliveries (flow control); past it the subscription takes nothing new until an ack, nack or
     /// expired ack wait frees a slot. A subscription runs one handler at a time, so with auto ack
-    /// at most one delivery is in flight. Default 1024.
+    /// at most one delivery is in flight. Default 8192.
     pub max_in_flight: usize,
     /// Where messages go after `max_attempts`; `None` (default) means the broker's dead-letter
     /// prefix followed by the message's topic, e.g. `dead.orders.created`.
@@ -146,7 +146,7 @@ impl Default for SubscribeOptions {
             ack_wait: Duration::from_secs(30),
             max_attempts: 5,
             backoff: Backoff::default(),
-            max_in_flight: 1024,
+            max_in_flight: 8192,
             dead_letter_topic: None,
         }
     }

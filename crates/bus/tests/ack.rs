@@ -165,6 +165,25 @@ fn ack_of_unknown_or_acked_delivery_is_a_no_op_the_listener_sees() {
     assert_eq!(Recorder::get(&rec.acked), 1);
 }
 
+/// Takes ten deliveries, acking the oldest each time, checking that three and never more are
+/// held un-acked at once; returns the last three, un-acked.
+fn three_in_flight_of_ten(broker: &impl Broker, rx: &flume::Receiver<Message>) -> Vec<Message> {
+    let mut held: Vec<Message> = (0..3).map(|_| recv(rx)).collect();
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "more than 3 in flight"
+    );
+    let mut seen = 3;
+    while seen < 10 {
+        let m = held.remove(0);
+        broker.ack(m.delivery_id().unwrap()).unwrap();
+        held.push(recv(rx));
+        seen += 1;
+        assert!(rx.try_recv().is_err(), "more than 3 in flight");
+    }
+    held
+}
+
 #[test]
 fn max_in_flight_limits_unacked_deliveries() {
     let broker = Arc::new(broker(2));
@@ -176,19 +195,7 @@ fn max_in_flight_limits_unacked_deliveries() {
     for i in 0..10 {
         broker.publish(Message::new("jobs", i.to_string())).unwrap();
     }
-    let mut held: Vec<Message> = (0..3).map(|_| recv(&rx)).collect();
-    assert!(
-        rx.recv_timeout(Duration::from_millis(100)).is_err(),
-        "more than 3 in flight"
-    );
-    let mut seen = 3;
-    while seen < 10 {
-        let m = held.remove(0);
-        broker.ack(m.delivery_id().unwrap()).unwrap();
-        held.push(recv(&rx));
-        seen += 1;
-        assert!(rx.try_recv().is_err(), "more than 3 in flight");
-    }
+    let held = three_in_flight_of_ten(&*broker, &rx);
     for m in held {
         broker.ack(m.delivery_id().unwrap()).unwrap();
     }
@@ -198,4 +205,27 @@ fn max_in_flight_limits_unacked_deliveries() {
         (report.delivered, report.unacked, report.pending),
         (10, 0, 0)
     );
+}
+
+#[test]
+fn max_in_flight_bytes_limits_unacked_payload() {
+    use mixbus_bus::{InMemoryBroker, InMemoryConfig};
+    // 4,000-byte payloads against a 10,000-byte bound: two fit under it, the third passes it.
+    let config = InMemoryConfig::default()
+        .with_dispatch_threads(2)
+        .with_max_in_flight_bytes(10_000);
+    let broker = InMemoryBroker::with_config(config).unwrap();
+    let (h, rx) = collector();
+    let opts = SubscribeOptions::default().manual_ack();
+    let sub = broker.subscribe("big", opts, h).unwrap();
+    for i in 0..10u8 {
+        broker.publish(Message::new("big", vec![i; 4000])).unwrap();
+    }
+    let held = three_in_flight_of_ten(&broker, &rx);
+    let order: Vec<u8> = held.iter().map(|m| m.payload()[0]).collect();
+    assert_eq!(order, vec![7, 8, 9]);
+    for m in held {
+        broker.ack(m.delivery_id().unwrap()).unwrap();
+    }
+    assert_eq!(broker.queue_depth(&format!("big#{}", sub.id())), Some(0));
 }

@@ -73,6 +73,10 @@ enum Command {
         /// filling it (those holding no subscriptions), until it is back to half.
         #[arg(long, default_value_t = 16_384)]
         hold_publishers_above: usize,
+        /// Payload bytes one subscription may hold delivered and not yet acked, beside its own
+        /// in-flight count: past it, the server sends it nothing new until acks come back.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_in_flight_bytes: usize,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -286,8 +290,13 @@ fn main() -> ExitCode {
             max_outbound_bytes,
             max_queued_per_subscription,
             hold_publishers_above,
+            max_in_flight_bytes,
         } => {
+            let inner = ServerConfig::default()
+                .inner
+                .with_max_in_flight_bytes(max_in_flight_bytes);
             let mut config = ServerConfig::default()
+                .with_inner(inner)
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)
