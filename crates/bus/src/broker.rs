@@ -261,8 +261,9 @@ pub struct CloseReport {
     pub pending: u64,
     /// Handlers still running when the timeout passed (their threads were left behind).
     pub running_handlers: u64,
-    /// Unconfirmed publishes never sent: a [`RemoteBroker`](crate::RemoteBroker) closed while
-    /// disconnected, holding what its lost connection never wrote (always 0 in memory).
+    /// Unconfirmed publishes never sent (always 0 in memory): those a
+    /// [`RemoteBroker`](crate::RemoteBroker) had not written when `close` ended its connection,
+    /// and those it held from a lost connection when closed while disconnected.
     pub unsent_publishes: u64,
     /// Whether the timeout passed before the work was done.
     pub timed_out: bool,

@@ -160,6 +160,10 @@ struct Link {
     /// Unconfirmed PUBLISH frames a lost connection never wrote, in order, to send first on the
     /// next one (see [`Resend`]).
     resend: Resend,
+    /// Unconfirmed publishes the connection `close` flushed had not written when it ended.
+    unsent_at_close: u64,
+    /// The connection `close` flushed has ended.
+    close_ended: bool,
 }
 
 /// Unconfirmed publishes held across a reconnection: the frames a lost connection had queued
@@ -475,6 +479,20 @@ impl Client {
                 // Still in its handshake: `connect_once` sees this and fails. What it re-sent
                 // is still held in `resend`, to go again on the next connection.
                 link.lost_generation = generation;
+                return;
+            }
+            if link.closed && link.generation == generation {
+                // `close` took the queue and its linger ran out before everything was written.
+                let never = unsent
+                    .iter()
+                    .filter(|f| protocol::is_unconfirmed_publish(f))
+                    .count() as u64;
+                if never > 0 {
+                    tracing::warn!(addr = %self.addr, never, "closed before unconfirmed publishes were written");
+                    link.unsent_at_close += never;
+                }
+                link.close_ended = true;
+                self.changed.notify_all();
                 return;
             }
             if link.generation != generation || link.queue.is_none() {
@@ -1343,17 +1361,25 @@ impl Broker for RemoteBroker {
         }
         if let Some(q) = &queue {
             q.close();
+            // Wait for the flush to end (bounded by the queue's linger, and by the caller's
+            // timeout), to count what it could not write.
+            if !c.on_io_thread() {
+                let link = lock(&c.link);
+                let wait = deadline.saturating_duration_since(Instant::now());
+                drop(c.changed.wait_timeout_while(link, wait, |l| !l.close_ended));
+            }
         }
         if let Some(pump) = lock(&self.pump).take() {
             // The pump flushes the close (bounded by the queue's linger).
             pump.shutdown(Duration::from_millis(600));
         }
+        let unsent = unsent as u64 + lock(&c.link).unsent_at_close;
         let r = CloseReport {
             delivered: c.delivered.load(Ordering::Relaxed),
             unacked: lock(&c.unacked).len() as u64,
             pending: c.queued.load(Ordering::Acquire),
             running_handlers: c.running.load(Ordering::Acquire),
-            unsent_publishes: unsent as u64,
+            unsent_publishes: unsent,
             timed_out,
             elapsed: start.elapsed(),
         };

@@ -721,10 +721,11 @@ fn a_consumer_that_keeps_up_is_never_cut_off_even_past_the_queue_limit() {
     outrun.receive_all(&server, N);
 }
 
-#[test]
-fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
-    // A stand-in server on a free port: it welcomes the client, then reads nothing more, so the
-    // client's frames back up in its outbound queue.
+/// A client connected to a stand-in server on a free port, which welcomed it and then reads
+/// nothing: the client published numbered 4 KiB messages, unconfirmed, until its outbound queue
+/// was full (past the socket buffers). Returns the client, the stand-in's end of the connection
+/// (its listening socket is closed) and how many publishes were taken.
+fn publisher_stalled_on_a_stand_in() -> (RemoteBroker, Raw, u64) {
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = fake.local_addr().unwrap();
     let welcoming = std::thread::spawn(move || {
@@ -736,7 +737,7 @@ fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
             version: mixbus_bus::protocol::VERSION,
             server: "stand-in".into(),
         });
-        raw // The listening socket closes here; the connection stays.
+        raw
     });
     let config = RemoteConfig::default()
         .with_confirm(false)
@@ -744,8 +745,6 @@ fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
         .with_reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
     let publisher = RemoteBroker::connect(addr, config).unwrap();
     let stand_in = welcoming.join().unwrap();
-    let events = ConnEvents::attach(&publisher);
-    // Numbered 4 KiB messages until the outbound queue is full (past the socket buffers).
     let body = vec![b'x'; 4096];
     let mut published = 0u64;
     loop {
@@ -758,6 +757,14 @@ fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
         }
         assert!(published < 1_000_000, "the queue never filled");
     }
+    (publisher, stand_in, published)
+}
+
+#[test]
+fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
+    let (publisher, stand_in, published) = publisher_stalled_on_a_stand_in();
+    let addr = publisher.server_addr();
+    let events = ConnEvents::attach(&publisher);
 
     // The real server on the same address, and a subscriber on it.
     let server = BusServer::bind(addr, ServerConfig::default()).unwrap();
@@ -791,4 +798,21 @@ fn unconfirmed_publishes_a_lost_connection_never_wrote_are_sent_on_the_next() {
         .publish(Message::new("resend.t", payload))
         .unwrap();
     assert_eq!(&recv(&rx).payload()[8..], b"after");
+}
+
+#[test]
+fn close_counts_the_unconfirmed_publishes_it_could_not_write() {
+    let (publisher, _stand_in, published) = publisher_stalled_on_a_stand_in();
+    // The stand-in never reads: the close's flush ends at the linger with the queue unwritten.
+    let report = publisher.close(WAIT);
+    assert!(
+        report.unsent_publishes > 0 && report.unsent_publishes <= published,
+        "{report:?} of {published}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("unconfirmed publishes never sent"),
+        "{report}"
+    );
 }
