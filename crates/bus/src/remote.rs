@@ -196,6 +196,13 @@ impl Resend {
         }
         kept
     }
+
+    /// The first `n` frames went out on a new connection.
+    fn forget_front(&mut self, n: usize) {
+        for frame in self.frames.drain(..n) {
+            self.bytes -= frame.len();
+        }
+    }
 }
 
 struct Client {
@@ -442,7 +449,8 @@ impl Client {
         // this one (they wait until it is installed below). Copies: the held frames stay
         // until the connection is in place, in case this one is lost too.
         let resend: Vec<Bytes> = lock(&self.link).resend.frames.iter().cloned().collect();
-        for frame in resend.iter().cloned() {
+        let resent = resend.len();
+        for frame in resend {
             if let Err(err) = self.send_frame(&queue, frame, Some(Instant::now() + timeout)) {
                 return fail(err);
             }
@@ -458,10 +466,9 @@ impl Client {
                 waited: Duration::ZERO,
             });
         }
-        if !resend.is_empty() {
-            tracing::info!(addr = %self.addr, frames = resend.len(), "unconfirmed publishes from the lost connection sent again");
-            link.resend.frames.drain(..resend.len());
-            link.resend.bytes = link.resend.frames.iter().map(Bytes::len).sum();
+        if resent > 0 {
+            tracing::info!(addr = %self.addr, frames = resent, "unconfirmed publishes from the lost connection sent again");
+            link.resend.forget_front(resent);
         }
         link.queue = Some(queue.clone());
         link.generation = generation;
@@ -1335,7 +1342,7 @@ impl Broker for RemoteBroker {
             let mut link = lock(&c.link);
             link.closed = true;
             c.changed.notify_all();
-            let unsent = std::mem::take(&mut link.resend.frames).len();
+            let unsent = std::mem::take(&mut link.resend).frames.len();
             (link.queue.take(), unsent)
         };
         if unsent > 0 {

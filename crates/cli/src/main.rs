@@ -292,17 +292,14 @@ fn main() -> ExitCode {
             hold_publishers_above,
             max_in_flight_bytes,
         } => {
-            let inner = ServerConfig::default()
-                .inner
-                .with_max_in_flight_bytes(max_in_flight_bytes);
             let mut config = ServerConfig::default()
-                .with_inner(inner)
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)
                 .with_max_outbound_bytes(max_outbound_bytes)
                 .with_max_queued_per_subscription(max_queued_per_subscription)
                 .with_hold_publishers_above(hold_publishers_above);
+            config.inner.max_in_flight_bytes = max_in_flight_bytes;
             if let Some(token) = token {
                 config = config.with_token(token);
             }

@@ -9,6 +9,16 @@ fn mixbus(args: &[&str]) -> std::process::Output {
         .expect("the mixbus binary runs")
 }
 
+/// Runs `mixbus` with `args`, checks that it succeeded (naming `what` and its output if not)
+/// and returns its standard output.
+fn succeeding(what: &str, args: &[&str]) -> String {
+    let out = mixbus(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {stdout}{stderr}");
+    stdout
+}
+
 #[test]
 fn smoke() {
     let out = mixbus(&["--help"]);
@@ -20,20 +30,20 @@ fn smoke() {
 #[test]
 fn bench_small_count_is_verified_for_every_workload() {
     for workload in ["pubsub", "fanout", "group", "reqrep"] {
-        let out = mixbus(&[
-            "bench",
-            "--memory",
-            "--workload",
+        let stdout = succeeding(
             workload,
-            "--count",
-            "2000",
-            "--subscribers",
-            "2",
-            "--quiet",
-        ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{workload}: {stdout}{stderr}");
+            &[
+                "bench",
+                "--memory",
+                "--workload",
+                workload,
+                "--count",
+                "2000",
+                "--subscribers",
+                "2",
+                "--quiet",
+            ],
+        );
         assert!(stdout.contains("verified:"), "{workload}: {stdout}");
         assert!(!stdout.contains("NOT VERIFIED"), "{workload}: {stdout}");
     }
@@ -64,21 +74,21 @@ fn bench_of_large_messages_through_the_server_is_verified() {
     // Flat out, 64 KiB messages to 4 subscribers on one connection outran it by more than the
     // server's outbound limit (8 MiB) and got it cut off as a slow consumer: the bench lost
     // messages and failed its own check. Its publishers now stay within a window of bytes.
-    let out = mixbus(&[
-        "bench",
-        "--workload",
-        "fanout",
-        "--subscribers",
-        "4",
-        "--size",
-        "65536",
-        "--count",
-        "1500",
-        "--quiet",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let stdout = succeeding(
+        "fan-out of 64 KiB",
+        &[
+            "bench",
+            "--workload",
+            "fanout",
+            "--subscribers",
+            "4",
+            "--size",
+            "65536",
+            "--count",
+            "1500",
+            "--quiet",
+        ],
+    );
     assert!(
         stdout.contains("each of 4 subscribers got all 1500 messages"),
         "{stdout}"
