@@ -1,10 +1,11 @@
 //! network benches: the bus through a `BusServer` over loopback, beside a raw one-hop TCP baseline.
 //!
 //! Run with `cargo bench --bench network`. Ids read `network_throughput/<case>/<size>` (one
-//! publisher to one subscriber, cases `bus`, `bus_inline` (an inline handler) and `raw_tcp`),
-//! `network_fanout/<case>/<size>` (to 4 subscribers, cases `bus` and `bus_inline`),
-//! `network_group/<case>/<size>` (a group of 2 members acking by hand, cases `bus_manual_ack`
-//! and `bus_inline_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_request_reply_inline`,
+//! publisher to one subscriber, cases `bus`, `bus_inline` (an inline handler), `bus_2pumps`
+//! (a server on two pumps) and `raw_tcp`), `network_fanout/<case>/<size>` (to 4 subscribers,
+//! cases `bus`, `bus_inline` and `bus_2pumps`), `network_group/<case>/<size>` (a group of 2
+//! members acking by hand, cases `bus_manual_ack`, `bus_inline_manual_ack` and
+//! `bus_2pumps_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_request_reply_inline`,
 //! `bus_publish_confirm`, `raw_tcp`).
 //! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
 //! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
@@ -43,7 +44,13 @@ const MEASURE: Duration = Duration::from_secs(2);
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn server() -> BusServer {
+    server_on(1)
+}
+
+/// A server whose connections are spread over `pumps` event pumps.
+fn server_on(pumps: usize) -> BusServer {
     let config = ServerConfig::default()
+        .with_pumps(pumps)
         .with_max_outbound_bytes(512 << 20)
         .with_inner(InMemoryConfig::default().with_dispatch_threads(2));
     BusServer::bind("127.0.0.1:0".parse().unwrap(), config).expect("server")
@@ -174,14 +181,27 @@ fn throughput(c: &mut Criterion) {
     let server = server();
     let publisher = client(&server, false);
     let subscriber = client(&server, true);
+    // A server on two pumps: the publisher's connection on one, the subscriber's on the other.
+    let server2 = server_on(2);
+    let publisher2 = client(&server2, false);
+    let subscriber2 = client(&server2, true);
     for size in SIZES {
         g.throughput(Throughput::Elements(1));
         let payload = Bytes::from(vec![7u8; size]);
         let topic = format!("tp.{size}");
         let count = Arc::new(Count::default());
         // Then the same with an inline handler: run on the subscriber's I/O thread, as the NATS
-        // case's handler runs on its reader thread.
-        for (case, inline) in [("bus", false), ("bus_inline", true)] {
+        // case's handler runs on its reader thread; then the default handler on two pumps.
+        for (case, inline, two) in [
+            ("bus", false, false),
+            ("bus_inline", true, false),
+            ("bus_2pumps", false, true),
+        ] {
+            let (publisher, subscriber) = if two {
+                (&publisher2, &subscriber2)
+            } else {
+                (&publisher, &subscriber)
+            };
             let h = count.handler();
             let h = if inline { h.inline() } else { h };
             let _sub = subscriber
@@ -191,7 +211,7 @@ fn throughput(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     let target = count.get() + iters;
-                    publish_batch(&publisher, &topic, &payload, iters);
+                    publish_batch(publisher, &topic, &payload, iters);
                     count.wait_for(target);
                     start.elapsed()
                 })
@@ -225,13 +245,24 @@ fn fanout_and_group(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let server = server();
     let publisher = client(&server, false);
+    let server2 = server_on(2);
+    let publisher2 = client(&server2, false);
     for size in FAN_SIZES {
         let payload = Bytes::from(vec![7u8; size]);
-        for (case, inline) in [("bus", false), ("bus_inline", true)] {
+        for (case, inline, two) in [
+            ("bus", false, false),
+            ("bus_inline", true, false),
+            ("bus_2pumps", false, true),
+        ] {
+            let (server, publisher) = if two {
+                (&server2, &publisher2)
+            } else {
+                (&server, &publisher)
+            };
             let count = Arc::new(Count::default());
             let subscribers: Vec<(RemoteBroker, Subscription)> = (0..FAN_OUT)
                 .map(|_| {
-                    let s = client(&server, true);
+                    let s = client(server, true);
                     let h = count.handler();
                     let h = if inline { h.inline() } else { h };
                     let sub = s.subscribe("fan", SubscribeOptions::default(), h).unwrap();
@@ -242,7 +273,7 @@ fn fanout_and_group(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     let target = count.get() + iters * FAN_OUT as u64;
-                    publish_batch(&publisher, "fan", &payload, iters);
+                    publish_batch(publisher, "fan", &payload, iters);
                     count.wait_for(target);
                     start.elapsed()
                 })
@@ -256,7 +287,16 @@ fn fanout_and_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("network_group");
     g.sample_size(SAMPLES).measurement_time(MEASURE);
     g.throughput(Throughput::Elements(1));
-    for (case, inline) in [("bus_manual_ack", false), ("bus_inline_manual_ack", true)] {
+    for (case, inline, two) in [
+        ("bus_manual_ack", false, false),
+        ("bus_inline_manual_ack", true, false),
+        ("bus_2pumps_manual_ack", false, true),
+    ] {
+        let (server, publisher) = if two {
+            (&server2, &publisher2)
+        } else {
+            (&server, &publisher)
+        };
         let count = Arc::new(Count::default());
         let members: Vec<(Arc<RemoteBroker>, Subscription)> = (0..2)
             .map(|_| {
@@ -271,7 +311,7 @@ fn fanout_and_group(c: &mut Criterion) {
                     Ok(())
                 });
                 let handler = if inline { handler.inline() } else { handler };
-                let s = Arc::new(client(&server, true));
+                let s = Arc::new(client(server, true));
                 let _ = me.set(Arc::downgrade(&s));
                 let opts = SubscribeOptions::group("g").manual_ack();
                 let sub = s.subscribe("work", opts, handler).unwrap();
@@ -283,7 +323,7 @@ fn fanout_and_group(c: &mut Criterion) {
                 let start = Instant::now();
                 let base = count.get();
                 let target = base + iters;
-                publish_paced(&publisher, "work", &payload, iters, &count, base);
+                publish_paced(publisher, "work", &payload, iters, &count, base);
                 count.wait_for(target);
                 start.elapsed()
             })

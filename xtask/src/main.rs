@@ -135,6 +135,25 @@ fn ci() -> Result {
         &[],
     )?;
     cargo_step("test", &["test", "--workspace"], &[])?;
+    // The bus tests' servers spread connections over 2 pumps; the networked ones again on 1
+    // pump, the server's default.
+    cargo_step(
+        "test (servers on 1 pump)",
+        &[
+            "test",
+            "-p",
+            "mixbus-bus",
+            "--test",
+            "network",
+            "--test",
+            "suite_remote",
+            "--test",
+            "stats",
+            "--test",
+            "faults",
+        ],
+        &[("MIXBUS_TEST_PUMPS", "1")],
+    )?;
     // Libraries only: the `mixbus` binary of mixbus-cli and the `mixbus` facade library write
     // the same `target/doc/mixbus` (cargo issue 6313), and documenting both races on it.
     cargo_step(

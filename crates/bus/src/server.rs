@@ -61,6 +61,13 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// The server's name, sent in WELCOME (default `mixbus`).
     pub name: String,
+    /// Event pumps (threads) the connections are spread over, in turn (default 1: one thread
+    /// serves everything). A connection's frames, and the deliveries of its subscriptions, are
+    /// handled on its pump, so with 2 or more a publisher and a subscriber on two connections
+    /// run on two cores: more throughput once one core is the limit, but a message between
+    /// connections on two pumps costs a thread wake-up on the way, which request/reply feels
+    /// (BENCHMARKS.md has the figures).
+    pub pumps: usize,
     /// The bus held by the server.
     pub inner: InMemoryConfig,
 }
@@ -79,6 +86,7 @@ impl Default for ServerConfig {
             linger: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
             name: "mixbus".to_owned(),
+            pumps: 1,
             inner: InMemoryConfig::default(),
         }
     }
@@ -162,6 +170,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Sets how many event pumps serve the connections (at least 1).
+    #[must_use]
+    pub fn with_pumps(mut self, n: usize) -> Self {
+        self.pumps = n.max(1);
         self
     }
 
@@ -367,7 +382,7 @@ impl Conn {
     }
 }
 
-/// The queue listener of one connection, running on the server's pump.
+/// The queue listener of one connection, running on the connection's pump.
 struct ConnListener {
     shared: Weak<Shared>,
     conn: Arc<Conn>,
@@ -711,9 +726,11 @@ impl Forwarder {
         })
         .with_batch_end(move || flusher.flush());
         match pump {
-            // Deliveries run on the server's pump: a publish read there is forwarded there, with
-            // no hand-off to a dispatch thread. Runs posted while the pump reads a burst of
-            // publishes come after it, so each run forwards the burst in one frame.
+            // Deliveries run on the subscriber's connection pump, not on a dispatch thread. A
+            // publish read on the same pump is forwarded there with no hand-off; one read on
+            // another pump posts one run here, which forwards every message queued by then. Runs
+            // posted while a pump reads a burst of publishes come after it, so each run forwards
+            // the burst in one frame.
             Some(pump) => handler.with_executor(Arc::new(move |run| {
                 pump.post_fn("bus-forward", move |_cx: &mut _| run())
                     .is_ok()
@@ -992,8 +1009,9 @@ impl QueueListener for ConnListener {
 
 /// A bus server: an [`InMemoryBroker`] served over TCP to [`RemoteBroker`](crate::RemoteBroker)s.
 ///
-/// It runs its own event pump; frames are handled on it. Every remote subscription is a
-/// manual-ack subscription on the inner broker whose deliveries also run on that pump (not on
+/// It runs its own event pumps ([`ServerConfig::pumps`]), each connection on one of them; a
+/// connection's frames are handled on its pump. Every remote subscription is a manual-ack
+/// subscription on the inner broker whose deliveries also run on its connection's pump (not on
 /// the inner broker's dispatch threads) and go out batched, many per DELIVERS frame, so the inner
 /// broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
 /// re-delivery and dead letters. A connection that falls more than
@@ -1016,7 +1034,8 @@ impl QueueListener for ConnListener {
 pub struct BusServer {
     shared: Arc<Shared>,
     queues: QueueBroker,
-    pump: Mutex<Option<EventPump>>,
+    /// The first also accepts connections.
+    pumps: Mutex<Vec<EventPump>>,
     addr: SocketAddr,
     report: Mutex<Option<CloseReport>>,
 }
@@ -1037,7 +1056,9 @@ impl BusServer {
         let bus = InMemoryBroker::with_config(config.inner.clone())?;
         let stats = Arc::new(StatsCollector::new());
         bus.add_listener(stats.clone());
-        let pump = EventPump::with_config(PumpConfig::default().with_name("mixbus-server"))?;
+        let pumps = (0..config.pumps.max(1))
+            .map(|_| EventPump::with_config(PumpConfig::default().with_name("mixbus-server")))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         // Frames between the limit and twice it are read whole and refused by this layer; the
         // queue layer cuts a frame whose header announces more than that at once, before its
         // payload arrives, and `protocol_error` says why.
@@ -1048,7 +1069,10 @@ impl BusServer {
                 config.max_outbound_bytes.max(1 << 15),
             )
             .with_linger(config.linger);
-        let queues = QueueBroker::new(pump.handle(), queue_config);
+        let mut queues = QueueBroker::new(pumps[0].handle(), queue_config);
+        if pumps.len() > 1 {
+            queues = queues.with_connection_pumps(pumps.iter().map(EventPump::handle).collect());
+        }
         let shared = Arc::new(Shared {
             config,
             bus,
@@ -1063,7 +1087,7 @@ impl BusServer {
         Ok(BusServer {
             shared,
             queues,
-            pump: Mutex::new(Some(pump)),
+            pumps: Mutex::new(pumps),
             addr: local,
             report: Mutex::new(None),
         })
@@ -1085,7 +1109,7 @@ impl BusServer {
     }
 
     /// Stops listening, closes every connection, closes the bus (waiting up to `timeout` for its
-    /// in-flight work) and stops the pump. Calling it again returns the first report.
+    /// in-flight work) and stops the pumps. Calling it again returns the first report.
     pub fn shutdown(&self, timeout: Duration) -> CloseReport {
         let mut report = lock(&self.report);
         if let Some(r) = report.as_ref() {
@@ -1099,7 +1123,7 @@ impl BusServer {
             conn.fault(ErrorCode::Closed, "server shutting down".into());
         }
         let r = self.shared.bus.close(timeout);
-        // Wait (bounded) for the connections to finish closing before the pump stops.
+        // Wait (bounded) for the connections to finish closing before the pumps stop.
         let deadline = Instant::now() + self.shared.config.linger + Duration::from_millis(200);
         while conns.iter().any(|c| !c.queue.is_closed()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -1108,7 +1132,8 @@ impl BusServer {
             lock(&conn.state).subs.clear();
         }
         lock(&self.shared.conns).clear();
-        if let Some(pump) = lock(&self.pump).take() {
+        // Connection pumps first: the first pump's accept task goes last.
+        for pump in lock(&self.pumps).drain(..).rev() {
             let left = timeout
                 .saturating_sub(start.elapsed())
                 .max(Duration::from_millis(200));

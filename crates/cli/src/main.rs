@@ -77,6 +77,11 @@ enum Command {
         /// in-flight count: past it, the server sends it nothing new until acks come back.
         #[arg(long, default_value_t = 64 << 20)]
         max_in_flight_bytes: usize,
+        /// Event pumps (threads) the connections are spread over. More than 1 lets a publisher
+        /// and its subscribers use several cores, at the cost of a thread wake-up for each
+        /// message between connections on different pumps (request/reply is slower).
+        #[arg(long, default_value_t = 1)]
+        pumps: usize,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -167,6 +172,9 @@ struct BenchArgs {
     /// Bench a running server instead of starting an embedded one.
     #[arg(long)]
     server: Option<SocketAddr>,
+    /// Event pumps (threads) of the embedded server: its connections are spread over them.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["server", "memory"])]
+    pumps: usize,
     /// The server's token, if it asks for one.
     #[arg(long, env = "MIXBUS_TOKEN")]
     token: Option<String>,
@@ -241,7 +249,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
             let addr = match args.server {
                 Some(addr) => addr,
                 None => {
-                    let server = net::embedded_server(args.count)?;
+                    let server = net::embedded_server(args.count, args.pumps)?;
                     let addr = server.local_addr();
                     embedded = Some(server);
                     addr
@@ -291,8 +299,10 @@ fn main() -> ExitCode {
             max_queued_per_subscription,
             hold_publishers_above,
             max_in_flight_bytes,
+            pumps,
         } => {
             let mut config = ServerConfig::default()
+                .with_pumps(pumps)
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)

@@ -27,26 +27,21 @@ fn smoke() {
     assert!(help.contains("bench"), "{help}");
 }
 
-#[test]
-fn bench_small_count_is_verified_for_every_workload() {
+/// Runs every workload on a small count with `backend` flags and checks each verified.
+fn every_workload_is_verified(backend: &[&str]) {
     for workload in ["pubsub", "fanout", "group", "reqrep"] {
-        let stdout = succeeding(
-            workload,
-            &[
-                "bench",
-                "--memory",
-                "--workload",
-                workload,
-                "--count",
-                "2000",
-                "--subscribers",
-                "2",
-                "--quiet",
-            ],
-        );
+        let mut args = vec!["bench", "--workload", workload, "--count", "2000"];
+        args.extend_from_slice(&["--subscribers", "2", "--quiet"]);
+        args.extend_from_slice(backend);
+        let stdout = succeeding(workload, &args);
         assert!(stdout.contains("verified:"), "{workload}: {stdout}");
         assert!(!stdout.contains("NOT VERIFIED"), "{workload}: {stdout}");
     }
+}
+
+#[test]
+fn bench_small_count_is_verified_for_every_workload() {
+    every_workload_is_verified(&["--memory"]);
 }
 
 #[test]
@@ -93,4 +88,9 @@ fn bench_of_large_messages_through_the_server_is_verified() {
         stdout.contains("each of 4 subscribers got all 1500 messages"),
         "{stdout}"
     );
+}
+
+#[test]
+fn bench_through_a_server_on_two_pumps_is_verified_for_every_workload() {
+    every_workload_is_verified(&["--pumps", "2"]);
 }

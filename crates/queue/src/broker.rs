@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use crate::task::pump::eventq::net::TcpListener;
 use crate::task::pump::{Owner, PumpHandle};
 use crate::task::{AcceptTask, ConnectError, ConnectTask, TaskEvent};
 
-/// Hears of each connection a bound address accepts, on the pump thread. Must return promptly.
+/// Hears of each connection a bound address accepts, on the broker's pump thread. Must return
+/// promptly.
 ///
 /// Implemented for closures `FnMut(MessageQueue)`.
 pub trait AcceptListener: Send + 'static {
@@ -36,7 +38,8 @@ pub trait ConnectListener: Send + 'static {
 }
 
 /// The queue broker: binds addresses (accepting every connection on them), connects to others,
-/// and turns each connection into a [`MessageQueue`]. All of it runs on one event pump.
+/// and turns each connection into a [`MessageQueue`]. All of it runs on one event pump, unless
+/// [`with_connection_pumps`](Self::with_connection_pumps) spreads the connections over several.
 ///
 /// # Examples
 /// ```
@@ -66,6 +69,9 @@ pub struct QueueBroker {
     pump: PumpHandle,
     config: QueueConfig,
     bound: Arc<Mutex<HashMap<SocketAddr, Owner>>>,
+    /// The pumps new connections run on, in turn (none: `pump`).
+    spread: Arc<[PumpHandle]>,
+    next: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +85,25 @@ impl QueueBroker {
             pump,
             config,
             bound: Arc::new(Mutex::new(HashMap::new())),
+            spread: Arc::from(Vec::new()),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Runs the connections this broker accepts and makes on `pumps`, one after another in
+    /// turn, instead of on its own pump (which keeps accepting and connecting): one pump per
+    /// core lets a server's connections use them all. Each queue's listener runs on its
+    /// connection's pump. An empty list keeps everything on the broker's pump.
+    pub fn with_connection_pumps(mut self, pumps: Vec<PumpHandle>) -> QueueBroker {
+        self.spread = Arc::from(pumps);
+        self
+    }
+
+    /// The pump the next connection runs on.
+    fn next_pump(spread: &[PumpHandle], next: &AtomicUsize, own: &PumpHandle) -> PumpHandle {
+        match spread.len() {
+            0 => own.clone(),
+            n => spread[next.fetch_add(1, Ordering::Relaxed) % n].clone(),
         }
     }
 
@@ -105,20 +130,18 @@ impl QueueBroker {
             source: crate::task::pump::eventq::Error::Bind { addr, source },
         })?;
         let owner = self.pump.owner(format!("accept {local}"));
-        let pump = self.pump.clone();
+        let (pump, spread, next) = (self.pump.clone(), self.spread.clone(), self.next.clone());
         let config = self.config.clone();
         let mut listener = listener;
-        let task =
-            AcceptTask::new(
-                &self.pump,
-                tcp,
-                move |stream, peer, _cx| match MessageQueue::open(&pump, &config, stream) {
-                    Ok(queue) => listener.accepted(queue),
-                    Err(err) => {
-                        tracing::warn!(peer = %peer, error = %err, "accepted connection dropped")
-                    }
-                },
-            )?;
+        let task = AcceptTask::new(&self.pump, tcp, move |stream, peer, _cx| {
+            let on = Self::next_pump(&spread, &next, &pump);
+            match MessageQueue::open(&on, &config, stream) {
+                Ok(queue) => listener.accepted(queue),
+                Err(err) => {
+                    tracing::warn!(peer = %peer, error = %err, "accepted connection dropped")
+                }
+            }
+        })?;
         task.post_owned(&self.pump, &owner)
             .map_err(|_| Error::Pump(crate::task::pump::Error::Closed))?;
         lock(&self.bound).insert(local, owner);
@@ -152,13 +175,17 @@ impl QueueBroker {
     /// # Errors
     /// [`Error::Pump`] if the pump has shut down (the listener is then not called).
     pub fn connect(&self, addr: SocketAddr, listener: impl ConnectListener) -> Result<()> {
-        let pump = self.pump.clone();
+        let (pump, spread, next) = (self.pump.clone(), self.spread.clone(), self.next.clone());
         let config = self.config.clone();
         let task = ConnectTask::new(
             addr,
             self.config.connect_options(),
             move |result: std::result::Result<_, ConnectError>, _cx| match result {
-                Ok(stream) => match MessageQueue::open(&pump, &config, stream) {
+                Ok(stream) => match MessageQueue::open(
+                    &Self::next_pump(&spread, &next, &pump),
+                    &config,
+                    stream,
+                ) {
                     Ok(queue) => listener.connected(queue),
                     Err(err) => listener.refused(err),
                 },

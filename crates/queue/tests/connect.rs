@@ -134,3 +134,59 @@ fn unbind_stops_accepting_and_leaves_open_queues_open() {
     }
     assert!(!open.queue().is_closed());
 }
+
+/// Answers every message with the name of the thread that handled it.
+struct WhoAmI;
+
+impl mixbus_queue::QueueListener for WhoAmI {
+    fn received(&mut self, queue: &MessageQueue, _msg: mixbus_queue::task::Bytes) {
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        let _ = queue.send(name);
+    }
+}
+
+#[test]
+fn connections_spread_over_the_connection_pumps_in_turn() {
+    use mixbus_queue::QueueBroker;
+    use mixbus_queue::task::pump::{EventPump, PumpConfig};
+    let named = |name: &str| EventPump::with_config(PumpConfig::default().with_name(name)).unwrap();
+    let (own, a, b) = (named("q-own"), named("q-conn-a"), named("q-conn-b"));
+    let server = QueueBroker::new(own.handle(), QueueConfig::default())
+        .with_connection_pumps(vec![a.handle(), b.handle()]);
+    let addr = server
+        .bind(support::any_port(), |queue: MessageQueue| {
+            queue.set_listener(WhoAmI).unwrap();
+        })
+        .unwrap();
+    // Connections made by a spread broker go round its pumps too.
+    let client = named("q-client");
+    let (c, d) = (named("q-client-c"), named("q-client-d"));
+    let clients = QueueBroker::new(client.handle(), QueueConfig::default())
+        .with_connection_pumps(vec![c.handle(), d.handle()]);
+    let mut served_on = Vec::new();
+    let mut client_pumps = Vec::new();
+    for _ in 0..4 {
+        let queue = clients.connect_blocking(addr).unwrap();
+        let (tx, rx) = flume::unbounded();
+        struct Reply(flume::Sender<(String, String)>);
+        impl mixbus_queue::QueueListener for Reply {
+            fn received(&mut self, _q: &MessageQueue, msg: mixbus_queue::task::Bytes) {
+                let me = std::thread::current().name().unwrap_or("?").to_owned();
+                let _ = self
+                    .0
+                    .send((String::from_utf8_lossy(&msg).into_owned(), me));
+            }
+        }
+        queue.set_listener(Reply(tx)).unwrap();
+        queue.send("who").unwrap();
+        let (server_thread, client_thread) = recv(&rx, "the reply");
+        served_on.push(server_thread);
+        client_pumps.push(client_thread);
+        queue.close();
+    }
+    assert_eq!(served_on, ["q-conn-a", "q-conn-b", "q-conn-a", "q-conn-b"]);
+    assert_eq!(
+        client_pumps,
+        ["q-client-c", "q-client-d", "q-client-c", "q-client-d"]
+    );
+}

@@ -140,13 +140,25 @@ pub(crate) fn server(threads: usize) -> mixbus_bus::BusServer {
     server_with(mixbus_bus::ServerConfig::default(), threads)
 }
 
+/// Event pumps of the servers made here: `MIXBUS_TEST_PUMPS`, 2 if unset, so that the clients of
+/// one test (each its own connection) land on different pumps and every message crosses from
+/// one to another. `cargo xtask ci` runs the networked tests again with 1, the default.
+pub(crate) fn test_pumps() -> usize {
+    std::env::var("MIXBUS_TEST_PUMPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
 /// A bus server with the given configuration on a free loopback port.
 pub(crate) fn server_with(
     config: mixbus_bus::ServerConfig,
     threads: usize,
 ) -> mixbus_bus::BusServer {
     init_tracing();
-    let config = config.with_inner(InMemoryConfig::default().with_dispatch_threads(threads));
+    let config = config
+        .with_pumps(test_pumps())
+        .with_inner(InMemoryConfig::default().with_dispatch_threads(threads));
     mixbus_bus::BusServer::bind("127.0.0.1:0".parse().unwrap(), config).expect("start server")
 }
 
