@@ -54,10 +54,16 @@ fn stop_signal() -> Result<flume::Receiver<()>, CliError> {
 
 /// `mixbus serve`.
 pub(crate) fn serve(listen: SocketAddr, config: ServerConfig) -> Result<(), CliError> {
+    let pumps = config.pumps;
     let server = BusServer::bind(listen, config)?;
     let stop = stop_signal()?;
+    let pumps_word = if pumps == 1 {
+        "event pump"
+    } else {
+        "event pumps"
+    };
     eprintln!(
-        "mixbus: serving on {} (Ctrl-C to stop)",
+        "mixbus: serving on {} with {pumps} {pumps_word} (Ctrl-C to stop)",
         server.local_addr()
     );
     // The address alone on stdout, so scripts can read where we listen.
