@@ -66,7 +66,7 @@ pub struct ServerConfig {
     /// handled on its pump, so with 2 or more a publisher and a subscriber on two connections
     /// run on two cores: more throughput once one core is the limit, but a message between
     /// connections on two pumps costs a thread wake-up on the way, which request/reply feels
-    /// (BENCHMARKS.md has the figures).
+    /// (BENCHMARKS.md has the figures). A value outside 1 to 256 is taken as the nearest.
     pub pumps: usize,
     /// The bus held by the server.
     pub inner: InMemoryConfig,
@@ -173,10 +173,10 @@ impl ServerConfig {
         self
     }
 
-    /// Sets how many event pumps serve the connections (at least 1).
+    /// Sets how many event pumps serve the connections (at least 1, at most 256).
     #[must_use]
     pub fn with_pumps(mut self, n: usize) -> Self {
-        self.pumps = n.max(1);
+        self.pumps = n.clamp(1, 256);
         self
     }
 
@@ -1056,7 +1056,7 @@ impl BusServer {
         let bus = InMemoryBroker::with_config(config.inner.clone())?;
         let stats = Arc::new(StatsCollector::new());
         bus.add_listener(stats.clone());
-        let pumps = (0..config.pumps.max(1))
+        let pumps = (0..config.pumps.clamp(1, 256))
             .map(|_| EventPump::with_config(PumpConfig::default().with_name("mixbus-server")))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         // Frames between the limit and twice it are read whole and refused by this layer; the

@@ -80,8 +80,8 @@ enum Command {
         /// Event pumps (threads) the connections are spread over. More than 1 lets a publisher
         /// and its subscribers use several cores, at the cost of a thread wake-up for each
         /// message between connections on different pumps (request/reply is slower).
-        #[arg(long, default_value_t = 1)]
-        pumps: usize,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        pumps: u16,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -173,8 +173,13 @@ struct BenchArgs {
     #[arg(long)]
     server: Option<SocketAddr>,
     /// Event pumps (threads) of the embedded server: its connections are spread over them.
-    #[arg(long, default_value_t = 1, conflicts_with_all = ["server", "memory"])]
-    pumps: usize,
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=256),
+        conflicts_with_all = ["server", "memory"]
+    )]
+    pumps: u16,
     /// The server's token, if it asks for one.
     #[arg(long, env = "MIXBUS_TOKEN")]
     token: Option<String>,
@@ -249,7 +254,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
             let addr = match args.server {
                 Some(addr) => addr,
                 None => {
-                    let server = net::embedded_server(args.count, args.pumps)?;
+                    let server = net::embedded_server(args.count, args.pumps.into())?;
                     let addr = server.local_addr();
                     embedded = Some(server);
                     addr
@@ -302,7 +307,7 @@ fn main() -> ExitCode {
             pumps,
         } => {
             let mut config = ServerConfig::default()
-                .with_pumps(pumps)
+                .with_pumps(pumps.into())
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)

@@ -57,11 +57,17 @@ fn bench_json_is_one_object() {
 
 #[test]
 fn a_bad_flag_is_one_clear_line_and_a_non_zero_exit() {
-    let out = mixbus(&["bench", "--workload", "nonsense"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("nonsense"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for (args, named) in [
+        (&["bench", "--workload", "nonsense"][..], "nonsense"),
+        (&["bench", "--pumps", "0"][..], "1..=256"),
+        (&["serve", "--pumps", "300"][..], "1..=256"),
+    ] {
+        let out = mixbus(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
