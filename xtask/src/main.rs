@@ -141,8 +141,9 @@ fn ci() -> Result {
         "test (servers on 1 pump)",
         &[
             "test",
-            "-p",
-            "mixbus-bus",
+            // The whole workspace, as in the step before, so that features unify the same way
+            // and nothing is built again; only the bus crate has these test targets.
+            "--workspace",
             "--test",
             "network",
             "--test",
