@@ -5,8 +5,8 @@
 //! (a server on two pumps) and `raw_tcp`), `network_fanout/<case>/<size>` (to 4 subscribers,
 //! cases `bus`, `bus_inline` and `bus_2pumps`), `network_group/<case>/<size>` (a group of 2
 //! members acking by hand, cases `bus_manual_ack`, `bus_inline_manual_ack` and
-//! `bus_2pumps_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`, `bus_request_reply_inline`,
-//! `bus_publish_confirm`, `raw_tcp`).
+//! `bus_2pumps_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`,
+//! `bus_request_reply_inline`, `bus_request_reply_2pumps`, `bus_publish_confirm`, `raw_tcp`).
 //! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
 //! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
 //! `network_fanout/nats/256`, `network_group/nats_queue_group/256` (no acks: NATS has none),
@@ -340,20 +340,24 @@ fn latency(c: &mut Criterion) {
     let payload = Bytes::from(vec![7u8; PING]);
 
     // Request/reply: the requester publishes on `req`, a responder answers on `rep`; then the
-    // same with inline handlers on both sides (`req.inline`, `rep.inline`).
-    let requester = client(&server, false);
-    let responder = Arc::new(client(&server, false));
-    for (case, inline) in [
-        ("bus_request_reply", false),
-        ("bus_request_reply_inline", true),
+    // same with inline handlers on both sides (`req.inline`, `rep.inline`); then the default
+    // handlers through a server on two pumps (the requester's connection on one, the
+    // responder's on the other).
+    let server2 = server_on(2);
+    let clients = [&server, &server2].map(|s| (client(s, false), Arc::new(client(s, false))));
+    for (case, inline, two) in [
+        ("bus_request_reply", false, false),
+        ("bus_request_reply_inline", true, false),
+        ("bus_request_reply_2pumps", false, true),
     ] {
+        let (requester, responder) = &clients[usize::from(two)];
         let (req, rep) = if inline {
             ("req.inline", "rep.inline")
         } else {
             ("req", "rep")
         };
         let set = |h: Handler| if inline { h.inline() } else { h };
-        let r = Arc::downgrade(&responder);
+        let r = Arc::downgrade(responder);
         let _answer = responder
             .subscribe(
                 req,

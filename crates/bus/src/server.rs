@@ -16,7 +16,7 @@ use crate::memory::{Depth, InMemoryBroker, InMemoryConfig, Watch};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, VERSION};
-use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig};
+use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig, PumpHandle};
 use crate::queue::task::{FrameError, Frames};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::stats::{StatsCollector, StatsSnapshot};
@@ -61,12 +61,12 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// The server's name, sent in WELCOME (default `mixbus`).
     pub name: String,
-    /// Event pumps (threads) the connections are spread over, in turn (default 1: one thread
-    /// serves everything). A connection's frames, and the deliveries of its subscriptions, are
-    /// handled on its pump, so with 2 or more a publisher and a subscriber on two connections
-    /// run on two cores: more throughput once one core is the limit, but a message between
-    /// connections on two pumps costs a thread wake-up on the way, which request/reply feels
-    /// (BENCHMARKS.md has the figures). A value outside 1 to 256 is taken as the nearest.
+    /// Event pumps (threads) the connections are spread over, in turn (default: the machine's
+    /// cores, at most 4). A connection's frames, and the deliveries of its subscriptions, are
+    /// handled on its pump, so a publisher and a subscriber on two connections run on two
+    /// cores. A message for a connection whose pump sleeps is forwarded and written by the pump
+    /// that read it, with no thread wake-up on the way. With 1, one thread serves everything.
+    /// A value outside 1 to 256 is taken as the nearest.
     pub pumps: usize,
     /// The bus held by the server.
     pub inner: InMemoryConfig,
@@ -86,7 +86,7 @@ impl Default for ServerConfig {
             linger: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
             name: "mixbus".to_owned(),
-            pumps: 1,
+            pumps: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inner: InMemoryConfig::default(),
         }
     }
@@ -300,6 +300,8 @@ struct Shared {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     counters: Counters,
     closing: AtomicBool,
+    /// Handles of the server's pumps (empty with one: nothing crosses between pumps).
+    pumps: Vec<PumpHandle>,
 }
 
 impl Shared {
@@ -720,6 +722,11 @@ impl Forwarder {
         });
         let flusher = me.clone();
         let pump = me.conn.upgrade().map(|c| c.queue.pump().clone());
+        let pumps = me
+            .shared
+            .upgrade()
+            .map(|s| s.pumps.clone())
+            .unwrap_or_default();
         let handler = Handler::new(move |msg: &Message| {
             me.push(msg);
             Ok(())
@@ -731,8 +738,18 @@ impl Forwarder {
             // another pump posts one run here, which forwards every message queued by then. Runs
             // posted while a pump reads a burst of publishes come after it, so each run forwards
             // the burst in one frame.
+            // On several pumps, a run scheduled from another of the server's pumps while this
+            // one sleeps goes to that other pump (after the task that scheduled it), and its
+            // frames are written there (the connection writes in place, see `accept`): a lone
+            // message crosses with no wake-up on the way.
             Some(pump) => handler.with_executor(Arc::new(move |run| {
-                pump.post_fn("bus-forward", move |_cx: &mut _| run())
+                let here = if pump.is_sleeping() {
+                    pumps.iter().find(|p| p.is_pump_thread())
+                } else {
+                    None
+                };
+                here.unwrap_or(&pump)
+                    .post_fn("bus-forward", move |_cx: &mut _| run())
                     .is_ok()
             })),
             None => handler,
@@ -1080,6 +1097,11 @@ impl BusServer {
             conns: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             closing: AtomicBool::new(false),
+            pumps: if pumps.len() > 1 {
+                pumps.iter().map(EventPump::handle).collect()
+            } else {
+                Vec::new()
+            },
         });
         let weak = Arc::downgrade(&shared);
         let local = queues.bind(addr, move |queue: MessageQueue| accept(&weak, queue))?;
@@ -1178,6 +1200,11 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         return;
     }
     tracing::debug!(conn.id = queue.id(), peer = %queue.peer_addr(), "client connected");
+    if shared.config.pumps > 1 {
+        // Deliveries forwarded from another pump while this connection's sleeps are written
+        // by that pump (see `Forwarder::handler`).
+        queue.set_write_in_place(true);
+    }
     let timeout = shared.config.handshake_timeout;
     let (weak_conn, weak_shared) = (Arc::downgrade(&conn), Arc::downgrade(&shared));
     let check = OnceTask::new("bus-handshake-timeout", move |_cx: &mut _| {

@@ -77,11 +77,10 @@ enum Command {
         /// in-flight count: past it, the server sends it nothing new until acks come back.
         #[arg(long, default_value_t = 64 << 20)]
         max_in_flight_bytes: usize,
-        /// Event pumps (threads) the connections are spread over. More than 1 lets a publisher
-        /// and its subscribers use several cores, at the cost of a thread wake-up for each
-        /// message between connections on different pumps (request/reply is slower).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-        pumps: u16,
+        /// Event pumps (threads) the connections are spread over [default: the machine's cores,
+        /// at most 4]. Several let a publisher and its subscribers use several cores.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        pumps: Option<u16>,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -172,14 +171,14 @@ struct BenchArgs {
     /// Bench a running server instead of starting an embedded one.
     #[arg(long)]
     server: Option<SocketAddr>,
-    /// Event pumps (threads) of the embedded server: its connections are spread over them.
+    /// Event pumps (threads) of the embedded server: its connections are spread over them
+    /// [default: the machine's cores, at most 4].
     #[arg(
         long,
-        default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..=256),
         conflicts_with_all = ["server", "memory"]
     )]
-    pumps: u16,
+    pumps: Option<u16>,
     /// The server's token, if it asks for one.
     #[arg(long, env = "MIXBUS_TOKEN")]
     token: Option<String>,
@@ -254,7 +253,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
             let addr = match args.server {
                 Some(addr) => addr,
                 None => {
-                    let server = net::embedded_server(args.count, args.pumps.into())?;
+                    let server = net::embedded_server(args.count, args.pumps.map(usize::from))?;
                     let addr = server.local_addr();
                     embedded = Some(server);
                     addr
@@ -307,7 +306,6 @@ fn main() -> ExitCode {
             pumps,
         } => {
             let mut config = ServerConfig::default()
-                .with_pumps(pumps.into())
                 .with_max_connections(max_connections)
                 .with_max_frame_len(max_frame_len)
                 .with_max_subscriptions_per_connection(max_subscriptions)
@@ -315,6 +313,9 @@ fn main() -> ExitCode {
                 .with_max_queued_per_subscription(max_queued_per_subscription)
                 .with_hold_publishers_above(hold_publishers_above);
             config.inner.max_in_flight_bytes = max_in_flight_bytes;
+            if let Some(pumps) = pumps {
+                config = config.with_pumps(pumps.into());
+            }
             if let Some(token) = token {
                 config = config.with_token(token);
             }

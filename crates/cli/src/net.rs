@@ -287,12 +287,13 @@ pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
 ///
 /// Bench publishers stream without confirms, so a consumer-group queue that fills would refuse
 /// messages the publisher never hears about: the embedded server's group queues hold `count`.
-pub(crate) fn embedded_server(count: u64, pumps: usize) -> Result<BusServer, CliError> {
+pub(crate) fn embedded_server(count: u64, pumps: Option<usize>) -> Result<BusServer, CliError> {
     let addr = "127.0.0.1:0".parse().expect("a valid literal address");
     let capacity = usize::try_from(count).unwrap_or(usize::MAX).max(65_536);
     let inner = InMemoryConfig::default().with_group_capacity(capacity);
-    Ok(BusServer::bind(
-        addr,
-        ServerConfig::default().with_pumps(pumps).with_inner(inner),
-    )?)
+    let mut config = ServerConfig::default().with_inner(inner);
+    if let Some(pumps) = pumps {
+        config = config.with_pumps(pumps);
+    }
+    Ok(BusServer::bind(addr, config)?)
 }

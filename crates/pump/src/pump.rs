@@ -402,6 +402,18 @@ impl PumpHandle {
         PUMP_OF_THREAD.get() == Arc::as_ptr(&self.shared) as usize
     }
 
+    /// Whether the pump is asleep, waiting for I/O, a timer or a post (a post from another
+    /// thread would wake it): a hint, true at the moment of the read. A thread that would post
+    /// it a small job may do the job itself instead and spare the wake-up.
+    pub fn is_sleeping(&self) -> bool {
+        self.shared.sleeping.load(Ordering::Acquire)
+    }
+
+    /// Whether the caller runs on the thread of some pump (this one or another).
+    pub fn on_any_pump_thread() -> bool {
+        PUMP_OF_THREAD.get() != 0
+    }
+
     /// Whether the pump has stopped taking posts.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)

@@ -442,6 +442,14 @@ impl MessageQueue {
         self.inner.outbox.queued_bytes()
     }
 
+    /// Lets a thread of another pump write what it sends on this queue itself while the
+    /// queue's pump sleeps, instead of waking that pump to write it (default off; see
+    /// `Outbox::set_write_in_place` in the task layer). Sends of messages handed back to the
+    /// listener's `sent` are never written that way.
+    pub fn set_write_in_place(&self, on: bool) {
+        self.inner.outbox.set_write_in_place(on);
+    }
+
     /// A number unique to this queue in the process (used in logs as `conn.id`).
     pub fn id(&self) -> u64 {
         self.inner.id

@@ -22,6 +22,9 @@ use crate::pump::{Context, IoSource, Next, OnceTask, Owner, PumpHandle, Task, Wa
 const MAX_SLICES: usize = 256;
 /// Most bytes gathered for one `writev`.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Bytes a thread writing in place (see [`Outbox::set_write_in_place`]) writes at most before it
+/// leaves the rest to the send task.
+const IN_PLACE_BYTES: usize = 256 << 10;
 /// Payloads up to this size are copied next to their header into one buffer instead of taking
 /// slices of their own: cheaper than two iovecs for small frames.
 const COPY_BELOW: usize = 512;
@@ -506,6 +509,8 @@ struct Shared {
     spare_entries: Mutex<VecDeque<Entry>>,
     /// A push was refused since the last `drained`.
     refused: AtomicBool,
+    /// See [`Outbox::set_write_in_place`].
+    write_in_place: AtomicBool,
     writer: Mutex<Writer>,
     pump: PumpHandle,
     owner: Option<Owner>,
@@ -944,6 +949,14 @@ impl Outbox {
     }
 
     fn schedule(&self) {
+        if self.shared.write_in_place.load(Ordering::Relaxed)
+            && PumpHandle::on_any_pump_thread()
+            && !self.shared.pump.is_pump_thread()
+            && self.shared.pump.is_sleeping()
+            && self.write_in_place()
+        {
+            return;
+        }
         let task = SendTask {
             shared: self.shared.clone(),
         };
@@ -954,6 +967,73 @@ impl Outbox {
         if posted.is_err() {
             tracing::debug!("send task not scheduled: pump closed or owner killed");
         }
+    }
+
+    /// Writes what is queued from this thread, as the send task would, while the claim of
+    /// [`schedule`](Self::schedule) is held (`scheduled` is set and no task is posted). Returns
+    /// `true` if everything was written and the claim released; `false` if the send task must
+    /// run for the rest: the writer was busy, a write was partial or failed, something must be
+    /// reported to the events (messages handed back, a `drained` owed, the end of the stream),
+    /// which only the owning pump may do, or this thread wrote its share.
+    fn write_in_place(&self) -> bool {
+        let shared = &*self.shared;
+        if shared.hand_back.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(mut writer) = shared.writer.try_lock() else {
+            return false;
+        };
+        if writer.source.is_none() || !writer.inflight.is_empty() {
+            return false;
+        }
+        let mut left = IN_PLACE_BYTES;
+        loop {
+            if writer.inflight.is_empty() {
+                let mut pending = lock(&shared.pending);
+                if pending.queue.is_empty() {
+                    // Checked under the lock that a refused push takes: a later refusal
+                    // finds `scheduled` clear and posts the task itself.
+                    let owed = shared.refused.load(Ordering::SeqCst);
+                    if pending.state == State::Open && !owed {
+                        pending.scheduled = false;
+                        return true;
+                    }
+                    return false;
+                }
+                if left == 0 || pending.state != State::Open {
+                    return false;
+                }
+                std::mem::swap(&mut pending.queue, &mut writer.inflight);
+                shared.queued.take_pending();
+            }
+            match writer.write_batch() {
+                Ok(n) if n > 0 && n == writer.gathered.1 => {
+                    writer.stalled_since = None;
+                    writer.written_in_place(n, shared);
+                    left = left.saturating_sub(n);
+                }
+                // A partial write leaves the rest (and the wait for room) to the task; so does
+                // an error, which the task meets again on its own write and reports.
+                Ok(n) => {
+                    if n > 0 {
+                        writer.stalled_since = None;
+                        writer.written_in_place(n, shared);
+                    }
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Lets a thread of another pump write what it pushes itself while this outbox's pump
+    /// sleeps, instead of waking it to write (default off). Only plain pushes with nothing to
+    /// hand back are written that way, and only while nothing else is owed to the events; the
+    /// send task does the rest on its pump as before. A server that moves messages from
+    /// connections on one pump to connections on another spares a wake-up per message when
+    /// it is idle.
+    pub fn set_write_in_place(&self, on: bool) {
+        self.shared.write_in_place.store(on, Ordering::Relaxed);
     }
 
     /// Chooses whether written messages are handed back to [`SendEvents::sent_all`] (the
@@ -1179,6 +1259,7 @@ impl SendTask {
             spare: Spare::default(),
             spare_entries: Mutex::new(VecDeque::new()),
             refused: AtomicBool::new(false),
+            write_in_place: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 source: Some(source),
                 inflight: VecDeque::new(),
@@ -1469,6 +1550,42 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// [`advance`](Self::advance) for a write made off the pump, with nothing handed back and
+    /// no event sent: `n` bytes of the gathered batch went out.
+    fn written_in_place(&mut self, mut n: usize, shared: &Shared) {
+        let mut freed = 0;
+        let mut finished = 0;
+        for entry in self.inflight.iter() {
+            if n == 0 {
+                break;
+            }
+            let left = entry.wire_len() - self.offset;
+            if n < left {
+                self.offset += n;
+                freed += n;
+                break;
+            }
+            n -= left;
+            freed += left;
+            self.offset = 0;
+            finished += 1;
+        }
+        let mut runs = self
+            .inflight
+            .drain(..finished)
+            .filter_map(|entry| match entry {
+                Entry::Run(run) => Some(run),
+                Entry::Msg(_) | Entry::Parts(..) => None,
+            })
+            .peekable();
+        if runs.peek().is_some() {
+            shared.spare.put(runs);
+        }
+        shared.queued.written(freed);
+    }
+}
+
 impl Task for SendTask {
     fn name(&self) -> &str {
         "send"
@@ -1487,6 +1604,14 @@ impl Task for SendTask {
                     match pending.state {
                         State::Open => {
                             pending.scheduled = false;
+                            drop(pending);
+                            // A write made in place may have brought the queue below the low
+                            // mark after a refusal, and left the event to this task.
+                            if shared.queued.total() <= shared.options.low_water_bytes
+                                && shared.refused.swap(false, Ordering::SeqCst)
+                            {
+                                writer.events.drained(cx);
+                            }
                             return Next::Done;
                         }
                         State::Closing { .. } => {

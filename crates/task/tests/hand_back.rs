@@ -128,3 +128,54 @@ fn unsent_copies_come_back_when_the_peer_stalls() {
     drop(peer);
     assert_eq!(pump.stats().panics, 0);
 }
+
+#[test]
+fn pushes_from_another_pump_are_written_in_place_while_the_owner_sleeps() {
+    use mixbus_task::pump::PumpHandle;
+    let owner = EventPump::new().unwrap();
+    let other = EventPump::new().unwrap();
+    let (client, mut peer) = pair();
+    let (events, rx) = send_events();
+    let outbox = SendTask::start(&owner, client, SendOptions::default(), None, events).unwrap();
+    outbox.set_hand_back(false);
+    outbox.set_write_in_place(true);
+    let handle = owner.handle();
+    support::wait_until("the owning pump sleeps", || handle.is_sleeping());
+    let before = owner.stats().wakeups;
+    // Pushed from a thread of another pump: written there, with no wake-up of the owner.
+    let (done, written) = flume::bounded(1);
+    let (o, h) = (outbox.clone(), handle.clone());
+    other
+        .handle()
+        .post_fn("push", move |_cx: &mut _| {
+            assert!(PumpHandle::on_any_pump_thread() && !h.is_pump_thread());
+            o.push(Bytes::from_static(b"in place")).unwrap();
+            let mut batch: std::collections::VecDeque<Bytes> =
+                (0..3).map(|i| Bytes::from(format!("m{i}"))).collect();
+            o.push_all(&mut batch).unwrap();
+            let _ = done.send(o.queued_bytes());
+        })
+        .unwrap();
+    assert_eq!(
+        recv(&written, "the pushes"),
+        0,
+        "all written before the task returned"
+    );
+    assert_eq!(
+        read_frames(&mut peer, 4).unwrap(),
+        ["in place", "m0", "m1", "m2"]
+    );
+    assert_eq!(
+        owner.stats().wakeups,
+        before,
+        "the owning pump was not woken"
+    );
+    // From a thread that is no pump's, the owner writes, as always.
+    outbox.push(Bytes::from_static(b"posted")).unwrap();
+    assert_eq!(read_frames(&mut peer, 1).unwrap(), ["posted"]);
+    assert!(owner.stats().wakeups > before);
+    assert!(outbox.close(PATIENCE));
+    let (sent, _, end) = until_finished(&rx);
+    assert!(sent.is_empty(), "nothing is handed back: {sent:?}");
+    assert_eq!(end.kind, "Flushed");
+}
