@@ -136,7 +136,7 @@ fn ci() -> Result {
     )?;
     cargo_step("test", &["test", "--workspace"], &[])?;
     // The bus tests' servers spread connections over 2 pumps; the networked ones again on 1
-    // pump, the server's default.
+    // pump, where one thread serves everything.
     cargo_step(
         "test (servers on 1 pump)",
         &[
