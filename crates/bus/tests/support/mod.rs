@@ -142,7 +142,8 @@ pub(crate) fn server(threads: usize) -> mixbus_bus::BusServer {
 
 /// Event pumps of the servers made here: `MIXBUS_TEST_PUMPS`, 2 if unset, so that the clients of
 /// one test (each its own connection) land on different pumps and every message crosses from
-/// one to another. `cargo xtask ci` runs the networked tests again with 1 (one thread serving everything).
+/// one to another. `cargo xtask ci` runs the networked tests again with 1 (one thread serving
+/// everything).
 pub(crate) fn test_pumps() -> usize {
     std::env::var("MIXBUS_TEST_PUMPS")
         .ok()
