@@ -1489,71 +1489,15 @@ impl Writer {
     }
 
     /// Accounts `n` written bytes: pops finished entries and hands their messages back.
-    fn advance(&mut self, mut n: usize, shared: &Shared, cx: &mut Context<'_>) {
-        let mut freed = 0;
-        let mut finished = 0;
+    /// Accounts for `n` written bytes of the gathered batch: moves `offset` and returns the
+    /// bytes freed and the entries at the front now written whole.
+    fn consume(&mut self, mut n: usize) -> (usize, usize) {
         let (entries, bytes) = self.gathered;
         if n == bytes {
             // The whole batch went out (the usual case): no need to walk it again.
-            freed = n;
-            finished = entries;
-            n = 0;
             self.offset = 0;
+            return (n, entries);
         }
-        for entry in self.inflight.iter().skip(finished) {
-            if n == 0 {
-                break;
-            }
-            let left = entry.wire_len() - self.offset;
-            if n < left {
-                self.offset += n;
-                freed += n;
-                break;
-            }
-            n -= left;
-            freed += left;
-            self.offset = 0;
-            finished += 1;
-        }
-        if finished > 0 {
-            if shared.hand_back.load(Ordering::Relaxed) {
-                for entry in self.inflight.drain(..finished) {
-                    match entry {
-                        Entry::Msg(msg) => self.done.push_back(msg),
-                        Entry::Parts(parts, _) => self.done.push_back(join(&parts)),
-                        // Copied while nothing was handed back, written now that it is.
-                        Entry::Run(run) => split_run(run.into_bytes(), 0, &mut self.done),
-                    }
-                }
-                self.events.sent_all(self.done.drain(..), cx);
-            } else {
-                // Messages are dropped; runs go back to be filled again (one lock, and none
-                // when there is no run among them).
-                let mut runs = self
-                    .inflight
-                    .drain(..finished)
-                    .filter_map(|entry| match entry {
-                        Entry::Run(run) => Some(run),
-                        Entry::Msg(_) | Entry::Parts(..) => None,
-                    })
-                    .peekable();
-                if runs.peek().is_some() {
-                    shared.spare.put(runs);
-                }
-            }
-        }
-        // SeqCst pairs with `Outbox::push`: see the re-check there.
-        let after = shared.queued.written(freed);
-        if after <= shared.options.low_water_bytes && shared.refused.swap(false, Ordering::SeqCst) {
-            self.events.drained(cx);
-        }
-    }
-}
-
-impl Writer {
-    /// [`advance`](Self::advance) for a write made off the pump, with nothing handed back and
-    /// no event sent: `n` bytes of the gathered batch went out.
-    fn written_in_place(&mut self, mut n: usize, shared: &Shared) {
         let mut freed = 0;
         let mut finished = 0;
         for entry in self.inflight.iter() {
@@ -1571,6 +1515,12 @@ impl Writer {
             self.offset = 0;
             finished += 1;
         }
+        (freed, finished)
+    }
+
+    /// Drops the first `finished` entries, written and not handed back: messages are dropped,
+    /// runs go back to be filled again (one lock, and none when there is no run among them).
+    fn recycle(&mut self, finished: usize, shared: &Shared) {
         let mut runs = self
             .inflight
             .drain(..finished)
@@ -1582,7 +1532,38 @@ impl Writer {
         if runs.peek().is_some() {
             shared.spare.put(runs);
         }
+    }
+
+    /// [`advance`](Self::advance) for a write made off the pump, with nothing handed back and
+    /// no event sent: `n` bytes of the gathered batch went out.
+    fn written_in_place(&mut self, n: usize, shared: &Shared) {
+        let (freed, finished) = self.consume(n);
+        self.recycle(finished, shared);
         shared.queued.written(freed);
+    }
+
+    fn advance(&mut self, n: usize, shared: &Shared, cx: &mut Context<'_>) {
+        let (freed, finished) = self.consume(n);
+        if finished > 0 {
+            if shared.hand_back.load(Ordering::Relaxed) {
+                for entry in self.inflight.drain(..finished) {
+                    match entry {
+                        Entry::Msg(msg) => self.done.push_back(msg),
+                        Entry::Parts(parts, _) => self.done.push_back(join(&parts)),
+                        // Copied while nothing was handed back, written now that it is.
+                        Entry::Run(run) => split_run(run.into_bytes(), 0, &mut self.done),
+                    }
+                }
+                self.events.sent_all(self.done.drain(..), cx);
+            } else {
+                self.recycle(finished, shared);
+            }
+        }
+        // SeqCst pairs with `Outbox::push`: see the re-check there.
+        let after = shared.queued.written(freed);
+        if after <= shared.options.low_water_bytes && shared.refused.swap(false, Ordering::SeqCst) {
+            self.events.drained(cx);
+        }
     }
 }
 
