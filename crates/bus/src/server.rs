@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub inner: InMemoryConfig,
 }
 
+/// The most event pumps a server runs ([`ServerConfig::pumps`]).
+const MAX_PUMPS: usize = 256;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -176,7 +179,7 @@ impl ServerConfig {
     /// Sets how many event pumps serve the connections (at least 1, at most 256).
     #[must_use]
     pub fn with_pumps(mut self, n: usize) -> Self {
-        self.pumps = n.clamp(1, 256);
+        self.pumps = n.clamp(1, MAX_PUMPS);
         self
     }
 
@@ -1073,7 +1076,7 @@ impl BusServer {
         let bus = InMemoryBroker::with_config(config.inner.clone())?;
         let stats = Arc::new(StatsCollector::new());
         bus.add_listener(stats.clone());
-        let pumps = (0..config.pumps.clamp(1, 256))
+        let pumps = (0..config.pumps.clamp(1, MAX_PUMPS))
             .map(|_| EventPump::with_config(PumpConfig::default().with_name("mixbus-server")))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         // Frames between the limit and twice it are read whole and refused by this layer; the
@@ -1086,10 +1089,14 @@ impl BusServer {
                 config.max_outbound_bytes.max(1 << 15),
             )
             .with_linger(config.linger);
-        let mut queues = QueueBroker::new(pumps[0].handle(), queue_config);
-        if pumps.len() > 1 {
-            queues = queues.with_connection_pumps(pumps.iter().map(EventPump::handle).collect());
-        }
+        // With one pump nothing crosses between pumps: no list to spread over or look up.
+        let handles: Vec<PumpHandle> = if pumps.len() > 1 {
+            pumps.iter().map(EventPump::handle).collect()
+        } else {
+            Vec::new()
+        };
+        let queues = QueueBroker::new(pumps[0].handle(), queue_config)
+            .with_connection_pumps(handles.clone());
         let shared = Arc::new(Shared {
             config,
             bus,
@@ -1097,11 +1104,7 @@ impl BusServer {
             conns: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             closing: AtomicBool::new(false),
-            pumps: if pumps.len() > 1 {
-                pumps.iter().map(EventPump::handle).collect()
-            } else {
-                Vec::new()
-            },
+            pumps: handles,
         });
         let weak = Arc::downgrade(&shared);
         let local = queues.bind(addr, move |queue: MessageQueue| accept(&weak, queue))?;
@@ -1200,7 +1203,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         return;
     }
     tracing::debug!(conn.id = queue.id(), peer = %queue.peer_addr(), "client connected");
-    if shared.config.pumps > 1 {
+    if !shared.pumps.is_empty() {
         // Deliveries forwarded from another pump while this connection's sleeps are written
         // by that pump (see `Forwarder::handler`).
         queue.set_write_in_place(true);

@@ -69,9 +69,25 @@ pub struct QueueBroker {
     pump: PumpHandle,
     config: QueueConfig,
     bound: Arc<Mutex<HashMap<SocketAddr, Owner>>>,
-    /// The pumps new connections run on, in turn (none: `pump`).
-    spread: Arc<[PumpHandle]>,
+    spread: Spread,
+}
+
+/// Where new connections run: on `pumps` in turn, or on `own` when there are none.
+#[derive(Clone)]
+struct Spread {
+    own: PumpHandle,
+    pumps: Arc<[PumpHandle]>,
     next: Arc<AtomicUsize>,
+}
+
+impl Spread {
+    /// The pump the next connection runs on.
+    fn next(&self) -> &PumpHandle {
+        match self.pumps.len() {
+            0 => &self.own,
+            n => &self.pumps[self.next.fetch_add(1, Ordering::Relaxed) % n],
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,11 +98,14 @@ impl QueueBroker {
     /// A broker whose connections run on `pump`, with `config` for every queue it makes.
     pub fn new(pump: PumpHandle, config: QueueConfig) -> QueueBroker {
         QueueBroker {
+            spread: Spread {
+                own: pump.clone(),
+                pumps: Arc::from(Vec::new()),
+                next: Arc::new(AtomicUsize::new(0)),
+            },
             pump,
             config,
             bound: Arc::new(Mutex::new(HashMap::new())),
-            spread: Arc::from(Vec::new()),
-            next: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -95,16 +114,8 @@ impl QueueBroker {
     /// core lets a server's connections use them all. Each queue's listener runs on its
     /// connection's pump. An empty list keeps everything on the broker's pump.
     pub fn with_connection_pumps(mut self, pumps: Vec<PumpHandle>) -> QueueBroker {
-        self.spread = Arc::from(pumps);
+        self.spread.pumps = Arc::from(pumps);
         self
-    }
-
-    /// The pump the next connection runs on.
-    fn next_pump(spread: &[PumpHandle], next: &AtomicUsize, own: &PumpHandle) -> PumpHandle {
-        match spread.len() {
-            0 => own.clone(),
-            n => spread[next.fetch_add(1, Ordering::Relaxed) % n].clone(),
-        }
     }
 
     /// The settings of this broker's queues.
@@ -130,18 +141,20 @@ impl QueueBroker {
             source: crate::task::pump::eventq::Error::Bind { addr, source },
         })?;
         let owner = self.pump.owner(format!("accept {local}"));
-        let (pump, spread, next) = (self.pump.clone(), self.spread.clone(), self.next.clone());
+        let spread = self.spread.clone();
         let config = self.config.clone();
         let mut listener = listener;
-        let task = AcceptTask::new(&self.pump, tcp, move |stream, peer, _cx| {
-            let on = Self::next_pump(&spread, &next, &pump);
-            match MessageQueue::open(&on, &config, stream) {
-                Ok(queue) => listener.accepted(queue),
-                Err(err) => {
-                    tracing::warn!(peer = %peer, error = %err, "accepted connection dropped")
-                }
-            }
-        })?;
+        let task =
+            AcceptTask::new(
+                &self.pump,
+                tcp,
+                move |stream, peer, _cx| match MessageQueue::open(spread.next(), &config, stream) {
+                    Ok(queue) => listener.accepted(queue),
+                    Err(err) => {
+                        tracing::warn!(peer = %peer, error = %err, "accepted connection dropped")
+                    }
+                },
+            )?;
         task.post_owned(&self.pump, &owner)
             .map_err(|_| Error::Pump(crate::task::pump::Error::Closed))?;
         lock(&self.bound).insert(local, owner);
@@ -175,17 +188,13 @@ impl QueueBroker {
     /// # Errors
     /// [`Error::Pump`] if the pump has shut down (the listener is then not called).
     pub fn connect(&self, addr: SocketAddr, listener: impl ConnectListener) -> Result<()> {
-        let (pump, spread, next) = (self.pump.clone(), self.spread.clone(), self.next.clone());
+        let spread = self.spread.clone();
         let config = self.config.clone();
         let task = ConnectTask::new(
             addr,
             self.config.connect_options(),
             move |result: std::result::Result<_, ConnectError>, _cx| match result {
-                Ok(stream) => match MessageQueue::open(
-                    &Self::next_pump(&spread, &next, &pump),
-                    &config,
-                    stream,
-                ) {
+                Ok(stream) => match MessageQueue::open(spread.next(), &config, stream) {
                     Ok(queue) => listener.connected(queue),
                     Err(err) => listener.refused(err),
                 },

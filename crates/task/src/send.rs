@@ -991,8 +991,7 @@ impl Outbox {
             if writer.inflight.is_empty() {
                 let mut pending = lock(&shared.pending);
                 if pending.queue.is_empty() {
-                    // Checked under the lock that a refused push takes: a later refusal
-                    // finds `scheduled` clear and posts the task itself.
+                    // A `drained` owed for a refusal is the task's to send.
                     let owed = shared.refused.load(Ordering::SeqCst);
                     if pending.state == State::Open && !owed {
                         pending.scheduled = false;
@@ -1006,23 +1005,20 @@ impl Outbox {
                 std::mem::swap(&mut pending.queue, &mut writer.inflight);
                 shared.queued.take_pending();
             }
-            match writer.write_batch() {
-                Ok(n) if n > 0 && n == writer.gathered.1 => {
-                    writer.stalled_since = None;
-                    writer.written_in_place(n, shared);
-                    left = left.saturating_sub(n);
-                }
-                // A partial write leaves the rest (and the wait for room) to the task; so does
-                // an error, which the task meets again on its own write and reports.
-                Ok(n) => {
-                    if n > 0 {
-                        writer.stalled_since = None;
-                        writer.written_in_place(n, shared);
-                    }
-                    return false;
-                }
-                Err(_) => return false,
+            // A partial write leaves the rest (and the wait for room) to the task; so does an
+            // error, which the task meets again on its own write and reports.
+            let Ok(n) = writer.write_batch() else {
+                return false;
+            };
+            let whole = n > 0 && n == writer.gathered.1;
+            if n > 0 {
+                writer.stalled_since = None;
+                writer.written_in_place(n, shared);
             }
+            if !whole {
+                return false;
+            }
+            left = left.saturating_sub(n);
         }
     }
 
@@ -1488,7 +1484,6 @@ impl Writer {
         (&**source).write_vectored(&slices[..count])
     }
 
-    /// Accounts `n` written bytes: pops finished entries and hands their messages back.
     /// Accounts for `n` written bytes of the gathered batch: moves `offset` and returns the
     /// bytes freed and the entries at the front now written whole.
     fn consume(&mut self, mut n: usize) -> (usize, usize) {
@@ -1542,6 +1537,7 @@ impl Writer {
         shared.queued.written(freed);
     }
 
+    /// Accounts `n` written bytes: pops finished entries and hands their messages back.
     fn advance(&mut self, n: usize, shared: &Shared, cx: &mut Context<'_>) {
         let (freed, finished) = self.consume(n);
         if finished > 0 {

@@ -87,6 +87,8 @@ pub(crate) fn group_exactly_once_and_spread<B: Broker>(b: &B) {
     super::wait_until("every group message", || {
         seen.lock().unwrap().len() as u64 >= N
     });
+    // Not a wait for a condition: a quiet window in which a second delivery of any message,
+    // already queued or in flight, would arrive and be counted below.
     std::thread::sleep(QUIET);
     let seen = seen.lock().unwrap();
     let unique: HashSet<u64> = seen.iter().copied().collect();
