@@ -6,7 +6,9 @@
 //! cases `bus`, `bus_inline` and `bus_2pumps`), `network_group/<case>/<size>` (a group of 2
 //! members acking by hand, cases `bus_manual_ack`, `bus_inline_manual_ack` and
 //! `bus_2pumps_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`,
-//! `bus_request_reply_inline`, `bus_request_reply_2pumps`, `bus_publish_confirm`, `raw_tcp`).
+//! `bus_request_reply_inline`, `bus_request_reply_2pumps`, `bus_request_reply_spin` and
+//! `bus_request_reply_inline_spin` (a server on one pump that spins 150 µs before it sleeps),
+//! `bus_publish_confirm`, `raw_tcp`).
 //! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
 //! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
 //! `network_fanout/nats/256`, `network_group/nats_queue_group/256` (no acks: NATS has none),
@@ -49,8 +51,19 @@ fn server() -> BusServer {
 
 /// A server whose connections are spread over `pumps` event pumps.
 fn server_on(pumps: usize) -> BusServer {
-    let config = ServerConfig::default()
-        .with_pumps(pumps)
+    server_with(ServerConfig::default().with_pumps(pumps))
+}
+
+/// A server on one pump that spins for [`SPIN`] before it sleeps.
+fn spinning_server() -> BusServer {
+    server_with(ServerConfig::default().with_pumps(1).with_spin(SPIN))
+}
+
+/// The idle spin of the `_spin` latency cases' server.
+const SPIN: Duration = Duration::from_micros(150);
+
+fn server_with(config: ServerConfig) -> BusServer {
+    let config = config
         .with_max_outbound_bytes(512 << 20)
         .with_inner(InMemoryConfig::default().with_dispatch_threads(2));
     BusServer::bind("127.0.0.1:0".parse().unwrap(), config).expect("server")
@@ -342,15 +355,20 @@ fn latency(c: &mut Criterion) {
     // Request/reply: the requester publishes on `req`, a responder answers on `rep`; then the
     // same with inline handlers on both sides (`req.inline`, `rep.inline`); then the default
     // handlers through a server on two pumps (the requester's connection on one, the
-    // responder's on the other).
+    // responder's on the other); then both kinds of handler through a server on one pump that
+    // spins for `SPIN` before it sleeps (`ServerConfig::with_spin`).
     let server2 = server_on(2);
-    let clients = [&server, &server2].map(|s| (client(s, false), Arc::new(client(s, false))));
-    for (case, inline, two) in [
-        ("bus_request_reply", false, false),
-        ("bus_request_reply_inline", true, false),
-        ("bus_request_reply_2pumps", false, true),
+    let server_spin = spinning_server();
+    let clients =
+        [&server, &server2, &server_spin].map(|s| (client(s, false), Arc::new(client(s, false))));
+    for (case, inline, which) in [
+        ("bus_request_reply", false, 0),
+        ("bus_request_reply_inline", true, 0),
+        ("bus_request_reply_2pumps", false, 1),
+        ("bus_request_reply_spin", false, 2),
+        ("bus_request_reply_inline_spin", true, 2),
     ] {
-        let (requester, responder) = &clients[usize::from(two)];
+        let (requester, responder) = &clients[which];
         let (req, rep) = if inline {
             ("req.inline", "rep.inline")
         } else {

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// that read it, with no thread wake-up on the way. With 1, one thread serves everything.
     /// A value outside 1 to 256 is taken as the nearest.
     pub pumps: usize,
+    /// How long an idle server pump keeps watching its sockets before it sleeps (default
+    /// 20 µs, the pump's default). A request whose reply comes back within the spin is
+    /// forwarded with no thread wake-up on the server; see [`with_spin`](Self::with_spin).
+    pub spin: Duration,
     /// The bus held by the server.
     pub inner: InMemoryConfig,
 }
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             name: "mixbus".to_owned(),
             pumps: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            spin: PumpConfig::default().spin,
             inner: InMemoryConfig::default(),
         }
     }
@@ -180,6 +185,37 @@ impl ServerConfig {
     #[must_use]
     pub fn with_pumps(mut self, n: usize) -> Self {
         self.pumps = n.clamp(1, MAX_PUMPS);
+        self
+    }
+
+    /// Sets how long an idle server pump spins before it sleeps: latency for CPU.
+    ///
+    /// A request/reply round trip crosses the server twice, and each time the server's pump has
+    /// usually fallen asleep in between, so the kernel has to wake it (tens of microseconds on a
+    /// virtual machine). A pump that spins longer than the responder takes to answer forwards
+    /// the reply at once: on the 2-core machine of `BENCHMARKS.md`, 150 µs on one pump took
+    /// request/reply with inline handlers from about NATS's time to about half of it. The
+    /// price is CPU: a pump that hears from its clients more often than the spin lasts never
+    /// sleeps, so it can keep a core busy at a modest message rate, and each of the server's
+    /// pumps spins on its own, so spin only as many pumps as there are cores to spare (one
+    /// pump, [`with_pumps(1)`](Self::with_pumps), on a small machine). An idle server still
+    /// sleeps once the spin ends.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use mixbus_bus::{BusServer, ServerConfig};
+    ///
+    /// let config = ServerConfig::default()
+    ///     .with_pumps(1)
+    ///     .with_spin(Duration::from_micros(150));
+    /// let server = BusServer::bind("127.0.0.1:4999".parse().unwrap(), config)?;
+    /// # Ok::<(), mixbus_bus::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
         self
     }
 
@@ -1077,7 +1113,13 @@ impl BusServer {
         let stats = Arc::new(StatsCollector::new());
         bus.add_listener(stats.clone());
         let pumps = (0..config.pumps.clamp(1, MAX_PUMPS))
-            .map(|_| EventPump::with_config(PumpConfig::default().with_name("mixbus-server")))
+            .map(|_| {
+                EventPump::with_config(
+                    PumpConfig::default()
+                        .with_name("mixbus-server")
+                        .with_spin(config.spin),
+                )
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         // Frames between the limit and twice it are read whole and refused by this layer; the
         // queue layer cuts a frame whose header announces more than that at once, before its

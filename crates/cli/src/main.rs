@@ -81,6 +81,12 @@ enum Command {
         /// at most 4]. Several let a publisher and its subscribers use several cores.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         pumps: Option<u16>,
+        /// Microseconds an idle event pump keeps watching its sockets before it sleeps (0 to
+        /// 100000) [default: 20]. Longer answers requests sooner (no wake-up when the reply
+        /// comes within it) but can keep a core busy per pump: pair it with --pumps 1 on a small
+        /// machine.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+        spin_us: Option<u32>,
     },
     /// Publish a message (or each line of standard input) to a topic.
     #[command(
@@ -179,6 +185,14 @@ struct BenchArgs {
         conflicts_with_all = ["server", "memory"]
     )]
     pumps: Option<u16>,
+    /// Microseconds an idle pump of the embedded server spins before it sleeps (0 to 100000)
+    /// [default: 20]; see `mixbus serve --help`.
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(0..=100_000),
+        conflicts_with_all = ["server", "memory"]
+    )]
+    spin_us: Option<u32>,
     /// The server's token, if it asks for one.
     #[arg(long, env = "MIXBUS_TOKEN")]
     token: Option<String>,
@@ -253,7 +267,11 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
             let addr = match args.server {
                 Some(addr) => addr,
                 None => {
-                    let server = net::embedded_server(args.count, args.pumps.map(usize::from))?;
+                    let server = net::embedded_server(
+                        args.count,
+                        args.pumps.map(usize::from),
+                        args.spin_us.map(|us| Duration::from_micros(us.into())),
+                    )?;
                     let addr = server.local_addr();
                     embedded = Some(server);
                     addr
@@ -304,6 +322,7 @@ fn main() -> ExitCode {
             hold_publishers_above,
             max_in_flight_bytes,
             pumps,
+            spin_us,
         } => {
             let mut config = ServerConfig::default()
                 .with_max_connections(max_connections)
@@ -315,6 +334,9 @@ fn main() -> ExitCode {
             config.inner.max_in_flight_bytes = max_in_flight_bytes;
             if let Some(pumps) = pumps {
                 config = config.with_pumps(pumps.into());
+            }
+            if let Some(us) = spin_us {
+                config = config.with_spin(Duration::from_micros(us.into()));
             }
             if let Some(token) = token {
                 config = config.with_token(token);

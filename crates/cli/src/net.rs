@@ -55,6 +55,14 @@ fn stop_signal() -> Result<flume::Receiver<()>, CliError> {
 /// `mixbus serve`.
 pub(crate) fn serve(listen: SocketAddr, config: ServerConfig) -> Result<(), CliError> {
     let pumps = config.pumps;
+    let spin = (config.spin != ServerConfig::default().spin)
+        .then(|| {
+            format!(
+                ", each spinning {} µs before it sleeps",
+                config.spin.as_micros()
+            )
+        })
+        .unwrap_or_default();
     let server = BusServer::bind(listen, config)?;
     let stop = stop_signal()?;
     let pumps_word = if pumps == 1 {
@@ -63,7 +71,7 @@ pub(crate) fn serve(listen: SocketAddr, config: ServerConfig) -> Result<(), CliE
         "event pumps"
     };
     eprintln!(
-        "mixbus: serving on {} with {pumps} {pumps_word} (Ctrl-C to stop)",
+        "mixbus: serving on {} with {pumps} {pumps_word}{spin} (Ctrl-C to stop)",
         server.local_addr()
     );
     // The address alone on stdout, so scripts can read where we listen.
@@ -287,13 +295,20 @@ pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
 ///
 /// Bench publishers stream without confirms, so a consumer-group queue that fills would refuse
 /// messages the publisher never hears about: the embedded server's group queues hold `count`.
-pub(crate) fn embedded_server(count: u64, pumps: Option<usize>) -> Result<BusServer, CliError> {
+pub(crate) fn embedded_server(
+    count: u64,
+    pumps: Option<usize>,
+    spin: Option<Duration>,
+) -> Result<BusServer, CliError> {
     let addr = "127.0.0.1:0".parse().expect("a valid literal address");
     let capacity = usize::try_from(count).unwrap_or(usize::MAX).max(65_536);
     let inner = InMemoryConfig::default().with_group_capacity(capacity);
     let mut config = ServerConfig::default().with_inner(inner);
     if let Some(pumps) = pumps {
         config = config.with_pumps(pumps);
+    }
+    if let Some(spin) = spin {
+        config = config.with_spin(spin);
     }
     Ok(BusServer::bind(addr, config)?)
 }

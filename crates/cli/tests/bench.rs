@@ -61,6 +61,8 @@ fn a_bad_flag_is_one_clear_line_and_a_non_zero_exit() {
         (&["bench", "--workload", "nonsense"][..], "nonsense"),
         (&["bench", "--pumps", "0"][..], "1..=256"),
         (&["serve", "--pumps", "300"][..], "1..=256"),
+        (&["serve", "--spin-us", "100001"][..], "0..=100000"),
+        (&["bench", "--memory", "--spin-us", "100"][..], "--memory"),
     ] {
         let out = mixbus(args);
         assert!(!out.status.success(), "{args:?}");
@@ -99,4 +101,9 @@ fn bench_of_large_messages_through_the_server_is_verified() {
 #[test]
 fn bench_through_a_server_on_two_pumps_is_verified_for_every_workload() {
     every_workload_is_verified(&["--pumps", "2"]);
+}
+
+#[test]
+fn bench_through_a_spinning_server_is_verified_for_every_workload() {
+    every_workload_is_verified(&["--pumps", "1", "--spin-us", "150"]);
 }

@@ -1,0 +1,106 @@
+//! The idle spin (`PumpConfig::spin`): how long an idle pump watches its inbox and sockets before
+//! it sleeps. Work that arrives within it needs no wake-up; timers and shutdown are never delayed
+//! by it.
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mixbus_pump::{EventPump, OnceTask, PumpConfig};
+use support::{PATIENCE, SLACK, recv, wait_until};
+
+/// A spin far longer than any test waits: the pump never falls asleep on its own within a test.
+const LONG_SPIN: Duration = Duration::from_secs(30);
+
+/// How long the pump is left idle before the next post: far past the default spin (20 µs).
+const IDLE: Duration = Duration::from_millis(50);
+
+fn spinning_pump(spin: Duration) -> EventPump {
+    EventPump::with_config(PumpConfig::default().with_spin(spin)).unwrap()
+}
+
+/// Runs one task on `pump` and waits for it.
+fn run_one(pump: &EventPump) {
+    let (tx, rx) = flume::bounded(1);
+    pump.handle()
+        .post_fn("one", move |_cx| tx.send(()).unwrap())
+        .unwrap();
+    recv(&rx, "the posted task");
+}
+
+#[test]
+fn smoke() {
+    let pump = spinning_pump(Duration::ZERO);
+    run_one(&pump);
+    let report = pump.shutdown(PATIENCE);
+    assert!(!report.timed_out);
+}
+
+#[test]
+fn a_post_within_the_spin_needs_no_wake_up() {
+    let pump = spinning_pump(LONG_SPIN);
+    run_one(&pump);
+    // The scenario needs the pump idle for a while, so this one sleep is the test's subject,
+    // not a stand-in for synchronisation: a pump with the default spin is asleep by then.
+    thread::sleep(IDLE);
+    assert!(
+        !pump.handle().is_sleeping(),
+        "a pump spinning for {LONG_SPIN:?} fell asleep after {IDLE:?} idle"
+    );
+    let before = pump.stats().wakeups;
+    run_one(&pump);
+    assert_eq!(
+        pump.stats().wakeups,
+        before,
+        "a post within the spin woke the pump"
+    );
+}
+
+#[test]
+fn a_pump_with_the_default_spin_sleeps_and_a_post_wakes_it() {
+    // The counterpart of the test above: with the default spin the same post costs a wake-up.
+    let pump = EventPump::new().unwrap();
+    run_one(&pump);
+    wait_until("the idle pump to fall asleep", || {
+        pump.handle().is_sleeping()
+    });
+    let before = pump.stats().wakeups;
+    run_one(&pump);
+    assert_eq!(pump.stats().wakeups, before + 1);
+}
+
+#[test]
+fn a_spin_never_delays_a_timer() {
+    let pump = spinning_pump(LONG_SPIN);
+    run_one(&pump);
+    let delay = Duration::from_millis(20);
+    let (tx, rx) = flume::bounded(1);
+    let set = Instant::now();
+    pump.handle()
+        .post_after(
+            delay,
+            OnceTask::new("timer", move |_cx| tx.send(Instant::now()).unwrap()),
+        )
+        .unwrap();
+    let fired = recv(&rx, "the timer").duration_since(set);
+    assert!(fired >= delay, "the timer fired early, after {fired:?}");
+    assert!(
+        fired < delay + SLACK,
+        "the timer fired after {fired:?}: the spin held it back"
+    );
+}
+
+#[test]
+fn a_spinning_pump_shuts_down_at_once() {
+    let pump = spinning_pump(LONG_SPIN);
+    run_one(&pump);
+    let start = Instant::now();
+    let report = pump.shutdown(PATIENCE);
+    assert!(!report.timed_out, "the spinning pump did not stop");
+    assert!(
+        start.elapsed() < SLACK,
+        "shutting down a spinning pump took {:?}",
+        start.elapsed()
+    );
+}
