@@ -55,14 +55,14 @@ fn stop_signal() -> Result<flume::Receiver<()>, CliError> {
 /// `mixbus serve`.
 pub(crate) fn serve(listen: SocketAddr, config: ServerConfig) -> Result<(), CliError> {
     let pumps = config.pumps;
-    let spin = (config.spin != ServerConfig::default().spin)
-        .then(|| {
-            format!(
-                ", each spinning {} µs before it sleeps",
-                config.spin.as_micros()
-            )
-        })
-        .unwrap_or_default();
+    let spin = if config.spin == ServerConfig::default().spin {
+        String::new()
+    } else {
+        format!(
+            ", each spinning {} µs before it sleeps",
+            config.spin.as_micros()
+        )
+    };
     let server = BusServer::bind(listen, config)?;
     let stop = stop_signal()?;
     let pumps_word = if pumps == 1 {
