@@ -7,7 +7,8 @@
 //! members acking by hand, cases `bus_manual_ack`, `bus_inline_manual_ack` and
 //! `bus_2pumps_manual_ack`) and `network_latency/<case>/<size>` (cases `bus_request_reply`,
 //! `bus_request_reply_inline`, `bus_request_reply_2pumps`, `bus_request_reply_spin` and
-//! `bus_request_reply_inline_spin` (a server on one pump that spins 150 µs before it sleeps),
+//! `bus_request_reply_inline_spin` (a server on one pump, it and its clients spinning 150 µs
+//! before they sleep),
 //! `bus_publish_confirm`, `raw_tcp`).
 //! With `MIXBUS_NATS_ADDR=127.0.0.1:4222` set, the same throughput, fan-out, group and
 //! request/reply cases also run against that nats-server (`network_throughput/nats/<size>`,
@@ -54,12 +55,12 @@ fn server_on(pumps: usize) -> BusServer {
     server_with(ServerConfig::default().with_pumps(pumps))
 }
 
-/// A server on one pump that spins for [`SPIN`] before it sleeps.
+/// A server on one pump that spins for [`SPIN`] before it sleeps (its clients spin as long).
 fn spinning_server() -> BusServer {
     server_with(ServerConfig::default().with_pumps(1).with_spin(SPIN))
 }
 
-/// The idle spin of the `_spin` latency cases' server.
+/// The idle spin of the `_spin` latency cases' server and clients.
 const SPIN: Duration = Duration::from_micros(150);
 
 fn server_with(config: ServerConfig) -> BusServer {
@@ -70,13 +71,12 @@ fn server_with(config: ServerConfig) -> BusServer {
 }
 
 fn client(server: &BusServer, confirm: bool) -> RemoteBroker {
-    RemoteBroker::connect(
-        server.local_addr(),
-        RemoteConfig::default()
-            .with_confirm(confirm)
-            .with_publish_timeout(PATIENCE),
-    )
-    .expect("client")
+    client_with(server, RemoteConfig::default().with_confirm(confirm))
+}
+
+fn client_with(server: &BusServer, config: RemoteConfig) -> RemoteBroker {
+    RemoteBroker::connect(server.local_addr(), config.with_publish_timeout(PATIENCE))
+        .expect("client")
 }
 
 /// A counter that receivers bump, with a bounded, blocking wait for a target: the waiting bench
@@ -355,12 +355,26 @@ fn latency(c: &mut Criterion) {
     // Request/reply: the requester publishes on `req`, a responder answers on `rep`; then the
     // same with inline handlers on both sides (`req.inline`, `rep.inline`); then the default
     // handlers through a server on two pumps (the requester's connection on one, the
-    // responder's on the other); then both kinds of handler through a server on one pump that
-    // spins for `SPIN` before it sleeps (`ServerConfig::with_spin`).
+    // responder's on the other); then both kinds of handler through a server on one pump whose
+    // pump and clients' pumps spin for `SPIN` before they sleep (`ServerConfig::with_spin`,
+    // `RemoteConfig::with_spin`).
     let server2 = server_on(2);
     let server_spin = spinning_server();
-    let clients =
-        [&server, &server2, &server_spin].map(|s| (client(s, false), Arc::new(client(s, false))));
+    let clients = [
+        (&server, None),
+        (&server2, None),
+        (&server_spin, Some(SPIN)),
+    ]
+    .map(|(s, spin)| {
+        let mut config = RemoteConfig::default().with_confirm(false);
+        if let Some(spin) = spin {
+            config = config.with_spin(spin);
+        }
+        (
+            client_with(s, config.clone()),
+            Arc::new(client_with(s, config)),
+        )
+    });
     for (case, inline, which) in [
         ("bus_request_reply", false, 0),
         ("bus_request_reply_inline", true, 0),

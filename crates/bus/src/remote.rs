@@ -46,6 +46,9 @@ pub struct RemoteConfig {
     pub reconnect_backoff_max: Duration,
     /// The largest frame accepted from the server (default 16 MiB).
     pub max_frame_len: usize,
+    /// How long the client's idle event pump keeps watching its connection before it sleeps
+    /// (default 20 µs); see [`with_spin`](Self::with_spin).
+    pub spin: Duration,
 }
 
 impl Default for RemoteConfig {
@@ -60,6 +63,7 @@ impl Default for RemoteConfig {
             reconnect_backoff: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_millis(500),
             max_frame_len: 16 << 20,
+            spin: PumpConfig::default().spin,
         }
     }
 }
@@ -119,6 +123,29 @@ impl RemoteConfig {
     #[must_use]
     pub fn with_max_frame_len(mut self, bytes: usize) -> Self {
         self.max_frame_len = bytes;
+        self
+    }
+
+    /// Sets how long the client's idle event pump spins before it sleeps: latency for CPU, as
+    /// [`ServerConfig::with_spin`](crate::ServerConfig::with_spin) on the server.
+    ///
+    /// A reply (or the next request) that arrives within the spin is read with no thread
+    /// wake-up. Between looks the pump yields its core to any other runnable thread. A client
+    /// that hears from its server more often than the spin lasts never sleeps, so it can keep a
+    /// core busy; an idle one still sleeps once the spin ends.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mixbus_bus::RemoteConfig;
+    ///
+    /// let config = RemoteConfig::default().with_spin(Duration::from_micros(150));
+    /// assert_eq!(config.spin, Duration::from_micros(150));
+    /// ```
+    #[must_use]
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
         self
     }
 }
@@ -1066,7 +1093,8 @@ impl RemoteBroker {
     /// handshake (wrong token, version, connection limit), [`Error::Timeout`] when it does not
     /// answer, [`Error::Pump`] when the client's pump cannot start.
     pub fn connect(addr: SocketAddr, config: RemoteConfig) -> Result<RemoteBroker> {
-        let pump = EventPump::with_config(PumpConfig::default().with_workers(1))?;
+        let pump =
+            EventPump::with_config(PumpConfig::default().with_workers(1).with_spin(config.spin))?;
         let queue_config = QueueConfig::default()
             .with_max_frame_len(config.max_frame_len)
             .with_connect_timeout(config.connect_timeout)

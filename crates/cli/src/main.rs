@@ -185,12 +185,13 @@ struct BenchArgs {
         conflicts_with_all = ["server", "memory"]
     )]
     pumps: Option<u16>,
-    /// Microseconds an idle pump of the embedded server spins before it sleeps (0 to 100000)
-    /// [default: 20]; see `mixbus serve --help`.
+    /// Microseconds an idle event pump spins before it sleeps (0 to 100000), in the bench's
+    /// clients and the embedded server [default: 20]. Longer answers requests sooner, for CPU;
+    /// see `mixbus serve --help`.
     #[arg(
         long,
         value_parser = clap::value_parser!(u32).range(0..=100_000),
-        conflicts_with_all = ["server", "memory"]
+        conflicts_with = "memory"
     )]
     spin_us: Option<u32>,
     /// The server's token, if it asks for one.
@@ -203,6 +204,9 @@ struct BenchArgs {
     #[arg(long)]
     quiet: bool,
 }
+
+/// The bench's publishing and subscribing brokers, and the name of the backend.
+type Backend = (Arc<dyn Broker>, Arc<dyn Broker>, String);
 
 /// An error for the user: printed as one line.
 #[derive(Debug)]
@@ -256,39 +260,35 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
         progress: !args.quiet && !args.json,
     };
     let threads = (args.subscribers + 1).clamp(2, 8);
+    let spin = args.spin_us.map(|us| Duration::from_micros(us.into()));
     let mut embedded = None;
-    let (publisher, subscriber, backend): (Arc<dyn Broker>, Arc<dyn Broker>, String) =
-        if args.memory {
-            let broker: Arc<dyn Broker> = Arc::new(InMemoryBroker::with_config(
-                InMemoryConfig::default().with_dispatch_threads(threads),
-            )?);
-            (broker.clone(), broker, "memory".into())
-        } else {
-            let addr = match args.server {
-                Some(addr) => addr,
-                None => {
-                    let server = net::embedded_server(
-                        args.count,
-                        args.pumps.map(usize::from),
-                        args.spin_us.map(|us| Duration::from_micros(us.into())),
-                    )?;
-                    let addr = server.local_addr();
-                    embedded = Some(server);
-                    addr
-                }
-            };
-            let token = args.token.as_deref();
-            // Publishers stream without waiting for a confirm per message, as a bench should;
-            // every message is still checked on arrival.
-            let publisher: Arc<dyn Broker> = Arc::new(net::connect_with(addr, token, false)?);
-            let subscriber: Arc<dyn Broker> = Arc::new(net::connect(addr, token)?);
-            let name = if embedded.is_some() {
-                "embedded"
-            } else {
-                "server"
-            };
-            (publisher, subscriber, name.into())
+    let (publisher, subscriber, backend): Backend = if args.memory {
+        let broker: Arc<dyn Broker> = Arc::new(InMemoryBroker::with_config(
+            InMemoryConfig::default().with_dispatch_threads(threads),
+        )?);
+        (broker.clone(), broker, "memory".into())
+    } else {
+        let addr = match args.server {
+            Some(addr) => addr,
+            None => {
+                let server = net::embedded_server(args.count, args.pumps.map(usize::from), spin)?;
+                let addr = server.local_addr();
+                embedded = Some(server);
+                addr
+            }
         };
+        let token = args.token.as_deref();
+        // Publishers stream without waiting for a confirm per message, as a bench should;
+        // every message is still checked on arrival.
+        let publisher: Arc<dyn Broker> = Arc::new(net::connect_with(addr, token, false, spin)?);
+        let subscriber: Arc<dyn Broker> = Arc::new(net::connect_with(addr, token, true, spin)?);
+        let name = if embedded.is_some() {
+            "embedded"
+        } else {
+            "server"
+        };
+        (publisher, subscriber, name.into())
+    };
     let outcome = bench::run(publisher.clone(), subscriber.clone(), &backend, &plan)?;
     publisher.close(Duration::from_secs(5));
     subscriber.close(Duration::from_secs(5));

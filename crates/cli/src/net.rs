@@ -17,20 +17,25 @@ pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:4999";
 
 /// Connects to a server as a client.
 pub(crate) fn connect(server: SocketAddr, token: Option<&str>) -> Result<RemoteBroker, CliError> {
-    connect_with(server, token, true)
+    connect_with(server, token, true, None)
 }
 
 /// Connects as a client; without `confirm`, publish returns once the message is queued to the
-/// socket instead of waiting for the server's confirmation.
+/// socket instead of waiting for the server's confirmation. `spin` sets the client pump's idle
+/// spin (the default without).
 pub(crate) fn connect_with(
     server: SocketAddr,
     token: Option<&str>,
     confirm: bool,
+    spin: Option<Duration>,
 ) -> Result<RemoteBroker, CliError> {
     let mut config = RemoteConfig::default()
         .with_confirm(confirm)
         .with_name("mixbus-cli")
         .with_connect_timeout(Duration::from_secs(3));
+    if let Some(spin) = spin {
+        config = config.with_spin(spin);
+    }
     if let Some(token) = token {
         config = config.with_token(token);
     }
