@@ -360,16 +360,14 @@ fn latency(c: &mut Criterion) {
     // `RemoteConfig::with_spin`).
     let server2 = server_on(2);
     let server_spin = spinning_server();
+    let default_spin = RemoteConfig::default().spin;
     let clients = [
-        (&server, None),
-        (&server2, None),
-        (&server_spin, Some(SPIN)),
+        (&server, default_spin),
+        (&server2, default_spin),
+        (&server_spin, SPIN),
     ]
     .map(|(s, spin)| {
-        let mut config = RemoteConfig::default().with_confirm(false);
-        if let Some(spin) = spin {
-            config = config.with_spin(spin);
-        }
+        let config = RemoteConfig::default().with_confirm(false).with_spin(spin);
         (
             client_with(s, config.clone()),
             Arc::new(client_with(s, config)),

@@ -114,11 +114,10 @@ impl PumpConfig {
     /// Work that arrives while it spins is taken at once: no thread wake-up, which costs tens of
     /// microseconds on a virtual machine. Between looks it yields its core to any other runnable
     /// thread, so a spinning pump delays no other thread by more than one look (a zero-timeout
-    /// poll). A longer spin trades CPU for latency: a pump that
-    /// hears from a peer within the spin never sleeps, so it can keep a core busy while
-    /// messages come more often than the spin lasts, and on a machine with fewer free cores
-    /// than spinning pumps it takes the CPU that the other threads need. An idle pump still
-    /// sleeps once the spin ends.
+    /// poll). A longer spin trades CPU for latency: a pump that hears from a peer within the
+    /// spin never sleeps, so it can keep a core busy while messages come more often than the
+    /// spin lasts, and on a machine with fewer free cores than spinning pumps it takes the CPU
+    /// that the other threads need. An idle pump still sleeps once the spin ends.
     ///
     /// # Examples
     ///
@@ -963,14 +962,19 @@ impl Loop {
         }
     }
 
+    /// How long until the next timer is due (none if no timer is pending).
+    fn until_next_timer(&self) -> Option<Duration> {
+        self.timers
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
     fn poll_io(&mut self) {
         let shared = self.handle.shared.clone();
         let mut timeout = if !self.run_queue.is_empty() || self.stop_deadline.is_some() {
             Some(Duration::ZERO)
         } else {
-            self.timers
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()))
+            self.until_next_timer()
         };
         let mut may_sleep = timeout != Some(Duration::ZERO);
         if may_sleep {
@@ -983,12 +987,7 @@ impl Loop {
                     timeout = Some(Duration::ZERO);
                 }
                 // The spin took some of the time to the next timer: sleep only what is left.
-                Spin::Idle => {
-                    timeout = self
-                        .timers
-                        .next_deadline()
-                        .map(|d| d.saturating_duration_since(Instant::now()));
-                }
+                Spin::Idle => timeout = self.until_next_timer(),
             }
         }
         if may_sleep {
