@@ -757,7 +757,10 @@ impl Client {
 
     /// Sends the acks this thread deferred, one ACK or ACKS frame per subscription.
     fn flush_acks(&self) {
-        let mut acks = DEFERRED.with_borrow_mut(|d| std::mem::take(&mut d.acks));
+        let mut acks = DEFERRED.with_borrow_mut(|d| {
+            d.manual = false;
+            std::mem::take(&mut d.acks)
+        });
         if acks.is_empty() {
             return;
         }
@@ -789,6 +792,17 @@ impl Client {
         });
     }
 
+    /// Sends the acks deferred on this thread before a publish from it, if this is one of
+    /// this client's dispatch threads and its handler acked by hand since the last flush (a
+    /// thread-local look otherwise). Automatic acks wait for the end of the batch as before:
+    /// they follow the handler, and so any publish it made, whatever the order.
+    fn flush_acks_before_publish(self: &Arc<Self>) {
+        let me = Arc::as_ptr(self) as usize;
+        if DEFERRED.with_borrow(|d| d.client == me && d.manual) {
+            self.flush_acks();
+        }
+    }
+
     /// Defers an ack to the end of the batch when called from one of this client's dispatch
     /// threads (a handler acking by hand); returns false elsewhere.
     fn defer_ack(self: &Arc<Self>, delivery: DeliveryId) -> bool {
@@ -798,6 +812,7 @@ impl Client {
                 return false;
             }
             d.acks.push((delivery.subscription.0, delivery.message.0));
+            d.manual = true;
             true
         })
     }
@@ -871,6 +886,8 @@ impl AckClock {
 struct Deferred {
     client: usize,
     acks: Vec<(u64, u64)>,
+    /// A handler acked by hand since the last flush (a publish from it flushes first).
+    manual: bool,
 }
 
 /// Most bytes of unconfirmed publishes held to send again after a reconnection (the default
@@ -1189,6 +1206,9 @@ impl Broker for RemoteBroker {
     fn publish(&self, message: Message) -> Result<MessageId> {
         let c = &self.client;
         validate_topic_cached(message.shared_topic())?;
+        // A handler that acked by hand before it published: its acks go on the wire ahead of
+        // the publish, so a reply never overtakes the ack of its request.
+        c.flush_acks_before_publish();
         let timeout = c.config.publish_timeout;
         // The clock is read only for a confirm (the common unconfirmed publish never waits).
         let start = c.config.confirm.then(Instant::now);

@@ -816,3 +816,55 @@ fn close_counts_the_unconfirmed_publishes_it_could_not_write() {
         "{report}"
     );
 }
+
+/// A handler that acks by hand and then publishes: the ack goes on the wire ahead of the
+/// publish, though a batch's acks are otherwise sent at its end. A requester that drops the
+/// responder's subscription as soon as the reply arrives leaves nothing un-acked behind, where
+/// the server would re-queue the request ("group member left before ack").
+#[test]
+fn a_manual_ack_goes_out_ahead_of_the_handlers_next_publish() {
+    let server = server(2);
+    let responder = Arc::new(remote(&server));
+    let (go_tx, go_rx) = flume::bounded::<()>(1);
+    let weak = Arc::downgrade(&responder);
+    let sub = responder
+        .subscribe(
+            "ordered.req",
+            SubscribeOptions::group("responders").manual_ack(),
+            Handler::new(move |m: &Message| {
+                if let (Some(r), Some(delivery)) = (weak.upgrade(), m.delivery_id()) {
+                    r.ack(delivery)?;
+                    r.publish(Message::new("ordered.rep", m.payload().clone()))?;
+                }
+                // Hold the batch open (its deferred acks would go at its end) until the
+                // subscription has been dropped.
+                let _ = go_rx.recv_timeout(WAIT);
+                Ok(())
+            }),
+        )
+        .unwrap();
+    let requester = remote(&server);
+    let (h, replies) = collector();
+    let _replies = requester
+        .subscribe("ordered.rep", SubscribeOptions::default(), h)
+        .unwrap();
+    wait_until("both subscriptions on the server", || {
+        server.stats().subscriptions == 2
+    });
+    requester
+        .publish(Message::new("ordered.req", "ping"))
+        .unwrap();
+    assert_eq!(recv(&replies).payload(), "ping".as_bytes());
+    drop(sub);
+    wait_until("the unsubscribe to reach the server", || {
+        server.stats().subscriptions == 1
+    });
+    go_tx.send(()).unwrap();
+    let acked = |s: &mixbus_bus::StatsSnapshot| s.topic("ordered.req").map_or(0, |t| t.acked);
+    wait_until("the request to be acked", || {
+        acked(&server.stats().bus) == 1
+    });
+    let stats = server.stats().bus;
+    let queued: u64 = stats.queues.iter().map(|q| q.depth).sum();
+    assert_eq!((queued, stats.total.redelivered), (0, 0));
+}

@@ -501,12 +501,18 @@ fn run_reqrep(
     let size = plan.size.max(MIN_SIZE);
     let origin = Instant::now();
     let weak: Weak<dyn Broker> = Arc::downgrade(&responder_broker);
-    // The responder answers each request on the reply topic with the same payload.
+    // The responder answers each request on the reply topic with the same payload. It acks
+    // the request before it replies, so the ack is on the wire ahead of the reply: with an
+    // ack after the handler, the last request could still be un-acked when the bench drops
+    // the subscription, and the server would re-deliver it ("group member left before ack").
     let responder = responder_broker.subscribe(
         "bench.req",
-        SubscribeOptions::group("responders"),
+        SubscribeOptions::group("responders").manual_ack(),
         Handler::new(move |msg: &Message| {
             if let Some(broker) = weak.upgrade() {
+                if let Some(delivery) = msg.delivery_id() {
+                    broker.ack(delivery)?;
+                }
                 publish_retrying(&*broker, Message::new("bench.rep", msg.payload().clone()))?;
             }
             Ok(())
