@@ -792,12 +792,13 @@ impl Client {
         });
     }
 
-    /// Sends the acks deferred on this thread before a publish from it, if this is one of
-    /// this client's dispatch threads and its handler acked by hand since the last flush (a
-    /// thread-local look otherwise). Automatic acks wait for the end of the batch as before:
-    /// they follow the handler, and so any publish it made, whatever the order.
-    fn flush_acks_before_publish(self: &Arc<Self>) {
-        let me = Arc::as_ptr(self) as usize;
+    /// Sends the acks deferred on this thread ahead of an operation it is about to send (a
+    /// publish, an unsubscribe), if this is one of this client's dispatch threads and its
+    /// handler acked by hand since the last flush (a thread-local look otherwise). Automatic
+    /// acks wait for the end of the batch as before: they follow the handler, and so anything
+    /// it sent, whatever the order.
+    fn flush_manual_acks(&self) {
+        let me = self as *const Client as usize;
         if DEFERRED.with_borrow(|d| d.client == me && d.manual) {
             self.flush_acks();
         }
@@ -1208,7 +1209,7 @@ impl Broker for RemoteBroker {
         validate_topic_cached(message.shared_topic())?;
         // A handler that acked by hand before it published: its acks go on the wire ahead of
         // the publish, so a reply never overtakes the ack of its request.
-        c.flush_acks_before_publish();
+        c.flush_manual_acks();
         let timeout = c.config.publish_timeout;
         // The clock is read only for a confirm (the common unconfirmed publish never waits).
         let start = c.config.confirm.then(Instant::now);

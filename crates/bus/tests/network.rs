@@ -860,9 +860,8 @@ fn a_manual_ack_goes_out_ahead_of_the_handlers_next_publish() {
         server.stats().subscriptions == 1
     });
     go_tx.send(()).unwrap();
-    let acked = |s: &mixbus_bus::StatsSnapshot| s.topic("ordered.req").map_or(0, |t| t.acked);
     wait_until("the request to be acked", || {
-        acked(&server.stats().bus) == 1
+        server.stats().bus.topic("ordered.req").map(|t| t.acked) == Some(1)
     });
     let stats = server.stats().bus;
     let queued: u64 = stats.queues.iter().map(|q| q.depth).sum();
