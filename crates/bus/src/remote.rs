@@ -824,6 +824,9 @@ impl Client {
         };
         sub.active.store(false, Ordering::Release);
         lock(&sub.tx).take();
+        // A handler that acked by hand and then ends a subscription: its acks go first, or
+        // the server would re-queue what it acked.
+        self.flush_manual_acks();
         self.send_now(&Op::Unsubscribe { sub: id });
         lock(&self.unacked).retain(|d| d.subscription.0 != id);
         self.listeners

@@ -867,3 +867,40 @@ fn a_manual_ack_goes_out_ahead_of_the_handlers_next_publish() {
     let queued: u64 = stats.queues.iter().map(|q| q.depth).sum();
     assert_eq!((queued, stats.total.redelivered), (0, 0));
 }
+
+/// A handler that acks by hand and then unsubscribes: the ack goes first, so the server has
+/// nothing un-acked to re-queue when the subscription ends.
+#[test]
+fn a_manual_ack_goes_out_ahead_of_the_handlers_unsubscribe() {
+    let server = server(2);
+    let member = Arc::new(remote(&server));
+    let weak = Arc::downgrade(&member);
+    let _sub = member
+        .subscribe(
+            "once",
+            SubscribeOptions::group("workers").manual_ack(),
+            Handler::new(move |m: &Message| {
+                if let (Some(b), Some(delivery)) = (weak.upgrade(), m.delivery_id()) {
+                    b.ack(delivery)?;
+                    b.unsubscribe(delivery.subscription);
+                }
+                Ok(())
+            }),
+        )
+        .unwrap();
+    wait_until("the subscription on the server", || {
+        server.stats().subscriptions == 1
+    });
+    remote(&server)
+        .publish(Message::new("once", "job"))
+        .unwrap();
+    wait_until("the job to be acked", || {
+        server.stats().bus.topic("once").map(|t| t.acked) == Some(1)
+    });
+    wait_until("the unsubscribe to reach the server", || {
+        server.stats().subscriptions == 0
+    });
+    let stats = server.stats().bus;
+    let queued: u64 = stats.queues.iter().map(|q| q.depth).sum();
+    assert_eq!((queued, stats.total.redelivered), (0, 0));
+}
