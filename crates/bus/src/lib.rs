@@ -61,6 +61,7 @@
 
 mod broker;
 mod error;
+mod idhash;
 mod listener;
 mod memory;
 mod message;

@@ -12,7 +12,6 @@
 
 use std::any::Any;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::broker::{Broker, CloseReport, Handler, ListenerId, OverflowHook, Subscription};
 use crate::error::{Error, Result};
+use crate::idhash::IdMap;
 use crate::listener::{BrokerListener, DropReason, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
@@ -595,28 +595,6 @@ impl Timer {
         lock(&self.state).heap.len()
     }
 }
-
-/// A hasher for the broker's integer ids (sequential, never chosen by a peer): one multiply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

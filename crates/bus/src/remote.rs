@@ -1,7 +1,7 @@
 //! [`RemoteBroker`]: the [`Broker`] trait over a connection to a [`BusServer`](crate::BusServer),
 //! with reconnection and re-subscription.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
 use crate::error::{Error, Result};
+use crate::idhash::IdSet;
 use crate::listener::{BrokerListener, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
@@ -243,7 +244,7 @@ struct Client {
     next_id: AtomicU64,
     listeners: Listeners,
     /// Manual deliveries handed to handlers and not yet acked or nacked.
-    unacked: Mutex<HashSet<DeliveryId>>,
+    unacked: Mutex<IdSet<DeliveryId>>,
     delivered: AtomicU64,
     queued: AtomicU64,
     running: AtomicU64,
@@ -1131,7 +1132,7 @@ impl RemoteBroker {
             subs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             listeners: Listeners::default(),
-            unacked: Mutex::new(HashSet::new()),
+            unacked: Mutex::new(IdSet::default()),
             delivered: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             running: AtomicU64::new(0),

@@ -652,6 +652,10 @@ impl ConnListener {
 /// A DELIVERS frame is closed once it holds this many bytes; the next delivery opens another.
 const FRAME_TARGET: usize = 64 << 10;
 
+/// Room a frame is opened with: the target and a delivery past it (one with a shared payload
+/// adds only its head), so a frame is not copied to a larger buffer as it fills.
+const FRAME_ROOM: usize = FRAME_TARGET + (16 << 10);
+
 /// A delivery's payload of at least this many bytes is not copied into its DELIVERS frame but
 /// sent from the message's own buffer (the frame goes out in parts, gathered by one `writev`):
 /// a fan-out of large messages shares one payload to the socket.
@@ -750,7 +754,7 @@ impl Forwarder {
             conn,
             sub,
             out: Mutex::new(Outgoing {
-                buf: BytesMut::with_capacity(FRAME_TARGET),
+                buf: BytesMut::with_capacity(FRAME_ROOM),
                 frames: VecDeque::new(),
                 open: None,
                 pieces: Vec::new(),
@@ -817,6 +821,11 @@ impl Forwarder {
         }
         if batched {
             if out.open.is_none() {
+                if out.buf.capacity() < FRAME_ROOM {
+                    // Empty (frames are split off whole), so this copies nothing: it takes the
+                    // allocation back if every frame split off it is written, or starts another.
+                    out.buf.reserve(FRAME_ROOM);
+                }
                 let at = protocol::begin_delivers(&mut out.buf, self.sub);
                 out.open = Some((at, 0));
             }
