@@ -69,6 +69,8 @@ mod sys;
 
 pub mod net;
 
+/// The buffer [`net::TcpStream::read_buf`] appends to (the `bytes` crate's).
+pub use bytes::BytesMut;
 pub use error::{Error, Result};
 pub use poll::{Event, Events, Interest, Poll, Registry, Token, Waker};
 pub use sys::{Registration, Source};

@@ -6,6 +6,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::{Error, Result};
@@ -259,6 +260,58 @@ impl TcpStream {
     /// As the operating system reports (`NotConnected` if the peer is gone).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.inner.shutdown(how)
+    }
+
+    /// Reads once, appending to `buf` after making room for at least `room` bytes; returns how
+    /// many were read, `0` at end of stream. Unlike [`Read::read`], which needs initialised
+    /// memory, the room is not zero-filled first: the kernel writes into it directly.
+    /// An interrupted read is retried.
+    ///
+    /// # Errors
+    /// As the operating system reports; `WouldBlock` when nothing is ready.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::io::Write;
+    /// use mixbus_eventq::net::TcpStream;
+    /// # use std::time::{Duration, Instant};
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let mut writer = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let reader = TcpStream::from_std(listener.accept()?.0)?;
+    /// writer.write_all(b"hello")?;
+    ///
+    /// let mut buf = mixbus_eventq::BytesMut::from(&b"> "[..]);
+    /// # let deadline = Instant::now() + Duration::from_secs(10);
+    /// while buf.len() < 7 {
+    ///     match reader.read_buf(&mut buf, 64) {
+    ///         Ok(n) => assert!(n > 0),
+    ///         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+    /// #           assert!(Instant::now() < deadline);
+    ///             std::thread::yield_now(); // A real program waits for readiness.
+    ///         }
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// assert_eq!(&buf[..], b"> hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_buf(&self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+        buf.reserve(room.max(1));
+        let sock = SockRef::from(&self.inner);
+        loop {
+            match sock.recv(buf.spare_capacity_mut()) {
+                Ok(n) => {
+                    // SAFETY: `recv` wrote `n` bytes at the start of the spare capacity it was
+                    // given (socket2 returns the count the kernel reported, at most the slice's
+                    // length), so the first `len + n` bytes are initialised and within capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    return Ok(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
 

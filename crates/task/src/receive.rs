@@ -172,8 +172,7 @@ impl<E: ReceiveEvents> Task for ReceiveTask<E> {
             let Some(source) = self.source.as_ref() else {
                 return Next::Done;
             };
-            let mut reader = &**source;
-            match self.decoder.read_from(&mut reader, READ_CHUNK) {
+            match self.decoder.read_stream(source, READ_CHUNK) {
                 Ok(0) => {
                     if let Some(next) = self.deliver(cx) {
                         return next;
