@@ -142,6 +142,9 @@ enum Command {
     /// ahead of the subscribers: a server cuts off a consumer that falls its outbound limit
     /// behind (8 MiB by default) as a slow consumer, and a publisher of large messages running
     /// flat out would get a healthy one cut off.
+    ///
+    /// Latency is timed on every 16th message of each publisher (pubsub, fanout, group) and on
+    /// every round trip (reqrep).
     #[command(
         after_help = "Examples:\n  mixbus bench\n  mixbus bench --workload group --subscribers 4 --count 200000\n  mixbus bench --workload reqrep --count 10000 --json"
     )]
