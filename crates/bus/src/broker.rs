@@ -39,6 +39,9 @@ pub struct Handler {
     /// Run by the in-memory broker after each run of deliveries to one subscription (the bus
     /// server uses it to send what the run buffered as one frame).
     batch_end: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
+    /// Takes a whole run of deliveries at once instead of `call` per message; it cannot fail
+    /// (the bus server's forwarder: one lock per run instead of one per message).
+    call_all: Option<CallAll>,
     /// Where the in-memory broker runs the subscription's deliveries instead of its dispatch
     /// threads (the bus server: on its pump); returns false when it cannot take the work.
     executor: Option<Executor>,
@@ -52,6 +55,9 @@ pub struct Handler {
 /// Called when a cut-off queue overflows, with its capacity.
 pub(crate) type OverflowHook = Arc<dyn Fn(usize) + Send + Sync + 'static>;
 
+/// Handles a run of deliveries at once (see [`Handler::with_call_all`]).
+pub(crate) type CallAll = Arc<dyn Fn(&[Message]) + Send + Sync + 'static>;
+
 /// Runs a subscription's deliveries somewhere else than the in-memory broker's dispatch threads.
 pub(crate) type Executor = Arc<dyn Fn(Box<dyn FnOnce() + Send>) -> bool + Send + Sync + 'static>;
 
@@ -64,6 +70,7 @@ impl Handler {
         Self {
             call: Arc::new(f),
             batch_end: None,
+            call_all: None,
             executor: None,
             inline: false,
             overflow: None,
@@ -160,6 +167,21 @@ impl Handler {
     /// Runs the handler on one message.
     pub fn call(&self, message: &Message) -> HandlerResult {
         (self.call)(message)
+    }
+
+    /// Makes the in-memory broker hand each run of deliveries to `f` at once instead of calling
+    /// the handler per message; `f` handles every message it is given, successfully.
+    pub(crate) fn with_call_all<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&[Message]) + Send + Sync + 'static,
+    {
+        self.call_all = Some(Arc::new(f));
+        self
+    }
+
+    /// The hook of [`with_call_all`](Self::with_call_all), if any.
+    pub(crate) fn call_all(&self) -> Option<&CallAll> {
+        self.call_all.as_ref()
     }
 
     /// Runs the batch-end hook, if any.

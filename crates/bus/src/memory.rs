@@ -411,8 +411,85 @@ impl Inbox {
 
 #[derive(Default)]
 struct Unacked {
-    map: IdMap<MessageId, Message>,
+    map: InFlight,
     order: VecDeque<(Instant, MessageId, u32)>,
+}
+
+/// A subscription's un-acked messages by id. A subscription's deliveries come in rising id
+/// order and its acks mostly in the same order, so they are kept in a deque in delivery order
+/// (an ack finds its message at the front, else by binary search), with a map only for
+/// re-deliveries, whose ids are lower than the newest delivered. A hash map for all of them was
+/// the server's costliest lookup: its buckets were cold by the time the ack came.
+#[derive(Default)]
+struct InFlight {
+    /// Strictly rising ids; `None` once removed (trimmed off the front, or compacted away).
+    seq: VecDeque<(MessageId, Option<Message>)>,
+    /// The `Some` entries of `seq`.
+    live: usize,
+    /// Messages delivered again, whose ids are below the newest in `seq`.
+    late: IdMap<MessageId, Message>,
+}
+
+impl InFlight {
+    /// Entries of `seq` past which removed ones are compacted away, if they outnumber the live.
+    const COMPACT_AT: usize = 1024;
+
+    fn insert(&mut self, id: MessageId, msg: Message) {
+        if self.seq.back().is_none_or(|&(last, _)| id > last) {
+            self.seq.push_back((id, Some(msg)));
+            self.live += 1;
+        } else {
+            self.late.insert(id, msg);
+        }
+    }
+
+    /// Where `id` is in `seq`, if it is there (live or removed).
+    fn position(&self, id: MessageId) -> Option<usize> {
+        match self.seq.front() {
+            Some(&(front, _)) if front == id => Some(0),
+            Some(&(front, _)) if front < id => self.seq.binary_search_by_key(&id, |e| e.0).ok(),
+            _ => None,
+        }
+    }
+
+    fn get(&self, id: &MessageId) -> Option<&Message> {
+        self.position(*id)
+            .and_then(|i| self.seq[i].1.as_ref())
+            .or_else(|| self.late.get(id))
+    }
+
+    fn remove(&mut self, id: &MessageId) -> Option<Message> {
+        if let Some(msg) = self.position(*id).and_then(|i| self.seq[i].1.take()) {
+            self.live -= 1;
+            while self.seq.front().is_some_and(|e| e.1.is_none()) {
+                self.seq.pop_front();
+            }
+            // Removed entries behind a message still un-acked would pile up while it waits.
+            if self.seq.len() >= Self::COMPACT_AT && self.seq.len() > 2 * self.live {
+                self.seq.retain(|e| e.1.is_some());
+            }
+            return Some(msg);
+        }
+        // A removed entry in `seq` may have been delivered again since, into `late`.
+        self.late.remove(id)
+    }
+
+    /// Takes every message out, those delivered first (in delivery order) then the others.
+    fn drain(&mut self) -> impl Iterator<Item = Message> + '_ {
+        self.live = 0;
+        self.seq
+            .drain(..)
+            .filter_map(|(_, m)| m)
+            .chain(self.late.drain().map(|(_, m)| m))
+    }
+
+    fn len(&self) -> usize {
+        self.live + self.late.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Unacked {
@@ -1084,7 +1161,7 @@ impl Shared {
         let unacked: Vec<Message> = {
             let mut u = lock(&sub.unacked);
             u.order.clear();
-            u.map.drain().map(|(_, m)| m).collect()
+            u.map.drain().collect()
         };
         sub.in_flight.store(0, Ordering::Release);
         sub.in_flight_bytes.store(0, Ordering::Release);
@@ -1421,6 +1498,30 @@ impl Shared {
             notifier.each("dispatched", |l| l.dispatched_all(taken, &sub.info));
         }
         let busy = ctx.slot.and_then(|slot| self.busy.get(slot)).map(|b| &b.0);
+        if let Some(call_all) = sub.handler.call_all() {
+            if let Some(busy) = busy {
+                busy.store(true, Ordering::Release);
+            }
+            let result = catch_unwind(AssertUnwindSafe(|| call_all(taken)));
+            if let Some(busy) = busy {
+                busy.store(false, Ordering::Release);
+            }
+            match result {
+                Ok(()) if listen => {
+                    notifier.each("processed", |l| l.processed_all(taken, &sub.info));
+                }
+                Ok(()) => {}
+                Err(payload) => {
+                    // Not meant to happen; if it does, every message of the run is retried.
+                    let error = panic_text(payload.as_ref());
+                    for msg in taken.iter() {
+                        self.delivery_failed(sub, msg.clone(), &error, notifier);
+                    }
+                }
+            }
+            taken.clear();
+            return;
+        }
         // Where the run of messages not yet told as processed starts.
         let mut ok_from = 0;
         for i in 0..taken.len() {
@@ -1687,5 +1788,66 @@ impl Broker for InMemoryBroker {
 
     fn close(&self, timeout: Duration) -> CloseReport {
         self.shared.close(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: u64) -> Message {
+        Message::new("t", "").stamped(MessageId(id), SystemTime::UNIX_EPOCH)
+    }
+
+    fn ids(f: &InFlight) -> Vec<u64> {
+        let mut ids: Vec<u64> = (0..200)
+            .filter(|&i| f.get(&MessageId(i)).is_some())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn in_flight_finds_what_was_inserted_in_any_order_of_removal() {
+        let mut f = InFlight::default();
+        for id in [3, 5, 8, 13] {
+            f.insert(MessageId(id), msg(id));
+        }
+        assert_eq!(f.len(), 4);
+        // Out of order: the middle, then the front, then an unknown id.
+        assert_eq!(f.remove(&MessageId(8)).map(|m| m.id()), Some(MessageId(8)));
+        assert!(f.remove(&MessageId(8)).is_none(), "removed once only");
+        assert_eq!(f.remove(&MessageId(3)).map(|m| m.id()), Some(MessageId(3)));
+        assert!(f.remove(&MessageId(4)).is_none());
+        assert_eq!(ids(&f), [5, 13]);
+        // A re-delivery below the newest id goes aside, and is found there.
+        f.insert(MessageId(8), msg(8));
+        f.insert(MessageId(2), msg(2));
+        assert_eq!(ids(&f), [2, 5, 8, 13]);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.remove(&MessageId(8)).map(|m| m.id()), Some(MessageId(8)));
+        let rest: Vec<u64> = f.drain().map(|m| m.id().0).collect();
+        assert_eq!(rest[..2], [5, 13], "delivery order first");
+        assert_eq!(rest[2..], [2]);
+        assert!(f.is_empty());
+        assert!(f.remove(&MessageId(5)).is_none());
+    }
+
+    #[test]
+    fn in_flight_stays_small_behind_a_message_never_acked() {
+        let mut f = InFlight::default();
+        f.insert(MessageId(0), msg(0));
+        for id in 1..100_000 {
+            f.insert(MessageId(id), msg(id));
+            assert!(f.remove(&MessageId(id)).is_some());
+        }
+        assert_eq!(f.len(), 1);
+        assert!(
+            f.seq.len() <= InFlight::COMPACT_AT,
+            "{} entries kept",
+            f.seq.len()
+        );
+        assert_eq!(f.remove(&MessageId(0)).map(|m| m.id()), Some(MessageId(0)));
+        assert!(f.seq.is_empty());
     }
 }

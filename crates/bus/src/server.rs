@@ -771,10 +771,12 @@ impl Forwarder {
             .upgrade()
             .map(|s| s.pumps.clone())
             .unwrap_or_default();
+        let one = me.clone();
         let handler = Handler::new(move |msg: &Message| {
-            me.push(msg);
+            one.push(std::slice::from_ref(msg));
             Ok(())
         })
+        .with_call_all(move |msgs: &[Message]| me.push(msgs))
         .with_batch_end(move || flusher.flush());
         match pump {
             // Deliveries run on the subscriber's connection pump, not on a dispatch thread. A
@@ -800,7 +802,8 @@ impl Forwarder {
         }
     }
 
-    fn push(&self, msg: &Message) {
+    /// Encodes a run of deliveries (one lock for all of them).
+    fn push(&self, msgs: &[Message]) {
         let mut out = lock(&self.out);
         let out = &mut *out;
         if out.conn.is_none() {
@@ -815,6 +818,12 @@ impl Forwarder {
             return;
         }
         let batched = conn.batched.load(Ordering::Acquire);
+        for msg in msgs {
+            self.push_one(out, batched, msg);
+        }
+    }
+
+    fn push_one(&self, out: &mut Outgoing, batched: bool, msg: &Message) {
         let at = msg.published_at();
         if out.published.0 != at {
             out.published = (at, micros_since_epoch(at));
