@@ -35,6 +35,8 @@ pub(crate) struct Plan {
     pub(crate) count: u64,
     pub(crate) publishers: usize,
     pub(crate) subscribers: usize,
+    /// Subscribers' handlers run inline (streaming workloads).
+    pub(crate) inline: bool,
     pub(crate) progress: bool,
 }
 
@@ -380,6 +382,11 @@ pub(crate) fn run(
             pace.delivered();
             Ok(())
         });
+        let handler = if plan.inline {
+            handler.inline()
+        } else {
+            handler
+        };
         subs.push(subscriber.subscribe("bench.data", options, handler)?);
     }
 

@@ -197,6 +197,11 @@ struct BenchArgs {
         conflicts_with = "memory"
     )]
     spin_us: Option<u32>,
+    /// Run the subscribers' handlers (pubsub, fanout, group) inline, on their connection's I/O
+    /// thread (`Handler::inline`), instead of handing each batch to a thread of the
+    /// subscription's own: no hand-off and no wake-up, for handlers that never block.
+    #[arg(long, conflicts_with = "memory")]
+    inline: bool,
     /// The server's token, if it asks for one.
     #[arg(long, env = "MIXBUS_TOKEN")]
     token: Option<String>,
@@ -260,6 +265,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
         count: args.count,
         publishers: args.publishers,
         subscribers: args.subscribers,
+        inline: args.inline,
         progress: !args.quiet && !args.json,
     };
     let threads = (args.subscribers + 1).clamp(2, 8);

@@ -63,6 +63,7 @@ fn a_bad_flag_is_one_clear_line_and_a_non_zero_exit() {
         (&["serve", "--pumps", "300"][..], "1..=256"),
         (&["serve", "--spin-us", "100001"][..], "0..=100000"),
         (&["bench", "--memory", "--spin-us", "100"][..], "--memory"),
+        (&["bench", "--memory", "--inline"][..], "--memory"),
     ] {
         let out = mixbus(args);
         assert!(!out.status.success(), "{args:?}");
@@ -106,4 +107,11 @@ fn bench_through_a_server_on_two_pumps_is_verified_for_every_workload() {
 #[test]
 fn bench_through_a_spinning_server_is_verified_for_every_workload() {
     every_workload_is_verified(&["--pumps", "1", "--spin-us", "150"]);
+}
+
+#[test]
+fn bench_with_inline_handlers_is_verified_for_every_workload() {
+    // Group members ack by hand from the connection's I/O thread: the acks must still reach the
+    // server (a lost one would re-deliver, and the exactly-once check would fail).
+    every_workload_is_verified(&["--inline"]);
 }
