@@ -887,7 +887,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn finish(self, op: Op) -> Result<Op, ProtocolError> {
+    fn finish<T>(self, op: T) -> Result<T, ProtocolError> {
         let extra = self.frame.len().saturating_sub(self.pos);
         if extra > 0 {
             return Err(ProtocolError::TrailingBytes { op: self.op, extra });
@@ -1063,6 +1063,32 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
     r.finish(decoded)
 }
 
+/// Decodes `frame` if it is a DELIVERS, as [`decode`] would, but hands each delivery to `each`
+/// as it is read and gathers what that returns: the client turns deliveries into messages
+/// with no vector of them in between. Returns the subscription and the results; `None` for
+/// any other op.
+pub(crate) fn decode_delivers<T>(
+    frame: &Bytes,
+    mut each: impl FnMut(u64, WireDelivery) -> T,
+) -> Option<Result<(u64, Vec<T>), ProtocolError>> {
+    if frame.first() != Some(&code::DELIVERS) {
+        return None;
+    }
+    let mut r = Reader::new(frame, "DELIVERS");
+    let mut read = || {
+        let sub = r.u64("sub")?;
+        let count = r.count("count")?;
+        // A delivery takes at least 38 bytes: never reserve more than the frame can hold.
+        let mut out = Vec::with_capacity(count.min(r.remaining() / 38));
+        for _ in 0..count {
+            out.push(each(sub, r.delivery()?));
+        }
+        Ok((sub, out))
+    };
+    let decoded = read();
+    Some(decoded.and_then(|decoded| r.finish(decoded)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1195,6 +1221,31 @@ mod tests {
                     "{} cut at {cut}",
                     op.name()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn decode_delivers_agrees_with_decode_on_every_op_and_cut() {
+        for op in samples() {
+            let bytes = op.to_bytes();
+            let mut frames: Vec<Bytes> = (0..bytes.len()).map(|cut| bytes.slice(..cut)).collect();
+            frames.push(bytes.clone());
+            let mut extra = BytesMut::from(&bytes[..]);
+            extra.put_u8(0);
+            frames.push(extra.freeze());
+            for frame in frames {
+                let fast = decode_delivers(&frame, |sub, d| (sub, d));
+                match decode(frame.clone()) {
+                    Ok(Op::Delivers { sub, messages }) => {
+                        let expected: Vec<_> = messages.into_iter().map(|d| (sub, d)).collect();
+                        assert_eq!(fast, Some(Ok((sub, expected))));
+                    }
+                    Err(err) if frame.first() == Some(&code::DELIVERS) => {
+                        assert_eq!(fast, Some(Err(err)), "{} bytes", frame.len());
+                    }
+                    _ => assert!(fast.is_none(), "{}: {} bytes", op.name(), frame.len()),
+                }
             }
         }
     }

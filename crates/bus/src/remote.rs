@@ -615,32 +615,17 @@ impl Client {
 
     /// Hands the messages of one DELIVER or DELIVERS frame to the subscription's thread, as one
     /// batch (one channel send, at most one wake).
-    fn deliver(&self, sub: u64, deliveries: impl ExactSizeIterator<Item = WireDelivery>) {
+    /// Hands a frame's deliveries to their subscription: runs them here for an inline handler,
+    /// else sends them to its dispatch thread as one batch.
+    fn deliver_batch(&self, sub: u64, batch: Vec<Message>) {
         let Some(s) = lock(&self.subs).get(&sub).cloned() else {
             tracing::debug!(
                 sub.id = sub,
-                deliveries = deliveries.len(),
+                deliveries = batch.len(),
                 "delivery for an ended subscription"
             );
             return;
         };
-        let batch: Vec<Message> = deliveries
-            .map(|d| {
-                let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
-                Message::delivered(
-                    d.topic,
-                    d.payload,
-                    d.headers,
-                    MessageId(d.message),
-                    published,
-                    d.attempt,
-                    DeliveryId {
-                        subscription: SubscriptionId(sub),
-                        message: MessageId(d.message),
-                    },
-                )
-            })
-            .collect();
         if let Some(handler) = &s.inline {
             if s.active.load(Ordering::Acquire) {
                 self.run_batch(&s, handler, batch);
@@ -962,6 +947,19 @@ fn publish_frame(message: &Message, request: u64) -> Outgoing {
     Outgoing::Parts(vec![buf.freeze(), payload.clone()])
 }
 
+/// The message a delivery to subscription `sub` carries.
+fn delivered_message(sub: u64, d: WireDelivery) -> Message {
+    let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
+    let id = MessageId(d.message);
+    let delivery = DeliveryId {
+        subscription: SubscriptionId(sub),
+        message: id,
+    };
+    Message::delivered(
+        d.topic, d.payload, d.headers, id, published, d.attempt, delivery,
+    )
+}
+
 thread_local! {
     static DEFERRED: std::cell::RefCell<Deferred> = std::cell::RefCell::new(Deferred::default());
 }
@@ -981,7 +979,17 @@ impl QueueListener for ClientListener {
         let Some(client) = self.client.upgrade() else {
             return;
         };
-        let op = match protocol::decode(msg) {
+        // DELIVERS, by far the most frequent: straight into messages.
+        let decoded = protocol::decode_delivers(&msg, delivered_message);
+        let op = match decoded {
+            Some(Ok((sub, batch))) => {
+                client.deliver_batch(sub, batch);
+                return;
+            }
+            Some(Err(err)) => Err(err),
+            None => protocol::decode(msg),
+        };
+        let op = match op {
             Ok(op) => op,
             Err(err) => {
                 tracing::warn!(conn.id = queue.id(), error = %err, "malformed frame from the server");
@@ -998,8 +1006,16 @@ impl QueueListener for ClientListener {
             }
         };
         match op {
-            Op::Deliver { sub, delivery } => client.deliver(sub, std::iter::once(delivery)),
-            Op::Delivers { sub, messages } => client.deliver(sub, messages.into_iter()),
+            Op::Deliver { sub, delivery } => {
+                client.deliver_batch(sub, vec![delivered_message(sub, delivery)]);
+            }
+            Op::Delivers { sub, messages } => {
+                let batch = messages
+                    .into_iter()
+                    .map(|d| delivered_message(sub, d))
+                    .collect();
+                client.deliver_batch(sub, batch);
+            }
             Op::Confirm { request, message } => client.reply(request, Reply::Confirm(message)),
             Op::Subscribed { sub } => client.reply(sub, Reply::Subscribed),
             Op::Pong { nonce } => client.reply(nonce, Reply::Pong),
