@@ -18,6 +18,7 @@ use crate::listener::{BrokerListener, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
 use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
+use crate::queue::task::Frames;
 use crate::queue::task::pump::{EventPump, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::topic::{Pattern, validate_topic_cached};
@@ -975,6 +976,42 @@ struct ClientListener {
 }
 
 impl QueueListener for ClientListener {
+    /// The frames of one read: the deliveries of consecutive DELIVERS frames to one
+    /// subscription go to it as one batch, so a read of many frames costs one hand-off (and at
+    /// most one wake-up of its dispatch thread) per subscription rather than one per frame.
+    fn received_frames(&mut self, queue: &MessageQueue, frames: &Frames) {
+        let Some(client) = self.client.upgrade() else {
+            return;
+        };
+        let mut pending: Option<(u64, Vec<Message>)> = None;
+        for frame in frames.iter_bytes() {
+            match protocol::decode_delivers(&frame, delivered_message) {
+                Some(Ok((sub, batch))) => match &mut pending {
+                    Some((last, held)) if *last == sub => held.extend(batch),
+                    _ => {
+                        if let Some((last, held)) = pending.replace((sub, batch)) {
+                            client.deliver_batch(last, held);
+                        }
+                    }
+                },
+                other => {
+                    if let Some((last, held)) = pending.take() {
+                        client.deliver_batch(last, held);
+                    }
+                    let malformed = matches!(other, Some(Err(_)));
+                    self.received(queue, frame);
+                    if malformed {
+                        // `received` closed the connection: the rest of the read is not read.
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some((last, held)) = pending {
+            client.deliver_batch(last, held);
+        }
+    }
+
     fn received(&mut self, queue: &MessageQueue, msg: Bytes) {
         let Some(client) = self.client.upgrade() else {
             return;

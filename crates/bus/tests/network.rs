@@ -721,6 +721,19 @@ fn a_consumer_that_keeps_up_is_never_cut_off_even_past_the_queue_limit() {
     outrun.receive_all(&server, N);
 }
 
+/// Accepts one client on `fake` as a stand-in server would: reads its HELLO, welcomes it.
+fn welcome_on(fake: &std::net::TcpListener) -> Raw {
+    let (stream, _) = fake.accept().unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut raw = Raw { stream };
+    assert!(matches!(raw.read_op(), Some(Op::Hello { .. })));
+    raw.send(&Op::Welcome {
+        version: mixbus_bus::protocol::VERSION,
+        server: "stand-in".into(),
+    });
+    raw
+}
+
 /// A client connected to a stand-in server on a free port, which welcomed it and then reads
 /// nothing: the client published numbered 4 KiB messages, unconfirmed, until its outbound queue
 /// was full (past the socket buffers). Returns the client, the stand-in's end of the connection
@@ -728,17 +741,7 @@ fn a_consumer_that_keeps_up_is_never_cut_off_even_past_the_queue_limit() {
 fn publisher_stalled_on_a_stand_in() -> (RemoteBroker, Raw, u64) {
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = fake.local_addr().unwrap();
-    let welcoming = std::thread::spawn(move || {
-        let (stream, _) = fake.accept().unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut raw = Raw { stream };
-        assert!(matches!(raw.read_op(), Some(Op::Hello { .. })));
-        raw.send(&Op::Welcome {
-            version: mixbus_bus::protocol::VERSION,
-            server: "stand-in".into(),
-        });
-        raw
-    });
+    let welcoming = std::thread::spawn(move || welcome_on(&fake));
     let config = RemoteConfig::default()
         .with_confirm(false)
         .with_publish_timeout(Duration::from_millis(300))
@@ -903,4 +906,84 @@ fn a_manual_ack_goes_out_ahead_of_the_handlers_unsubscribe() {
     let stats = server.stats().bus;
     let queued: u64 = stats.queues.iter().map(|q| q.depth).sum();
     assert_eq!((queued, stats.total.redelivered), (0, 0));
+}
+
+/// A stand-in server that welcomes one client and answers its first SUBSCRIBE; returns its end
+/// of the connection and the subscription id.
+fn stand_in_with_a_subscriber(
+    subscriber: impl FnOnce(std::net::SocketAddr) + Send + 'static,
+) -> (Raw, u64) {
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = fake.local_addr().unwrap();
+    let client = std::thread::spawn(move || subscriber(addr));
+    let mut raw = welcome_on(&fake);
+    let sub = match raw.read_op() {
+        Some(Op::Subscribe { sub, .. }) => sub,
+        other => panic!("expected SUBSCRIBE, got {other:?}"),
+    };
+    raw.send(&Op::Subscribed { sub });
+    client.join().unwrap();
+    (raw, sub)
+}
+
+#[test]
+fn deliveries_read_with_a_malformed_frame_are_handled_before_the_connection_closes() {
+    let (h, rx) = collector();
+    let held = Arc::new(Mutex::new(None));
+    let keep = held.clone();
+    let (mut raw, sub) = stand_in_with_a_subscriber(move |addr| {
+        let config = RemoteConfig::default()
+            .with_reconnect_backoff(Duration::from_secs(5), Duration::from_secs(5));
+        let client = RemoteBroker::connect(addr, config).unwrap();
+        let subscription = client
+            .subscribe("t", SubscribeOptions::broadcast(), h)
+            .unwrap();
+        *keep.lock().unwrap() = Some((client, subscription));
+    });
+    let events = ConnEvents::attach(&held.lock().unwrap().as_ref().unwrap().0);
+    // Two DELIVERS frames to the subscription and an unknown operation, in one write: the
+    // client reads them together.
+    let delivers = |first: u64| Op::Delivers {
+        sub,
+        messages: (first..first + 3)
+            .map(|id| mixbus_bus::protocol::WireDelivery {
+                message: id,
+                attempt: 1,
+                published_us: 0,
+                topic: "t".into(),
+                headers: Vec::new(),
+                payload: id.to_be_bytes().to_vec().into(),
+            })
+            .collect(),
+    };
+    let mut wire = Vec::new();
+    for op in [delivers(1), delivers(4)] {
+        let body = op.to_bytes();
+        wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&body);
+    }
+    wire.extend_from_slice(&[0, 0, 0, 1, 200]);
+    raw.write(&wire);
+    let got: Vec<u64> = (0..6)
+        .map(|_| u64::from_be_bytes(recv(&rx).payload()[..8].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, [1, 2, 3, 4, 5, 6], "every delivery, in order");
+    // Then the client names the fault and closes the connection.
+    loop {
+        match raw.read_op() {
+            Some(Op::Error { code, text, .. }) => {
+                assert_eq!(code, mixbus_bus::protocol::ErrorCode::Malformed, "{text}");
+                break;
+            }
+            Some(Op::Ack { .. } | Op::Acks { .. }) => continue,
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+    assert_eq!(raw.read_frame(), None, "closed after the error");
+    wait_until("the client to report the lost connection", || {
+        events
+            .get()
+            .first()
+            .is_some_and(|e| e.starts_with("disconnected"))
+    });
 }

@@ -239,7 +239,7 @@ impl Pace {
             let guard = lock(&self.lock);
             self.waiting.store(true, Ordering::SeqCst);
             // Either the handler that makes room sees `waiting`, or this sees its delivery.
-            if room(self.delivered.load(Ordering::SeqCst)) >= per_message {
+            if room(self.delivered.load(Ordering::SeqCst)) >= self.resume(per_message) {
                 continue;
             }
             drop(
@@ -250,9 +250,23 @@ impl Pace {
         }
     }
 
+    /// Room a waiting publisher is woken for: a quarter of the window (at least a message). A
+    /// publisher woken for each delivery would take one message at a time, and a 4 KiB stream
+    /// spent its time switching threads (a context switch per ten messages).
+    fn resume(&self, per_message: u64) -> u64 {
+        (self.window / 4).max(per_message)
+    }
+
     /// Called by a handler after it counted a delivery.
-    fn delivered(&self) {
+    fn delivered(&self, per_message: u64) {
         if self.waiting.load(Ordering::SeqCst) {
+            let outstanding = self
+                .owed
+                .load(Ordering::SeqCst)
+                .saturating_sub(self.delivered.load(Ordering::SeqCst));
+            if self.window.saturating_sub(outstanding) < self.resume(per_message) {
+                return;
+            }
             let _guard = lock(&self.lock);
             self.waiting.store(false, Ordering::SeqCst);
             self.room.notify_all();
@@ -379,7 +393,7 @@ pub(crate) fn run(
                 broker.ack(delivery)?;
             }
             delivered.fetch_add(1, Ordering::SeqCst);
-            pace.delivered();
+            pace.delivered(per_message);
             Ok(())
         });
         let handler = if plan.inline {
