@@ -151,10 +151,12 @@ struct Seen {
     latency: Histogram<u64>,
 }
 
-/// For a consumer group: which (publisher, seq) were processed, to prove exactly once.
+/// For a consumer group: which (publisher, seq) were processed, to prove exactly once. The
+/// members mark their messages with atomic bit sets, not under a lock they would share for
+/// every message.
 struct Once {
-    bits: Vec<Vec<u64>>,
-    duplicates: u64,
+    bits: Vec<Vec<AtomicU64>>,
+    duplicates: AtomicU64,
 }
 
 /// Streaming workloads time every this many-th message of each publisher (the others carry a
@@ -341,13 +343,17 @@ pub(crate) fn run(
             }))
         })
         .collect();
-    let once = Arc::new(Mutex::new(Once {
+    let once = Arc::new(Once {
         bits: per_publisher
             .iter()
-            .map(|&n| vec![0u64; (n as usize).div_ceil(64)])
+            .map(|&n| {
+                (0..(n as usize).div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            })
             .collect(),
-        duplicates: 0,
-    }));
+        duplicates: AtomicU64::new(0),
+    });
     let weak: Weak<dyn Broker> = Arc::downgrade(&subscriber);
     let mut subs = Vec::new();
     for s in 0..subscribers {
@@ -371,18 +377,16 @@ pub(crate) fn run(
                     let _ = seen.latency.record(now.saturating_sub(sent).max(1));
                 }
                 if group {
-                    let mut once = lock(&once);
-                    let once = &mut *once;
                     let word = once
                         .bits
-                        .get_mut(publisher)
-                        .and_then(|words| words.get_mut((seq / 64) as usize))
+                        .get(publisher)
+                        .and_then(|words| words.get((seq / 64) as usize))
                         .ok_or("bench payload out of range")?;
                     let bit = 1u64 << (seq % 64);
-                    if *word & bit != 0 {
-                        once.duplicates += 1;
+                    // Read by the check after the `delivered` count below (SeqCst) says all came.
+                    if word.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+                        once.duplicates.fetch_add(1, Ordering::Relaxed);
                     }
-                    *word |= bit;
                 } else if seen.next.get(publisher) == Some(&seq) {
                     seen.next[publisher] += 1;
                 } else {
@@ -449,8 +453,9 @@ pub(crate) fn run(
     }
     // Wait for every delivery, bounded: no progress for 10 s means something was lost.
     let mut last = (0, Instant::now());
-    while delivered.load(Ordering::Relaxed) < expected_deliveries {
-        let now = delivered.load(Ordering::Relaxed);
+    // Acquire: the handlers' marks (`Once`) before each count are then seen by the checks.
+    while delivered.load(Ordering::Acquire) < expected_deliveries {
+        let now = delivered.load(Ordering::Acquire);
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(10) {
@@ -491,15 +496,15 @@ pub(crate) fn run(
         }
     }
     if group {
-        let once = lock(&once);
         let processed: u64 = once
             .bits
             .iter()
             .flatten()
-            .map(|w| u64::from(w.count_ones()))
+            .map(|w| u64::from(w.load(Ordering::SeqCst).count_ones()))
             .sum();
-        if once.duplicates > 0 {
-            problems.push(format!("{} messages processed twice", once.duplicates));
+        let duplicates = once.duplicates.load(Ordering::SeqCst);
+        if duplicates > 0 {
+            problems.push(format!("{duplicates} messages processed twice"));
         }
         if processed != total {
             problems.push(format!("{processed} of {total} messages processed"));
