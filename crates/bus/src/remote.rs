@@ -301,12 +301,13 @@ impl Client {
         }
     }
 
-    /// [`try_send`](Self::try_send) for a frame the caller keeps: queued as a copy (see
-    /// [`MessageQueue::send_copied`]), with no handle made for it; false if it was not queued.
-    fn try_send_copy(&self, frame: &[u8]) -> bool {
+    /// [`try_send`](Self::try_send) for a frame the caller keeps, in parts: queued as one copy
+    /// (see [`MessageQueue::send_copy_gathered`]), with no handle made for it; false if it was
+    /// not queued.
+    fn try_send_copy(&self, parts: &[&[u8]]) -> bool {
         let link = lock(&self.link);
         match &link.queue {
-            Some(queue) if !link.closed => matches!(queue.send_copied(&[frame]), Ok(1)),
+            Some(queue) if !link.closed => queue.send_copy_gathered(parts).is_ok(),
             _ => false,
         }
     }
@@ -1272,20 +1273,20 @@ impl Broker for RemoteBroker {
         let start = c.config.confirm.then(Instant::now);
         let request = if c.config.confirm { c.next_id() } else { 0 };
         if request == 0 {
-            // The common case: connected, with room. One lock, no handle cloned; a small frame
-            // is encoded into this thread's scratch buffer and copied straight into the
-            // connection's outbound runs, with no allocation.
+            // The common case: connected, with room. One lock, no handle cloned; a small
+            // frame's head is encoded into this thread's scratch buffer, and head and payload
+            // are copied straight into the connection's outbound runs, with no allocation.
             let sent = message.payload().len() < COPY_PUBLISH_BELOW
                 && PUBLISH_SCRATCH.with_borrow_mut(|buf| {
                     buf.clear();
-                    protocol::put_publish(
+                    protocol::put_publish_head(
                         buf,
                         0,
                         message.topic(),
                         message.headers(),
-                        message.payload(),
+                        message.payload().len(),
                     );
-                    c.try_send_copy(buf)
+                    c.try_send_copy(&[buf, message.payload()])
                 });
             if !sent && let Err(frame) = c.try_send(publish_frame(&message, 0)) {
                 let queue = c.queue(timeout)?;

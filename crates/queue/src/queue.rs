@@ -400,6 +400,23 @@ impl MessageQueue {
         self.inner.outbox.push_copies(msgs)
     }
 
+    /// Sends one message made of `parts` joined, copied once into the outbound queue: for a
+    /// message encoded in pieces the caller keeps (a small head before a payload it does not
+    /// own), with no joined buffer in between. Returns at once.
+    ///
+    /// ```no_run
+    /// # use mixbus_queue::{MessageQueue, SendError};
+    /// # fn demo(queue: &MessageQueue, payload: &[u8]) -> Result<(), SendError> {
+    /// queue.send_copy_gathered(&[b"head:", payload])?; // one message: "head:" then the payload
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), holding a copy of the joined message.
+    pub fn send_copy_gathered(&self, parts: &[&[u8]]) -> Result<(), SendError> {
+        self.inner.outbox.push_copy_gathered(parts)
+    }
+
     /// Closes the queue: no more sends; what was queued is flushed (up to the linger time), then
     /// the connection is shut down and `closed` follows on both sides. Returns false if the queue
     /// was already closing.

@@ -28,8 +28,11 @@ fn send_copied_all(queue: &MessageQueue, msgs: &[Bytes], room: Option<&flume::Re
     }
 }
 
-#[test]
-fn copies_arrive_whole_and_in_order_without_hand_back() {
+/// How a test sends a batch of messages it keeps.
+type SendAll = fn(&MessageQueue, &[Bytes], Option<&flume::Receiver<()>>);
+
+/// Without hand-back, what `send` copied arrives whole and in order.
+fn copies_arrive_whole_and_in_order(send: SendAll) {
     let (_pump, broker) = broker(QueueConfig::default());
     let (client, server) = pair(&broker);
     let (room_tx, room) = flume::bounded(1);
@@ -37,12 +40,12 @@ fn copies_arrive_whole_and_in_order_without_hand_back() {
     let (server_l, server_rx) = Forward::new();
     server.set_listener(server_l).unwrap();
     let msgs = messages(0, 3000);
-    send_copied_all(&client, &msgs, Some(&room));
+    send(&client, &msgs, Some(&room));
     assert_eq!(receive(&server_rx, msgs.len()), msgs);
 }
 
-#[test]
-fn a_listener_that_takes_messages_back_gets_equal_copies() {
+/// A listener that takes messages back gets copies equal to what `send` sent.
+fn copies_come_back_equal(send: SendAll) {
     let (_pump, broker) = broker(QueueConfig::default());
     let (client, server) = pair(&broker);
     let (client_l, client_rx) = Forward::new();
@@ -51,11 +54,21 @@ fn a_listener_that_takes_messages_back_gets_equal_copies() {
     server.set_listener(server_l).unwrap();
     let msgs = messages(0, 200);
     // The originals are reused buffers in an application; here they are dropped right away.
-    send_copied_all(&client, &msgs, None);
+    send(&client, &msgs, None);
     assert!(client.close());
     let seen = until_closed(&client_rx, "client");
     assert_eq!(seen.sent, msgs);
     assert_eq!(until_closed(&server_rx, "server").received, msgs);
+}
+
+#[test]
+fn copies_arrive_whole_and_in_order_without_hand_back() {
+    copies_arrive_whole_and_in_order(send_copied_all);
+}
+
+#[test]
+fn a_listener_that_takes_messages_back_gets_equal_copies() {
+    copies_come_back_equal(send_copied_all);
 }
 
 #[test]
@@ -138,4 +151,56 @@ fn refusals_name_the_first_message_refused() {
     }
     let empty: [&[u8]; 0] = [];
     assert_eq!(client.send_copied(&empty).unwrap(), 0);
+}
+
+/// Sends each of `msgs` with `send_copy_gathered`, split into three parts at different places,
+/// waiting on `room` when full.
+fn send_gathered_all(queue: &MessageQueue, msgs: &[Bytes], room: Option<&flume::Receiver<()>>) {
+    for (i, msg) in msgs.iter().enumerate() {
+        let a = (i * 7) % (msg.len() + 1);
+        let b = a + (msg.len() - a) / 2;
+        let parts = [&msg[..a], &msg[a..b], &msg[b..]];
+        loop {
+            match queue.send_copy_gathered(&parts) {
+                Ok(()) => break,
+                Err(SendError::Full { msg: refused, .. }) => {
+                    assert_eq!(refused, msg, "the refusal holds the joined message");
+                    let room = room.expect("a queue this size never fills");
+                    room.recv_timeout(Duration::from_secs(10))
+                        .expect("writable");
+                }
+                Err(err) => panic!("send_copy_gathered: {err}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn gathered_copies_arrive_joined_whole_and_in_order() {
+    copies_arrive_whole_and_in_order(send_gathered_all);
+}
+
+#[test]
+fn gathered_copies_are_handed_back_joined() {
+    copies_come_back_equal(send_gathered_all);
+}
+
+#[test]
+fn a_gathered_message_over_the_frame_limit_is_refused_whole() {
+    let max = 1024;
+    let (_pump, broker) = broker(QueueConfig::default().with_max_frame_len(max));
+    let (client, _server) = pair(&broker);
+    let head = [1u8; 24];
+    let body = [2u8; 1001];
+    match client.send_copy_gathered(&[&head, &body]) {
+        Err(SendError::TooLarge { msg, len, max: m }) => {
+            assert_eq!((len, m), (1025, max));
+            assert_eq!(&msg[..24], &head[..]);
+            assert_eq!(&msg[24..], &body[..]);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    client
+        .send_copy_gathered(&[&head, &body[..1000]])
+        .expect("one byte less fits");
 }

@@ -295,6 +295,20 @@ impl Run {
         self.len = end;
     }
 
+    /// Appends one frame whose payload is `parts` joined (`len` bytes); the caller checked the
+    /// room.
+    fn push_frame_gathered(&mut self, parts: &[&[u8]], len: usize) {
+        let end = self.len + HEADER_LEN + len;
+        self.init_to(end);
+        self.buf[self.len..self.len + HEADER_LEN].copy_from_slice(&encode_header(len));
+        let mut at = self.len + HEADER_LEN;
+        for part in parts {
+            self.buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.len = end;
+    }
+
     /// Appends the frames of `other`; the caller checked the room.
     fn append(&mut self, other: &Run) {
         let end = self.len + other.len;
@@ -423,6 +437,19 @@ impl Pending {
         }
         if let Some(Entry::Run(run)) = self.queue.back_mut() {
             run.push_frame(payload);
+        }
+    }
+
+    /// Copies the frame of `parts` joined (`len` bytes) into the run at the back of the queue,
+    /// or a fresh one if it does not fit there.
+    fn copy_in_gathered(&mut self, parts: &[&[u8]], len: usize, spare: &Spare) {
+        let size = HEADER_LEN + len;
+        let fits = matches!(self.queue.back(), Some(Entry::Run(run)) if run.room() >= size);
+        if !fits {
+            self.queue.push_back(Entry::Run(spare.take()));
+        }
+        if let Some(Entry::Run(run)) = self.queue.back_mut() {
+            run.push_frame_gathered(parts, len);
         }
     }
 
@@ -602,6 +629,50 @@ impl Outbox {
             self.schedule();
         }
         Ok(())
+    }
+
+    /// Queues a copy of one frame whose payload is `parts` joined: for a message encoded in
+    /// pieces the caller keeps (a small head before a payload it does not own), copied once,
+    /// straight into the queue's run of frames, instead of joined first and copied again.
+    /// Returns at once.
+    ///
+    /// While nothing is handed back (see [`set_hand_back`](Self::set_hand_back)) a frame that
+    /// fits a run is copied into the run at the back of the queue under the lock, as
+    /// [`push_copies`](Self::push_copies) copies a few; otherwise the parts are joined into a
+    /// buffer of its own and [`push`](Self::push)ed.
+    ///
+    /// ```
+    /// # use mixbus_task::{Outbox, PushError};
+    /// # fn demo(outbox: &Outbox, payload: &[u8]) -> Result<(), PushError> {
+    /// outbox.push_copy_gathered(&[b"head:", payload])?; // one frame: "head:" then the payload
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`push`](Self::push), with the joined bytes as the refused message.
+    pub fn push_copy_gathered(&self, parts: &[&[u8]]) -> Result<(), PushError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len < COPY_LIMIT && !self.shared.hand_back.load(Ordering::Relaxed) {
+            let post = {
+                let mut pending = lock(&self.shared.pending);
+                match self.room_for(&pending, len) {
+                    Ok(()) => {
+                        self.shared.queued.add_pending(HEADER_LEN + len);
+                        pending.copy_in_gathered(parts, len, &self.shared.spare);
+                        Some(!std::mem::replace(&mut pending.scheduled, true))
+                    }
+                    // Refused: `push` below refuses it again and says why, with the bytes.
+                    Err(_) => None,
+                }
+            };
+            if let Some(post) = post {
+                if post {
+                    self.schedule();
+                }
+                return Ok(());
+            }
+        }
+        self.push(Bytes::from(parts.concat()))
     }
 
     /// Queues messages from the front of `msgs`, in order, under one lock: the batched `push`.
