@@ -985,10 +985,17 @@ impl QueueListener for ClientListener {
             return;
         };
         let mut pending: Option<(u64, Vec<Message>)> = None;
-        for frame in frames.iter_bytes() {
+        for (i, frame) in frames.iter_bytes().enumerate() {
             match protocol::decode_delivers(&frame, delivered_message) {
                 Some(Ok((sub, batch))) => match &mut pending {
-                    Some((last, held)) if *last == sub => held.extend(batch),
+                    Some((last, held)) if *last == sub => {
+                        if held.capacity() - held.len() < batch.len() {
+                            // Room for as many more frames like this one as the read holds,
+                            // rather than a copy of the batch at every doubling.
+                            held.reserve(batch.len() * (frames.len() - i));
+                        }
+                        held.extend(batch);
+                    }
                     _ => {
                         if let Some((last, held)) = pending.replace((sub, batch)) {
                             client.deliver_batch(last, held);
