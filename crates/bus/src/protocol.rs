@@ -502,6 +502,13 @@ pub(crate) fn put_delivery_head(
     put_len(buf, payload_len);
 }
 
+/// The bytes [`put_delivery_head`] writes for `topic` and `headers` (at most: past 65,535
+/// headers it writes fewer).
+pub(crate) fn delivery_head_len(topic: &str, headers: &[(String, String)]) -> usize {
+    let pairs: usize = headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    8 + 4 + 8 + 4 + topic.len() + 2 + pairs + 4
+}
+
 /// Appends one delivery (the fields of a DELIVER after its sub id).
 fn put_wire(buf: &mut BytesMut, d: &WireDelivery) {
     put_delivery_head(

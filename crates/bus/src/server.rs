@@ -652,9 +652,8 @@ impl ConnListener {
 /// A DELIVERS frame is closed once it holds this many bytes; the next delivery opens another.
 const FRAME_TARGET: usize = 64 << 10;
 
-/// Room a frame is opened with: the target and a delivery past it (one with a shared payload
-/// adds only its head), so a frame is not copied to a larger buffer as it fills.
-const FRAME_ROOM: usize = FRAME_TARGET + (16 << 10);
+/// The opening of a DELIVERS frame and its count, at most.
+const DELIVERS_OPEN: usize = 1 + 8 + 4;
 
 /// A delivery's payload of at least this many bytes is not copied into its DELIVERS frame but
 /// sent from the message's own buffer (the frame goes out in parts, gathered by one `writev`):
@@ -754,7 +753,7 @@ impl Forwarder {
             conn,
             sub,
             out: Mutex::new(Outgoing {
-                buf: BytesMut::with_capacity(FRAME_ROOM),
+                buf: BytesMut::with_capacity(FRAME_TARGET),
                 frames: VecDeque::new(),
                 open: None,
                 pieces: Vec::new(),
@@ -828,20 +827,27 @@ impl Forwarder {
         if out.published.0 != at {
             out.published = (at, micros_since_epoch(at));
         }
+        let payload = msg.payload();
+        let share = batched && payload.len() >= SHARE_PAYLOAD_AT;
+        let needed = DELIVERS_OPEN
+            + protocol::delivery_head_len(msg.topic(), msg.headers())
+            + if share { 0 } else { payload.len() };
+        if out.buf.capacity() - out.buf.len() < needed {
+            // The buffer is full: close the open frame early rather than let the buffer grow,
+            // which would copy the frame so far. The next one starts in an empty buffer (frames
+            // are split off whole), so this reserve copies nothing: it takes the allocation
+            // back if every frame split off it was written, or starts another.
+            out.close_frame();
+            out.buf.reserve(needed.max(FRAME_TARGET));
+        }
         if batched {
             if out.open.is_none() {
-                if out.buf.capacity() < FRAME_ROOM {
-                    // Empty (frames are split off whole), so this copies nothing: it takes the
-                    // allocation back if every frame split off it is written, or starts another.
-                    out.buf.reserve(FRAME_ROOM);
-                }
                 let at = protocol::begin_delivers(&mut out.buf, self.sub);
                 out.open = Some((at, 0));
             }
         } else {
             protocol::begin_deliver(&mut out.buf, self.sub);
         }
-        let payload = msg.payload();
         protocol::put_delivery_head(
             &mut out.buf,
             msg.id().0,
@@ -851,7 +857,7 @@ impl Forwarder {
             msg.headers(),
             payload.len(),
         );
-        if batched && payload.len() >= SHARE_PAYLOAD_AT {
+        if share {
             // The payload goes out from its own buffer, after what is encoded so far.
             let piece = out.buf.split();
             out.pieces_len += piece.len() + payload.len();
