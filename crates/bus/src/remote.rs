@@ -176,6 +176,10 @@ struct RemoteSub {
     /// An inline handler, run on the connection's pump instead of a thread of its own.
     inline: Option<Handler>,
     active: AtomicBool,
+    /// Ids of the messages delivered to a manual-ack subscription and not acked or nacked yet
+    /// (the client's `unacked` count). Each subscription has its own, so that the dispatch
+    /// threads of two subscriptions never share a lock per message.
+    unacked: Mutex<IdSet<u64>>,
 }
 
 #[derive(Default)]
@@ -245,7 +249,6 @@ struct Client {
     next_id: AtomicU64,
     listeners: Listeners,
     /// Manual deliveries handed to handlers and not yet acked or nacked.
-    unacked: Mutex<IdSet<DeliveryId>>,
     delivered: AtomicU64,
     queued: AtomicU64,
     running: AtomicU64,
@@ -669,10 +672,13 @@ impl Client {
     /// Runs `handler` on each message of one batch, in order, on this thread (the
     /// subscription's own, or the connection's for an inline handler), and sends the batch's
     /// acks together at its end.
-    fn run_batch(&self, sub: &RemoteSub, handler: &Handler, batch: Vec<Message>) {
+    fn run_batch(&self, sub: &Arc<RemoteSub>, handler: &Handler, batch: Vec<Message>) {
         let started = Instant::now();
         let me = self as *const Client as usize;
-        DEFERRED.with_borrow_mut(|d| d.client = me);
+        DEFERRED.with_borrow_mut(|d| {
+            d.client = me;
+            d.sub = Some(Arc::clone(sub));
+        });
         let notifier = self.listeners.snapshot();
         self.running.fetch_add(1, Ordering::AcqRel);
         let mut clock = AckClock::new(started);
@@ -691,7 +697,10 @@ impl Client {
         }
         self.flush_acks();
         self.running.fetch_sub(1, Ordering::AcqRel);
-        DEFERRED.with_borrow_mut(|d| d.client = 0);
+        DEFERRED.with_borrow_mut(|d| {
+            d.client = 0;
+            d.sub = None;
+        });
     }
 
     /// Runs the handler on one delivery and queues its ack or sends its nack.
@@ -706,7 +715,7 @@ impl Client {
         let manual = sub.options.ack_mode == AckMode::Manual;
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if manual {
-            lock(&self.unacked).insert(delivery);
+            lock(&sub.unacked).insert(delivery.message.0);
         }
         notifier.each("dispatched", |l| l.dispatched(msg, &sub.info));
         let result = match catch_unwind(AssertUnwindSafe(|| handler.call(msg))) {
@@ -730,7 +739,7 @@ impl Client {
                 );
                 notifier.each("failed", |l| l.failed(msg, &sub.info, error));
                 if manual {
-                    lock(&self.unacked).remove(&delivery);
+                    lock(&sub.unacked).remove(&delivery.message.0);
                 }
                 if sub.active.load(Ordering::Acquire) {
                     self.send_now(&Op::Nack {
@@ -794,6 +803,27 @@ impl Client {
 
     /// Defers an ack to the end of the batch when called from one of this client's dispatch
     /// threads (a handler acking by hand); returns false elsewhere.
+    /// A manual-ack delivery was acked or nacked: it no longer counts as un-acked.
+    fn settled(self: &Arc<Self>, delivery: DeliveryId) {
+        let me = Arc::as_ptr(self) as usize;
+        let here = DEFERRED.with_borrow(|d| {
+            d.sub
+                .as_ref()
+                .filter(|s| d.client == me && s.id == delivery.subscription.0)
+                .cloned()
+        });
+        let sub = here.or_else(|| lock(&self.subs).get(&delivery.subscription.0).cloned());
+        if let Some(sub) = sub {
+            lock(&sub.unacked).remove(&delivery.message.0);
+        }
+    }
+
+    /// Manual-ack deliveries of live subscriptions not acked or nacked yet.
+    fn unacked(&self) -> u64 {
+        let subs: Vec<Arc<RemoteSub>> = lock(&self.subs).values().cloned().collect();
+        subs.iter().map(|s| lock(&s.unacked).len() as u64).sum()
+    }
+
     fn defer_ack(self: &Arc<Self>, delivery: DeliveryId) -> bool {
         let me = Arc::as_ptr(self) as usize;
         DEFERRED.with_borrow_mut(|d| {
@@ -816,7 +846,6 @@ impl Client {
         // the server would re-queue what it acked.
         self.flush_manual_acks();
         self.send_now(&Op::Unsubscribe { sub: id });
-        lock(&self.unacked).retain(|d| d.subscription.0 != id);
         self.listeners
             .snapshot()
             .each("unsubscribed", |l| l.unsubscribed(&sub.info));
@@ -877,6 +906,9 @@ impl AckClock {
 #[derive(Default)]
 struct Deferred {
     client: usize,
+    /// The subscription whose batch this thread is running: an ack from its handler finds
+    /// the subscription here, with no look-up under the client's lock.
+    sub: Option<Arc<RemoteSub>>,
     acks: Vec<(u64, u64)>,
     /// A handler acked by hand since the last flush (a publish from it flushes first).
     manual: bool,
@@ -1193,7 +1225,6 @@ impl RemoteBroker {
             subs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             listeners: Listeners::default(),
-            unacked: Mutex::new(IdSet::default()),
             delivered: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             running: AtomicU64::new(0),
@@ -1359,6 +1390,7 @@ impl Broker for RemoteBroker {
             tx: Mutex::new(tx),
             inline: handler.is_inline().then(|| handler.clone()),
             active: AtomicBool::new(true),
+            unacked: Mutex::new(IdSet::default()),
         });
         if let Some(rx) = rx {
             let name = format!("mixbus-dispatch-{id}");
@@ -1402,7 +1434,7 @@ impl Broker for RemoteBroker {
 
     fn ack(&self, delivery: DeliveryId) -> Result<()> {
         let c = &self.client;
-        lock(&c.unacked).remove(&delivery);
+        c.settled(delivery);
         if c.defer_ack(delivery) {
             return Ok(());
         }
@@ -1421,7 +1453,7 @@ impl Broker for RemoteBroker {
 
     fn nack(&self, delivery: DeliveryId, requeue: bool) -> Result<()> {
         let c = &self.client;
-        lock(&c.unacked).remove(&delivery);
+        c.settled(delivery);
         let op = Op::Nack {
             sub: delivery.subscription.0,
             message: delivery.message.0,
@@ -1497,7 +1529,7 @@ impl Broker for RemoteBroker {
         let unsent = unsent as u64 + lock(&c.link).unsent_at_close;
         let r = CloseReport {
             delivered: c.delivered.load(Ordering::Relaxed),
-            unacked: lock(&c.unacked).len() as u64,
+            unacked: c.unacked(),
             pending: c.queued.load(Ordering::Acquire),
             running_handlers: c.running.load(Ordering::Acquire),
             unsent_publishes: unsent,

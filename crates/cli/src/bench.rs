@@ -187,6 +187,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Each group member's handle to the subscriber broker, to ack with: a strong one under a lock
+/// of its own. Upgrading one weak handle shared by every member, for each message, made the
+/// members' threads contend on its reference count. The handles are let go of when the run
+/// ends (also on an early return), so the broker does not keep itself alive through its
+/// subscriptions' handlers.
+struct Ackers(Vec<Acker>);
+
+/// One member's handle; `None` once the run is over.
+type Acker = Arc<Mutex<Option<Arc<dyn Broker>>>>;
+
+impl Drop for Ackers {
+    fn drop(&mut self) {
+        for acker in &self.0 {
+            lock(acker).take();
+        }
+    }
+}
+
 /// Bytes of deliveries the publishers may have outstanding (published, not yet handled by a
 /// subscriber). A server cuts off a consumer whose connection falls `max_outbound_bytes` behind
 /// (8 MiB by default) as a slow consumer, as NATS does: a publisher of large messages running
@@ -354,14 +372,15 @@ pub(crate) fn run(
             .collect(),
         duplicates: AtomicU64::new(0),
     });
-    let weak: Weak<dyn Broker> = Arc::downgrade(&subscriber);
+    let mut ackers = Ackers(Vec::new());
     let mut subs = Vec::new();
     for s in 0..subscribers {
         let seen = seen[s].clone();
         let once = once.clone();
         let delivered = delivered.clone();
         let pace = pace.clone();
-        let weak = weak.clone();
+        let acker = Arc::new(Mutex::new(Some(subscriber.clone())));
+        ackers.0.push(acker.clone());
         let options = if group {
             SubscribeOptions::group("bench").manual_ack()
         } else {
@@ -393,8 +412,11 @@ pub(crate) fn run(
                     seen.out_of_order += 1;
                 }
             }
-            if group && let (Some(broker), Some(delivery)) = (weak.upgrade(), msg.delivery_id()) {
-                broker.ack(delivery)?;
+            if group && let Some(delivery) = msg.delivery_id() {
+                let broker = lock(&acker);
+                if let Some(broker) = broker.as_ref() {
+                    broker.ack(delivery)?;
+                }
             }
             delivered.fetch_add(1, Ordering::SeqCst);
             pace.delivered(per_message);
