@@ -681,6 +681,17 @@ impl Client {
         });
         let notifier = self.listeners.snapshot();
         self.running.fetch_add(1, Ordering::AcqRel);
+        if sub.options.ack_mode == AckMode::Manual {
+            // Un-acked from now: one lock for the batch. Acks made from its handlers are
+            // settled when they are sent (`flush_acks`), also a batch at a time.
+            let mut unacked = lock(&sub.unacked);
+            unacked.extend(
+                batch
+                    .iter()
+                    .filter_map(|m| m.delivery_id())
+                    .map(|d| d.message.0),
+            );
+        }
         let mut clock = AckClock::new(started);
         for msg in batch {
             if !sub.active.load(Ordering::Acquire) {
@@ -714,9 +725,6 @@ impl Client {
     ) {
         let manual = sub.options.ack_mode == AckMode::Manual;
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        if manual {
-            lock(&sub.unacked).insert(delivery.message.0);
-        }
         notifier.each("dispatched", |l| l.dispatched(msg, &sub.info));
         let result = match catch_unwind(AssertUnwindSafe(|| handler.call(msg))) {
             Ok(r) => r.map_err(|e| e.to_string()),
@@ -768,6 +776,7 @@ impl Client {
         }
         for group in acks.chunk_by(|a, b| a.0 == b.0) {
             let sub = group[0].0;
+            self.settle_all(sub, group);
             let op = match group {
                 [(_, message)] => Op::Ack {
                     sub,
@@ -804,17 +813,29 @@ impl Client {
     /// Defers an ack to the end of the batch when called from one of this client's dispatch
     /// threads (a handler acking by hand); returns false elsewhere.
     /// A manual-ack delivery was acked or nacked: it no longer counts as un-acked.
-    fn settled(self: &Arc<Self>, delivery: DeliveryId) {
-        let me = Arc::as_ptr(self) as usize;
+    fn settled(&self, delivery: DeliveryId) {
+        self.settle_all(delivery.subscription.0, &[(0, delivery.message.0)]);
+    }
+
+    /// The deliveries of subscription `sub` (`(_, message)` pairs) were acked: none counts as
+    /// un-acked any more. The subscription is the one whose batch this thread runs, if it is
+    /// (no look-up under the client's lock), else found in the client's map.
+    fn settle_all(&self, sub: u64, acks: &[(u64, u64)]) {
+        let me = self as *const Client as usize;
         let here = DEFERRED.with_borrow(|d| {
             d.sub
                 .as_ref()
-                .filter(|s| d.client == me && s.id == delivery.subscription.0)
+                .filter(|s| d.client == me && s.id == sub)
                 .cloned()
         });
-        let sub = here.or_else(|| lock(&self.subs).get(&delivery.subscription.0).cloned());
-        if let Some(sub) = sub {
-            lock(&sub.unacked).remove(&delivery.message.0);
+        let Some(sub) = here.or_else(|| lock(&self.subs).get(&sub).cloned()) else {
+            return;
+        };
+        if sub.options.ack_mode == AckMode::Manual {
+            let mut unacked = lock(&sub.unacked);
+            for (_, message) in acks {
+                unacked.remove(message);
+            }
         }
     }
 
@@ -1434,10 +1455,11 @@ impl Broker for RemoteBroker {
 
     fn ack(&self, delivery: DeliveryId) -> Result<()> {
         let c = &self.client;
-        c.settled(delivery);
+        // Deferred, it is settled when it is sent, with the rest of its batch's acks.
         if c.defer_ack(delivery) {
             return Ok(());
         }
+        c.settled(delivery);
         let op = Op::Ack {
             sub: delivery.subscription.0,
             message: delivery.message.0,
