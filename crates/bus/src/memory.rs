@@ -493,12 +493,21 @@ impl InFlight {
 }
 
 impl Unacked {
+    /// Drops the wait-order entries of deliveries already settled: those at the front, and,
+    /// once settled ones outnumber the live behind a delivery that waits at the front, all of
+    /// them. Without that, one un-acked message held every later entry for its whole ack wait
+    /// (30 s by default: tens of millions of entries at full rate).
     fn trim_front(&mut self) {
         while let Some(&(_, id, attempt)) = self.order.front() {
             if self.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
                 break;
             }
             self.order.pop_front();
+        }
+        if self.order.len() >= InFlight::COMPACT_AT && self.order.len() > 2 * self.map.len() {
+            let map = &self.map;
+            self.order
+                .retain(|&(_, id, attempt)| map.get(&id).is_some_and(|m| m.attempt() == attempt));
         }
     }
 }
@@ -1834,6 +1843,27 @@ mod tests {
         assert_eq!(rest[2..], [2]);
         assert!(f.is_empty());
         assert!(f.remove(&MessageId(5)).is_none());
+    }
+
+    #[test]
+    fn the_wait_order_stays_small_behind_a_message_never_acked() {
+        let mut u = Unacked::default();
+        let deadline = Instant::now();
+        for id in 0..100_000 {
+            u.map.insert(MessageId(id), msg(id));
+            u.order.push_back((deadline, MessageId(id), 1));
+            if id > 0 {
+                assert!(u.map.remove(&MessageId(id)).is_some());
+                u.trim_front();
+            }
+        }
+        assert_eq!(u.map.len(), 1);
+        assert!(
+            u.order.len() <= InFlight::COMPACT_AT,
+            "{} entries",
+            u.order.len()
+        );
+        assert_eq!(u.order.front().map(|e| e.1), Some(MessageId(0)));
     }
 
     #[test]
