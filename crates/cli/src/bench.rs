@@ -216,6 +216,30 @@ const PACE_BYTES: u64 = 4 << 20;
 /// How long the publishers wait for a delivery before they give up (something was lost).
 const STALL: Duration = Duration::from_secs(10);
 
+/// Deliveries handled, counted per subscriber on a cache line of its own: the subscribers'
+/// threads adding to one shared counter for every message contended on it.
+struct Counts(Vec<Count>);
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Counts {
+    fn new(subscribers: usize) -> Self {
+        Counts((0..subscribers.max(1)).map(|_| Count::default()).collect())
+    }
+
+    /// One more delivery handled by subscriber `i`.
+    fn add(&self, i: usize) {
+        self.0[i].0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Deliveries handled by all (SeqCst: a handler's work before its count is seen).
+    fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Ordering::SeqCst)).sum()
+    }
+}
+
 /// Keeps the publishers at most a window of deliveries ahead of the subscribers.
 struct Pace {
     /// Deliveries the window allows outstanding (at least one message's worth).
@@ -223,7 +247,7 @@ struct Pace {
     /// Deliveries the messages published so far will make.
     owed: AtomicU64,
     /// Deliveries handled.
-    delivered: Arc<AtomicU64>,
+    delivered: Arc<Counts>,
     /// A publisher waits on `room`; a handler signals it when this is set.
     waiting: AtomicBool,
     lock: Mutex<()>,
@@ -236,13 +260,13 @@ impl Pace {
     /// or `None` if no delivery was handled for [`STALL`] while it waited. A publisher looks at
     /// the subscribers' count once per share, not once per message.
     fn admit(&self, per_message: u64, publishers: u64) -> Option<u64> {
-        let mut last = (self.delivered.load(Ordering::SeqCst), Instant::now());
+        let mut last = (self.delivered.total(), Instant::now());
         loop {
             let room = |delivered: u64| {
                 let outstanding = self.owed.load(Ordering::SeqCst).saturating_sub(delivered);
                 self.window.saturating_sub(outstanding)
             };
-            let delivered = self.delivered.load(Ordering::SeqCst);
+            let delivered = self.delivered.total();
             let free = room(delivered);
             if free >= per_message {
                 // Concurrent publishers each take a share of what they saw, so together they
@@ -259,7 +283,7 @@ impl Pace {
             let guard = lock(&self.lock);
             self.waiting.store(true, Ordering::SeqCst);
             // Either the handler that makes room sees `waiting`, or this sees its delivery.
-            if room(self.delivered.load(Ordering::SeqCst)) >= self.resume(per_message) {
+            if room(self.delivered.total()) >= self.resume(per_message) {
                 continue;
             }
             drop(
@@ -283,7 +307,7 @@ impl Pace {
             let outstanding = self
                 .owed
                 .load(Ordering::SeqCst)
-                .saturating_sub(self.delivered.load(Ordering::SeqCst));
+                .saturating_sub(self.delivered.total());
             if self.window.saturating_sub(outstanding) < self.resume(per_message) {
                 return;
             }
@@ -340,7 +364,7 @@ pub(crate) fn run(
         total * subscribers as u64
     };
 
-    let delivered = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(Counts::new(subscribers));
     let per_message = if group { 1 } else { subscribers as u64 };
     let pace = Arc::new(Pace {
         window: (PACE_BYTES / size as u64).max(per_message),
@@ -418,7 +442,7 @@ pub(crate) fn run(
                     broker.ack(delivery)?;
                 }
             }
-            delivered.fetch_add(1, Ordering::SeqCst);
+            delivered.add(s);
             pace.delivered(per_message);
             Ok(())
         });
@@ -434,7 +458,7 @@ pub(crate) fn run(
     let progress = plan.progress.then(|| {
         let delivered = delivered.clone();
         let stop = stop_progress.clone();
-        thread::spawn(move || show_progress(&delivered, expected_deliveries, &stop))
+        thread::spawn(move || show_progress(|| delivered.total(), expected_deliveries, &stop))
     });
 
     let start = Instant::now();
@@ -475,9 +499,10 @@ pub(crate) fn run(
     }
     // Wait for every delivery, bounded: no progress for 10 s means something was lost.
     let mut last = (0, Instant::now());
-    // Acquire: the handlers' marks (`Once`) before each count are then seen by the checks.
-    while delivered.load(Ordering::Acquire) < expected_deliveries {
-        let now = delivered.load(Ordering::Acquire);
+    // SeqCst loads (`Counts::total`): the handlers' marks (`Once`) before each count are then
+    // seen by the checks.
+    while delivered.total() < expected_deliveries {
+        let now = delivered.total();
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(10) {
@@ -596,7 +621,7 @@ fn run_reqrep(
         let delivered = delivered.clone();
         let stop = stop.clone();
         let count = plan.count;
-        thread::spawn(move || show_progress(&delivered, count, &stop))
+        thread::spawn(move || show_progress(|| delivered.load(Ordering::Relaxed), count, &stop))
     });
     let mut latency = histogram();
     let mut buf = vec![0u8; size];
@@ -649,7 +674,7 @@ fn run_reqrep(
     })
 }
 
-fn show_progress(done: &AtomicU64, total: u64, stop: &AtomicBool) {
+fn show_progress(done: impl Fn() -> u64, total: u64, stop: &AtomicBool) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty {
         Duration::from_millis(200)
@@ -664,7 +689,7 @@ fn show_progress(done: &AtomicU64, total: u64, stop: &AtomicBool) {
             continue;
         }
         last_print = Instant::now();
-        let n = done.load(Ordering::Relaxed);
+        let n = done();
         let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
         let pct = if total == 0 {
             100.0
