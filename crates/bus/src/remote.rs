@@ -248,7 +248,6 @@ struct Client {
     subs: Mutex<HashMap<u64, Arc<RemoteSub>>>,
     next_id: AtomicU64,
     listeners: Listeners,
-    /// Manual deliveries handed to handlers and not yet acked or nacked.
     delivered: AtomicU64,
     queued: AtomicU64,
     running: AtomicU64,
@@ -618,10 +617,8 @@ impl Client {
         lock(&self.link).reconnecting = false;
     }
 
-    /// Hands the messages of one DELIVER or DELIVERS frame to the subscription's thread, as one
-    /// batch (one channel send, at most one wake).
-    /// Hands a frame's deliveries to their subscription: runs them here for an inline handler,
-    /// else sends them to its dispatch thread as one batch.
+    /// Hands deliveries to their subscription: runs them here for an inline handler, else sends
+    /// them to its dispatch thread as one batch (one channel send, at most one wake).
     fn deliver_batch(&self, sub: u64, batch: Vec<Message>) {
         let Some(s) = lock(&self.subs).get(&sub).cloned() else {
             tracing::debug!(
@@ -810,8 +807,6 @@ impl Client {
         }
     }
 
-    /// Defers an ack to the end of the batch when called from one of this client's dispatch
-    /// threads (a handler acking by hand); returns false elsewhere.
     /// A manual-ack delivery was acked or nacked: it no longer counts as un-acked.
     fn settled(&self, delivery: DeliveryId) {
         self.settle_all(delivery.subscription.0, &[(0, delivery.message.0)]);
@@ -845,6 +840,8 @@ impl Client {
         subs.iter().map(|s| lock(&s.unacked).len() as u64).sum()
     }
 
+    /// Defers an ack to the end of the batch when called from one of this client's dispatch
+    /// threads (a handler acking by hand); returns false elsewhere.
     fn defer_ack(self: &Arc<Self>, delivery: DeliveryId) -> bool {
         let me = Arc::as_ptr(self) as usize;
         DEFERRED.with_borrow_mut(|d| {

@@ -262,12 +262,8 @@ impl Pace {
     fn admit(&self, per_message: u64, publishers: u64) -> Option<u64> {
         let mut last = (self.delivered.total(), Instant::now());
         loop {
-            let room = |delivered: u64| {
-                let outstanding = self.owed.load(Ordering::SeqCst).saturating_sub(delivered);
-                self.window.saturating_sub(outstanding)
-            };
             let delivered = self.delivered.total();
-            let free = room(delivered);
+            let free = self.room(delivered);
             if free >= per_message {
                 // Concurrent publishers each take a share of what they saw, so together they
                 // stay within it (give or take one message each).
@@ -283,7 +279,7 @@ impl Pace {
             let guard = lock(&self.lock);
             self.waiting.store(true, Ordering::SeqCst);
             // Either the handler that makes room sees `waiting`, or this sees its delivery.
-            if room(self.delivered.total()) >= self.resume(per_message) {
+            if self.room(self.delivered.total()) >= self.resume(per_message) {
                 continue;
             }
             drop(
@@ -292,6 +288,12 @@ impl Pace {
                     .unwrap_or_else(|p| p.into_inner()),
             );
         }
+    }
+
+    /// Deliveries the window has room for, with `delivered` handled.
+    fn room(&self, delivered: u64) -> u64 {
+        let outstanding = self.owed.load(Ordering::SeqCst).saturating_sub(delivered);
+        self.window.saturating_sub(outstanding)
     }
 
     /// Room a waiting publisher is woken for: a quarter of the window (at least a message). A
@@ -304,11 +306,7 @@ impl Pace {
     /// Called by a handler after it counted a delivery.
     fn delivered(&self, per_message: u64) {
         if self.waiting.load(Ordering::SeqCst) {
-            let outstanding = self
-                .owed
-                .load(Ordering::SeqCst)
-                .saturating_sub(self.delivered.total());
-            if self.window.saturating_sub(outstanding) < self.resume(per_message) {
+            if self.room(self.delivered.total()) < self.resume(per_message) {
                 return;
             }
             let _guard = lock(&self.lock);
@@ -403,8 +401,8 @@ pub(crate) fn run(
         let once = once.clone();
         let delivered = delivered.clone();
         let pace = pace.clone();
-        let acker = Arc::new(Mutex::new(Some(subscriber.clone())));
-        ackers.0.push(acker.clone());
+        let acker: Option<Acker> = group.then(|| Arc::new(Mutex::new(Some(subscriber.clone()))));
+        ackers.0.extend(acker.clone());
         let options = if group {
             SubscribeOptions::group("bench").manual_ack()
         } else {
@@ -436,11 +434,10 @@ pub(crate) fn run(
                     seen.out_of_order += 1;
                 }
             }
-            if group && let Some(delivery) = msg.delivery_id() {
-                let broker = lock(&acker);
-                if let Some(broker) = broker.as_ref() {
-                    broker.ack(delivery)?;
-                }
+            if let (Some(acker), Some(delivery)) = (&acker, msg.delivery_id())
+                && let Some(broker) = lock(acker).as_ref()
+            {
+                broker.ack(delivery)?;
             }
             delivered.add(s);
             pace.delivered(per_message);

@@ -430,25 +430,28 @@ impl Pending {
     /// Copies the frame of `payload` (shorter than [`COPY_LIMIT`]) into the run at the back,
     /// or into a new one if it has no room.
     fn copy_in(&mut self, payload: &[u8], spare: &Spare) {
-        let size = HEADER_LEN + payload.len();
+        if let Some(run) = self.back_run_with_room(HEADER_LEN + payload.len(), spare) {
+            run.push_frame(payload);
+        }
+    }
+
+    /// The run at the back of the queue if it has `size` bytes of room, else a fresh one pushed
+    /// there (a frame under [`COPY_LIMIT`] always fits an empty run).
+    fn back_run_with_room(&mut self, size: usize, spare: &Spare) -> Option<&mut Run> {
         let fits = matches!(self.queue.back(), Some(Entry::Run(run)) if run.room() >= size);
         if !fits {
             self.queue.push_back(Entry::Run(spare.take()));
         }
-        if let Some(Entry::Run(run)) = self.queue.back_mut() {
-            run.push_frame(payload);
+        match self.queue.back_mut() {
+            Some(Entry::Run(run)) => Some(run),
+            _ => None,
         }
     }
 
     /// Copies the frame of `parts` joined (`len` bytes) into the run at the back of the queue,
     /// or a fresh one if it does not fit there.
     fn copy_in_gathered(&mut self, parts: &[&[u8]], len: usize, spare: &Spare) {
-        let size = HEADER_LEN + len;
-        let fits = matches!(self.queue.back(), Some(Entry::Run(run)) if run.room() >= size);
-        if !fits {
-            self.queue.push_back(Entry::Run(spare.take()));
-        }
-        if let Some(Entry::Run(run)) = self.queue.back_mut() {
+        if let Some(run) = self.back_run_with_room(HEADER_LEN + len, spare) {
             run.push_frame_gathered(parts, len);
         }
     }
