@@ -19,7 +19,7 @@ use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
 use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::Frames;
-use crate::queue::task::pump::{EventPump, PumpConfig};
+use crate::queue::task::pump::{AdaptiveSpin, EventPump, PumpConfig};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::topic::{Pattern, validate_topic_cached};
 
@@ -48,9 +48,13 @@ pub struct RemoteConfig {
     pub reconnect_backoff_max: Duration,
     /// The largest frame accepted from the server (default 16 MiB).
     pub max_frame_len: usize,
-    /// How long the client's idle event pump keeps watching its connection before it sleeps
-    /// (default 20 µs); see [`with_spin`](Self::with_spin).
+    /// How long the client's idle event pump (and each subscription's handler thread) keeps
+    /// watching for work before it sleeps, at the least (default 20 µs); see
+    /// [`with_spin`](Self::with_spin).
     pub spin: Duration,
+    /// How far that spin may grow while the server keeps answering soon after the pump fell
+    /// asleep (default 200 µs); see [`with_spin_range`](Self::with_spin_range).
+    pub spin_max: Duration,
 }
 
 impl Default for RemoteConfig {
@@ -66,6 +70,7 @@ impl Default for RemoteConfig {
             reconnect_backoff_max: Duration::from_millis(500),
             max_frame_len: 16 << 20,
             spin: PumpConfig::default().spin,
+            spin_max: PumpConfig::default().spin_max,
         }
     }
 }
@@ -128,13 +133,15 @@ impl RemoteConfig {
         self
     }
 
-    /// Sets how long the client's idle event pump spins before it sleeps: latency for CPU, as
-    /// [`ServerConfig::with_spin`](crate::ServerConfig::with_spin) on the server.
+    /// Sets a fixed spin for the client's idle event pump and its handler threads: how long
+    /// they watch for work before they sleep, always, as
+    /// [`ServerConfig::with_spin`](crate::ServerConfig::with_spin) on the server. The default
+    /// adapts instead ([`with_spin_range`](Self::with_spin_range)).
     ///
     /// A reply (or the next request) that arrives within the spin is read with no thread
-    /// wake-up. Between looks the pump yields its core to any other runnable thread. A client
-    /// that hears from its server more often than the spin lasts never sleeps, so it can keep a
-    /// core busy; an idle one still sleeps once the spin ends.
+    /// wake-up. Between looks the thread yields its core to any other runnable thread. A client
+    /// that hears from its server more often than the spin lasts never sleeps; an idle one
+    /// still sleeps once the spin ends.
     ///
     /// # Examples
     ///
@@ -144,10 +151,23 @@ impl RemoteConfig {
     ///
     /// let config = RemoteConfig::default().with_spin(Duration::from_micros(150));
     /// assert_eq!(config.spin, Duration::from_micros(150));
+    /// assert_eq!(config.spin_max, Duration::from_micros(150));
     /// ```
     #[must_use]
     pub fn with_spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self.spin_max = spin;
+        self
+    }
+
+    /// Sets a spin that adapts between `min` and `max` (default 20 to 200 µs) for the client's
+    /// event pump and its handler threads, as
+    /// [`PumpConfig::with_spin_range`](crate::queue::task::pump::PumpConfig::with_spin_range)
+    /// explains: while the server answers within `max`, they stop sleeping between messages.
+    #[must_use]
+    pub fn with_spin_range(mut self, min: Duration, max: Duration) -> Self {
+        self.spin = min;
+        self.spin_max = max.max(min);
         self
     }
 }
@@ -657,7 +677,11 @@ impl Client {
         handler: Handler,
         rx: flume::Receiver<Vec<Message>>,
     ) {
-        while let Ok(batch) = rx.recv() {
+        // Spin a while before blocking, as the connection's pump does: a handler thread whose
+        // next batch comes soon (a responder in a request/reply exchange) is not put to sleep
+        // and woken between batches.
+        let mut spin = AdaptiveSpin::new(self.config.spin, self.config.spin_max);
+        while let Ok(batch) = spin.recv(&rx) {
             // The batch's messages count as queued until its last handler returns (`close`
             // waits for queued plus running to reach zero).
             let n = batch.len() as u64;
@@ -1226,8 +1250,11 @@ impl RemoteBroker {
     /// handshake (wrong token, version, connection limit), [`Error::Timeout`] when it does not
     /// answer, [`Error::Pump`] when the client's pump cannot start.
     pub fn connect(addr: SocketAddr, config: RemoteConfig) -> Result<RemoteBroker> {
-        let pump =
-            EventPump::with_config(PumpConfig::default().with_workers(1).with_spin(config.spin))?;
+        let pump = EventPump::with_config(
+            PumpConfig::default()
+                .with_workers(1)
+                .with_spin_range(config.spin, config.spin_max),
+        )?;
         let queue_config = QueueConfig::default()
             .with_max_frame_len(config.max_frame_len)
             .with_connect_timeout(config.connect_timeout)

@@ -68,10 +68,14 @@ pub struct ServerConfig {
     /// that read it, with no thread wake-up on the way. With 1, one thread serves everything.
     /// A value outside 1 to 256 is taken as the nearest.
     pub pumps: usize,
-    /// How long an idle server pump keeps watching its sockets before it sleeps (default
-    /// 20 µs, the pump's default). A request whose reply comes back within the spin is
-    /// forwarded with no thread wake-up on the server; see [`with_spin`](Self::with_spin).
+    /// How long an idle server pump keeps watching its sockets before it sleeps, at the least
+    /// (default 20 µs, the pump's default). A request whose reply comes back within the spin
+    /// is forwarded with no thread wake-up on the server; see [`with_spin`](Self::with_spin).
     pub spin: Duration,
+    /// How far a server pump's spin may grow while its clients keep answering soon after it
+    /// fell asleep (default 200 µs, the pump's default); see
+    /// [`with_spin_range`](Self::with_spin_range).
+    pub spin_max: Duration,
     /// The bus held by the server.
     pub inner: InMemoryConfig,
 }
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             name: "mixbus".to_owned(),
             pumps: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             spin: PumpConfig::default().spin,
+            spin_max: PumpConfig::default().spin_max,
             inner: InMemoryConfig::default(),
         }
     }
@@ -188,19 +193,16 @@ impl ServerConfig {
         self
     }
 
-    /// Sets how long an idle server pump spins before it sleeps: latency for CPU.
+    /// Sets a fixed spin: how long an idle server pump watches its sockets before it sleeps,
+    /// always. The default adapts instead ([`with_spin_range`](Self::with_spin_range)).
     ///
-    /// A request/reply round trip crosses the server twice, and each time the server's pump has
-    /// usually fallen asleep in between, so the kernel has to wake it (tens of microseconds on a
-    /// virtual machine). A pump that spins longer than the responder takes to answer forwards
-    /// the reply at once: on the 2-core machine of `BENCHMARKS.md`, 150 µs on one pump, with the
-    /// clients spinning as long ([`RemoteConfig::with_spin`](crate::RemoteConfig::with_spin)),
-    /// took request/reply with inline handlers to 0.36 to 0.38 of NATS's time. The
-    /// price is CPU: a pump that hears from its clients more often than the spin lasts never
-    /// sleeps, so it can keep a core busy at a modest message rate, and each of the server's
-    /// pumps spins on its own, so spin only as many pumps as there are cores to spare (one
-    /// pump, [`with_pumps(1)`](Self::with_pumps), on a small machine). An idle server still
-    /// sleeps once the spin ends.
+    /// A request/reply round trip crosses the server twice, and a pump that has fallen asleep
+    /// in between must be woken by the kernel (tens of microseconds on a virtual machine). A
+    /// pump that spins longer than the responder takes to answer forwards the reply at once.
+    /// The price is CPU: a pump that hears from its clients more often than the spin lasts
+    /// never sleeps, and each of the server's pumps spins on its own. A short fixed spin (the
+    /// pump's floor, 20 µs) costs the least CPU at modest message rates; [`Duration::ZERO`]
+    /// turns spinning off. An idle server still sleeps once the spin ends.
     ///
     /// # Examples
     ///
@@ -208,15 +210,31 @@ impl ServerConfig {
     /// use std::time::Duration;
     /// use mixbus_bus::{BusServer, ServerConfig};
     ///
-    /// let config = ServerConfig::default()
-    ///     .with_pumps(1)
-    ///     .with_spin(Duration::from_micros(150));
+    /// // Never spin more than 20 µs: the least CPU while messages trickle in.
+    /// let config = ServerConfig::default().with_spin(Duration::from_micros(20));
     /// let server = BusServer::bind("127.0.0.1:4999".parse().unwrap(), config)?;
     /// # Ok::<(), mixbus_bus::Error>(())
     /// ```
     #[must_use]
     pub fn with_spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self.spin_max = spin;
+        self
+    }
+
+    /// Sets a spin that adapts between `min` and `max` (default 20 to 200 µs), as
+    /// [`PumpConfig::with_spin_range`](crate::queue::task::pump::PumpConfig::with_spin_range)
+    /// explains: a server pump whose clients answer within `max` of its going idle stops
+    /// sleeping between their messages, so a request/reply round trip costs no wake-up on the
+    /// server, while one that hears from them now and then spins only `min`.
+    ///
+    /// On the 2-core machine of `BENCHMARKS.md` the default took request/reply from 0.8 to
+    /// about half of NATS's time; a pump whose clients send more often than every `max` keeps
+    /// its core busy (yielding it to any other runnable thread between looks).
+    #[must_use]
+    pub fn with_spin_range(mut self, min: Duration, max: Duration) -> Self {
+        self.spin = min;
+        self.spin_max = max.max(min);
         self
     }
 
@@ -1142,7 +1160,7 @@ impl BusServer {
                 EventPump::with_config(
                     PumpConfig::default()
                         .with_name("mixbus-server")
-                        .with_spin(config.spin),
+                        .with_spin_range(config.spin, config.spin_max),
                 )
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;

@@ -81,10 +81,11 @@ enum Command {
         /// at most 4]. Several let a publisher and its subscribers use several cores.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         pumps: Option<u16>,
-        /// Microseconds an idle event pump keeps watching its sockets before it sleeps (0 to
-        /// 100000) [default: 20]. Longer answers requests sooner (no wake-up when the reply
-        /// comes within it) but can keep a core busy per pump: pair it with --pumps 1 on a small
-        /// machine.
+        /// Microseconds an idle event pump keeps watching its sockets before it sleeps, fixed (0
+        /// to 100000) [default: adaptive, 20 to 200: longer while clients answer within 200 µs].
+        /// Longer answers requests sooner (no wake-up when the reply comes within it) but keeps
+        /// a pump busy while messages come more often than the spin; 20 is the least CPU short
+        /// of 0.
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100_000))]
         spin_us: Option<u32>,
     },
@@ -189,8 +190,8 @@ struct BenchArgs {
     )]
     pumps: Option<u16>,
     /// Microseconds an idle event pump spins before it sleeps (0 to 100000), in the bench's
-    /// clients and the embedded server [default: 20]. Longer answers requests sooner, for CPU;
-    /// see `mixbus serve --help`.
+    /// clients and the embedded server, fixed [default: adaptive, 20 to 200]. Longer answers
+    /// requests sooner, for CPU; see `mixbus serve --help`.
     #[arg(
         long,
         value_parser = clap::value_parser!(u32).range(0..=100_000),

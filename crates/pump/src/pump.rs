@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::eventq::{Events, Interest, Poll, Registry, Source, Token, Waker};
 use crate::io::IoSource;
 use crate::owner::Owner;
+use crate::spin::AdaptiveSpin;
 use crate::stats::{Counters, PumpStats};
 use crate::task::{Context, Next, OnceTask, Task, Wake};
 use crate::timer::{TimerHandle, TimerKind, Timers};
@@ -20,9 +21,13 @@ use crate::{Error, PostError, Result};
 /// While tasks are runnable, the longest the pump goes without looking for I/O readiness.
 const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(100);
 
-/// How long an idle pump watches for posts and ready sockets before it sleeps in `poll`, by
-/// default ([`PumpConfig::spin`]).
+/// How long an idle pump watches for posts and ready sockets before it sleeps in `poll`, at the
+/// least, by default ([`PumpConfig::spin`]).
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+
+/// How far an idle pump's spin may grow while its work keeps coming back soon after it fell
+/// asleep, by default ([`PumpConfig::spin_max`]).
+const SPIN_MAX: Duration = Duration::from_micros(200);
 
 /// What an idle pump found while it watched before sleeping.
 enum Spin {
@@ -53,9 +58,13 @@ pub struct PumpConfig {
     pub events_capacity: usize,
     /// How long dropping the [`EventPump`] waits for queued work (default 5 s).
     pub drop_timeout: Duration,
-    /// How long an idle pump keeps watching its inbox and sockets before it sleeps (default
-    /// 20 µs, never past its next timer). See [`with_spin`](Self::with_spin).
+    /// How long an idle pump keeps watching its inbox and sockets before it sleeps, at the
+    /// least (default 20 µs, never past its next timer). See [`with_spin`](Self::with_spin).
     pub spin: Duration,
+    /// How far the spin may grow while work keeps arriving soon after the pump fell asleep
+    /// (default 200 µs; less than [`spin`](Self::spin) is taken as `spin`). See
+    /// [`with_spin_range`](Self::with_spin_range).
+    pub spin_max: Duration,
 }
 
 impl Default for PumpConfig {
@@ -68,6 +77,7 @@ impl Default for PumpConfig {
             events_capacity: 1024,
             drop_timeout: Duration::from_secs(5),
             spin: SPIN_BEFORE_SLEEP,
+            spin_max: SPIN_MAX,
         }
     }
 }
@@ -109,15 +119,16 @@ impl PumpConfig {
     }
 
     /// Sets how long an idle pump spins, watching its inbox and polling its sockets without
-    /// blocking, before it goes to sleep (default 20 µs; never past its next timer).
+    /// blocking, before it goes to sleep: always `spin`, never more (never past its next timer
+    /// either). [`Duration::ZERO`] turns the spin off. See [`with_spin_range`](Self::with_spin_range)
+    /// for a spin that adapts, which is the default.
     ///
     /// Work that arrives while it spins is taken at once: no thread wake-up, which costs tens of
     /// microseconds on a virtual machine. Between looks it yields its core to any other runnable
     /// thread, so a spinning pump delays no other thread by more than one look (a zero-timeout
     /// poll). A longer spin trades CPU for latency: a pump that hears from a peer within the
     /// spin never sleeps, so it can keep a core busy while messages come more often than the
-    /// spin lasts, and on a machine with fewer free cores than spinning pumps it takes the CPU
-    /// that the other threads need. An idle pump still sleeps once the spin ends.
+    /// spin lasts. An idle pump still sleeps once the spin ends.
     ///
     /// # Examples
     ///
@@ -133,6 +144,40 @@ impl PumpConfig {
     #[must_use]
     pub fn with_spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self.spin_max = spin;
+        self
+    }
+
+    /// Sets a spin that adapts between `min` and `max` (default 20 to 200 µs): the pump always
+    /// spins `min` before it sleeps, and longer while spinning would have paid.
+    ///
+    /// When the pump slept and its next work came within `max` of its going idle, a spin of
+    /// `max` would have caught that work without a wake-up, so the spin becomes `max`. When the
+    /// pump stays idle past `max`, the spin halves, down to `min` ([`AdaptiveSpin`] is the
+    /// rule). So a pump in a request/reply exchange, whose peer answers within a hundred
+    /// microseconds or so, soon stops sleeping between messages, while a pump that hears from
+    /// its peers now and then spins only `min` after each piece of work. The price is CPU: a pump
+    /// whose work comes more often than every `max` spins through the gaps, yielding its core to
+    /// any other runnable thread between looks. [`with_spin`](Self::with_spin) sets a fixed
+    /// spin instead; a `max` below `min` is taken as `min`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mixbus_pump::{EventPump, PumpConfig};
+    ///
+    /// // Spin at least 10 µs and at most 1 ms.
+    /// let config = PumpConfig::default()
+    ///     .with_spin_range(Duration::from_micros(10), Duration::from_millis(1));
+    /// let pump = EventPump::with_config(config)?;
+    /// # pump.shutdown(Duration::from_secs(1));
+    /// # Ok::<(), mixbus_pump::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_spin_range(mut self, min: Duration, max: Duration) -> Self {
+        self.spin = min;
+        self.spin_max = max.max(min);
         self
     }
 }
@@ -559,8 +604,9 @@ impl EventPump {
             generation: 0,
             stop_deadline: None,
             last_poll: Instant::now(),
-            spin: config.spin,
+            spin: AdaptiveSpin::new(config.spin, config.spin_max),
         };
+        Counters::set(&handle.shared.counters.spin_ns, config.spin);
         let name = config.name.clone();
         let thread = thread::Builder::new()
             .name(name.clone())
@@ -711,8 +757,9 @@ struct Loop {
     stop_deadline: Option<Instant>,
     /// When the loop last asked the poller for I/O events.
     last_poll: Instant,
-    /// [`PumpConfig::spin`].
-    spin: Duration,
+    /// How long the next idle spin lasts, between [`PumpConfig::spin`] and
+    /// [`PumpConfig::spin_max`].
+    spin: AdaptiveSpin,
 }
 
 impl Loop {
@@ -934,7 +981,8 @@ impl Loop {
     /// asleep and being woken, which costs tens of microseconds on a virtual machine. It spins
     /// for [`PumpConfig::spin`], or until `timeout` (the next timer's) if that comes first.
     fn spin_before_sleep(&mut self, shared: &Shared, timeout: Option<Duration>) -> Spin {
-        let spin = timeout.map_or(self.spin, |t| t.min(self.spin));
+        let spin = self.spin.current();
+        let spin = timeout.map_or(spin, |t| t.min(spin));
         if spin.is_zero() {
             return Spin::Idle;
         }
@@ -977,6 +1025,7 @@ impl Loop {
             self.until_next_timer()
         };
         let mut may_sleep = timeout != Some(Duration::ZERO);
+        let idle_since = Instant::now();
         if may_sleep {
             match self.spin_before_sleep(&shared, timeout) {
                 // Sockets became ready while we spun: their tasks are runnable now.
@@ -1010,7 +1059,22 @@ impl Loop {
             tracing::error!(error = %err, "poll failed");
             return;
         }
-        self.take_events();
+        let ready = self.take_events();
+        if may_sleep {
+            let work = ready > 0 || shared.inbox_pending.load(Ordering::Acquire);
+            self.adapt_spin(idle_since.elapsed(), work);
+        }
+    }
+
+    /// After a sleep: the spin grows when the work that ended it came within `spin_max` of the
+    /// pump's going idle (a spin that long would have caught it without a wake-up), and shrinks
+    /// when the pump stayed idle past `spin_max` (spinning would not have paid).
+    fn adapt_spin(&mut self, idle: Duration, work: bool) {
+        let before = self.spin.current();
+        self.spin.after_block(idle, work);
+        if self.spin.current() != before {
+            Counters::set(&self.handle.shared.counters.spin_ns, self.spin.current());
+        }
     }
 
     /// Makes the tasks parked on the sources in `events` runnable; returns how many I/O events

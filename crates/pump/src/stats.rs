@@ -18,11 +18,16 @@ pub(crate) struct Counters {
     pub(crate) timers_pending: AtomicU64,
     pub(crate) io_waiting: AtomicU64,
     pub(crate) offloaded: AtomicU64,
+    pub(crate) spin_ns: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set(counter: &AtomicU64, value: Duration) {
+        counter.store(value.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> PumpStats {
@@ -41,6 +46,7 @@ impl Counters {
             timers_pending: get(&self.timers_pending),
             io_waiting: get(&self.io_waiting),
             offloaded: get(&self.offloaded),
+            spin: Duration::from_nanos(get(&self.spin_ns)),
         }
     }
 }
@@ -75,4 +81,9 @@ pub struct PumpStats {
     pub io_waiting: u64,
     /// Closures handed to worker threads.
     pub offloaded: u64,
+    /// How long the pump spins the next time it is idle, before it sleeps: between
+    /// [`PumpConfig::spin`](crate::PumpConfig::spin) and
+    /// [`PumpConfig::spin_max`](crate::PumpConfig::spin_max), see
+    /// [`PumpConfig::with_spin_range`](crate::PumpConfig::with_spin_range).
+    pub spin: Duration,
 }

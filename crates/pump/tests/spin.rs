@@ -1,6 +1,7 @@
 //! The idle spin (`PumpConfig::spin`): how long an idle pump watches its inbox and sockets before
 //! it sleeps. Work that arrives within it needs no wake-up; timers and shutdown are never delayed
-//! by it.
+//! by it. By default it adapts (`PumpConfig::with_spin_range`): it grows when work came back soon
+//! after the pump fell asleep and shrinks when the pump stayed idle.
 
 mod support;
 
@@ -13,7 +14,8 @@ use support::{PATIENCE, SLACK, recv, wait_until};
 /// A spin far longer than any test waits: the pump never falls asleep on its own within a test.
 const LONG_SPIN: Duration = Duration::from_secs(30);
 
-/// How long the pump is left idle before the next post: far past the default spin (20 µs).
+/// How long the pump is left idle before the next post: far past the default spin (20 µs,
+/// adapting up to 200 µs).
 const IDLE: Duration = Duration::from_millis(50);
 
 fn spinning_pump(spin: Duration) -> EventPump {
@@ -103,4 +105,73 @@ fn a_spinning_pump_shuts_down_at_once() {
         "shutting down a spinning pump took {:?}",
         start.elapsed()
     );
+}
+
+/// Runs one task on `pump` after it fell asleep, so that the task's post wakes it.
+fn wake_with_one(pump: &EventPump) {
+    wait_until("the idle pump to fall asleep", || {
+        pump.handle().is_sleeping()
+    });
+    let before = pump.stats().wakeups;
+    run_one(pump);
+    assert!(
+        pump.stats().wakeups > before,
+        "the post did not wake the pump"
+    );
+}
+
+#[test]
+fn an_adaptive_spin_grows_to_cover_work_that_came_back_within_its_max() {
+    let pump =
+        EventPump::with_config(PumpConfig::default().with_spin_range(Duration::ZERO, LONG_SPIN))
+            .unwrap();
+    assert_eq!(pump.stats().spin, Duration::ZERO);
+    run_one(&pump);
+    wait_until("the idle pump to fall asleep", || {
+        pump.handle().is_sleeping()
+    });
+    // The pump idles this long before the next post (the test's subject, not a stand-in for
+    // synchronisation): a spin of at least as long would have caught the post.
+    thread::sleep(IDLE);
+    run_one(&pump);
+    let spin = pump.stats().spin;
+    assert!(
+        spin >= IDLE && spin <= LONG_SPIN,
+        "after a post {IDLE:?} into its sleep the pump spins {spin:?}"
+    );
+}
+
+#[test]
+fn an_adaptive_spin_shrinks_when_the_pump_stays_idle_past_its_max() {
+    let max = Duration::from_millis(5);
+    let pump =
+        EventPump::with_config(PumpConfig::default().with_spin_range(Duration::ZERO, max)).unwrap();
+    run_one(&pump);
+    // Grow the spin: a post soon after the pump fell asleep. On a loaded machine the post may
+    // come later than `max`, which does not grow it, so try until one comes in time.
+    let deadline = Instant::now() + PATIENCE;
+    while pump.stats().spin.is_zero() {
+        assert!(Instant::now() < deadline, "the spin never grew");
+        wake_with_one(&pump);
+    }
+    let grown = pump.stats().spin;
+    assert!(grown <= max, "the spin grew past its max: {grown:?}");
+    // Idle past the max (the test's subject): spinning would not have paid, so the spin halves.
+    wait_until("the idle pump to fall asleep", || {
+        pump.handle().is_sleeping()
+    });
+    thread::sleep(max * 4);
+    run_one(&pump);
+    assert_eq!(pump.stats().spin, grown / 2);
+}
+
+#[test]
+fn a_fixed_spin_does_not_adapt() {
+    let spin = Duration::from_micros(20);
+    let pump = spinning_pump(spin);
+    assert_eq!(pump.stats().spin, spin);
+    run_one(&pump);
+    wake_with_one(&pump);
+    wake_with_one(&pump);
+    assert_eq!(pump.stats().spin, spin);
 }

@@ -1,0 +1,155 @@
+//! How long an idle thread spins before it blocks: the pump's own rule, also offered to threads
+//! that wait on a channel (such as the bus's handler threads).
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle thread should spin, watching for work, before it blocks: a spin between a
+/// floor and a ceiling that grows when spinning would have paid and shrinks when it would not.
+///
+/// Waking a blocked thread costs tens of microseconds on a virtual machine; work that comes
+/// while the thread still spins costs none. After each block, tell it how long the thread was
+/// idle in all ([`after_block`](Self::after_block)): when work ended a block within `max` of
+/// the thread's going idle, a spin of `max` would have caught it, so the spin becomes `max`;
+/// when the thread stayed idle past `max`, spinning could not have paid, and the spin halves,
+/// down to `min`. A thread whose work keeps coming within `max` (a request/reply exchange) so
+/// stops blocking between pieces of work, and one that hears of work now and then spins only
+/// `min` after each. `min == max` is a fixed spin.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mixbus_pump::AdaptiveSpin;
+///
+/// let mut spin = AdaptiveSpin::new(Duration::from_micros(20), Duration::from_micros(200));
+/// assert_eq!(spin.current(), Duration::from_micros(20));
+/// // Work came 80 µs after the thread went idle, so it had blocked: a longer spin would have
+/// // caught it.
+/// spin.after_block(Duration::from_micros(80), true);
+/// assert_eq!(spin.current(), Duration::from_micros(200));
+/// // Idle for 5 ms: spinning would not have paid.
+/// spin.after_block(Duration::from_millis(5), true);
+/// assert_eq!(spin.current(), Duration::from_micros(100));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveSpin {
+    current: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl AdaptiveSpin {
+    /// A spin between `min` and `max` (a `max` below `min` is taken as `min`), starting at `min`.
+    pub fn new(min: Duration, max: Duration) -> AdaptiveSpin {
+        AdaptiveSpin {
+            current: min,
+            min,
+            max: max.max(min),
+        }
+    }
+
+    /// How long to spin the next time the thread is idle.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+
+    /// Adapts the spin after the thread blocked: `idle` is the whole time since it went idle
+    /// (the spin included), `work` whether work ended the block (rather than a timeout).
+    pub fn after_block(&mut self, idle: Duration, work: bool) {
+        if work && idle <= self.max {
+            self.current = self.max;
+        } else if idle > self.max {
+            self.current = (self.current / 2).max(self.min);
+        }
+    }
+
+    /// Takes a value from `rx`, spinning first (yielding the core between looks), then
+    /// blocking; adapts the spin to how long the wait was. `Err` once the channel is empty and
+    /// every sender is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mixbus_pump::AdaptiveSpin;
+    ///
+    /// let (tx, rx) = flume::unbounded();
+    /// let mut spin = AdaptiveSpin::new(Duration::from_micros(20), Duration::from_micros(200));
+    /// tx.send(7).unwrap();
+    /// assert_eq!(spin.recv(&rx), Ok(7));
+    /// drop(tx);
+    /// assert!(spin.recv(&rx).is_err());
+    /// ```
+    pub fn recv<T>(&mut self, rx: &flume::Receiver<T>) -> Result<T, flume::RecvError> {
+        let idle_since = Instant::now();
+        let spin = self.current;
+        if !spin.is_zero() {
+            loop {
+                match rx.try_recv() {
+                    Ok(value) => return Ok(value),
+                    Err(flume::TryRecvError::Disconnected) => {
+                        return Err(flume::RecvError::Disconnected);
+                    }
+                    Err(flume::TryRecvError::Empty) => {}
+                }
+                if idle_since.elapsed() >= spin {
+                    break;
+                }
+                thread::yield_now();
+            }
+        }
+        let got = rx.recv();
+        self.after_block(idle_since.elapsed(), got.is_ok());
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_value_that_ends_a_block_within_max_grows_the_spin_to_max() {
+        let mut spin = AdaptiveSpin::new(Duration::ZERO, MAX);
+        let (tx, rx) = flume::bounded(1);
+        let sender = thread::spawn(move || tx.send(1).unwrap());
+        assert_eq!(spin.recv(&rx), Ok(1));
+        sender.join().unwrap();
+        assert_eq!(spin.current(), MAX);
+    }
+
+    #[test]
+    fn a_block_ended_by_no_work_leaves_the_spin_alone() {
+        let mut spin = AdaptiveSpin::new(Duration::ZERO, MAX);
+        spin.after_block(Duration::from_micros(5), false);
+        assert_eq!(spin.current(), Duration::ZERO);
+        let (tx, rx) = flume::bounded::<u8>(1);
+        drop(tx);
+        assert!(spin.recv(&rx).is_err());
+        assert_eq!(spin.current(), Duration::ZERO);
+    }
+
+    #[test]
+    fn long_idles_halve_the_spin_down_to_its_floor() {
+        let min = Duration::from_micros(20);
+        let mut spin = AdaptiveSpin::new(min, Duration::from_micros(200));
+        spin.after_block(Duration::from_micros(50), true);
+        assert_eq!(spin.current(), Duration::from_micros(200));
+        for expected in [100, 50, 25, 20, 20] {
+            spin.after_block(Duration::from_millis(1), true);
+            assert_eq!(spin.current(), Duration::from_micros(expected));
+        }
+    }
+
+    #[test]
+    fn a_fixed_spin_stays_fixed() {
+        let d = Duration::from_micros(20);
+        let mut spin = AdaptiveSpin::new(d, Duration::ZERO);
+        spin.after_block(Duration::from_micros(5), true);
+        spin.after_block(Duration::from_secs(1), true);
+        assert_eq!(spin.current(), d);
+    }
+}
