@@ -83,22 +83,46 @@ impl AdaptiveSpin {
     /// ```
     pub fn recv<T>(&mut self, rx: &flume::Receiver<T>) -> Result<T, flume::RecvError> {
         let idle_since = Instant::now();
-        let spin = self.current;
-        if !spin.is_zero() {
-            loop {
-                match rx.try_recv() {
-                    Ok(value) => return Ok(value),
-                    Err(flume::TryRecvError::Disconnected) => {
-                        return Err(flume::RecvError::Disconnected);
-                    }
-                    Err(flume::TryRecvError::Empty) => {}
-                }
-                if idle_since.elapsed() >= spin {
-                    break;
-                }
-                thread::yield_now();
-            }
+        match self.spin_recv(rx, idle_since) {
+            Some(got) => got,
+            None => self.block_recv(rx, idle_since),
         }
+    }
+
+    /// The spinning half of [`recv`](Self::recv): watches `rx` (yielding the core between
+    /// looks) until `idle_since` is the current spin old; `None` if nothing came by then. For a
+    /// thread that may spin only sometimes (say, while few others do), with
+    /// [`block_recv`](Self::block_recv) after it.
+    pub fn spin_recv<T>(
+        &self,
+        rx: &flume::Receiver<T>,
+        idle_since: Instant,
+    ) -> Option<Result<T, flume::RecvError>> {
+        if self.current.is_zero() {
+            return None;
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(value) => return Some(Ok(value)),
+                Err(flume::TryRecvError::Disconnected) => {
+                    return Some(Err(flume::RecvError::Disconnected));
+                }
+                Err(flume::TryRecvError::Empty) => {}
+            }
+            if idle_since.elapsed() >= self.current {
+                return None;
+            }
+            thread::yield_now();
+        }
+    }
+
+    /// The blocking half of [`recv`](Self::recv): blocks on `rx`, then adapts the spin to the
+    /// whole idle time since `idle_since`.
+    pub fn block_recv<T>(
+        &mut self,
+        rx: &flume::Receiver<T>,
+        idle_since: Instant,
+    ) -> Result<T, flume::RecvError> {
         let got = rx.recv();
         self.after_block(idle_since.elapsed(), got.is_ok());
         got
