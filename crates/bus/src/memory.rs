@@ -24,6 +24,7 @@ use crate::idhash::IdMap;
 use crate::listener::{BrokerListener, DropReason, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
+use crate::queue::task::pump::{AdaptiveSpin, PumpConfig, SpinSlots};
 use crate::topic::{Pattern, validate_topic};
 
 /// How often the timer thread looks for expired ack waits while manual-ack subscriptions exist.
@@ -69,6 +70,12 @@ pub struct InMemoryConfig {
     /// remote subscriptions are manual-ack on the server); one delivery run may pass it by at
     /// most one run of messages, and a subscription with nothing in flight always takes one.
     pub max_in_flight_bytes: usize,
+    /// How long an idle dispatch thread watches for work before it blocks, at the least
+    /// (default 20 µs); see [`with_spin_range`](Self::with_spin_range).
+    pub spin: Duration,
+    /// How far that spin may grow while work keeps coming soon after the thread blocked
+    /// (default 200 µs).
+    pub spin_max: Duration,
 }
 
 impl Default for InMemoryConfig {
@@ -79,6 +86,8 @@ impl Default for InMemoryConfig {
             dead_letter_prefix: "dead".to_owned(),
             batch: 64,
             max_in_flight_bytes: 64 << 20,
+            spin: PumpConfig::default().spin,
+            spin_max: PumpConfig::default().spin_max,
         }
     }
 }
@@ -111,6 +120,27 @@ impl InMemoryConfig {
     /// Sets the batch size.
     pub fn with_batch(mut self, n: usize) -> Self {
         self.batch = n;
+        self
+    }
+
+    /// Sets a fixed spin: how long an idle dispatch thread watches for work before it blocks,
+    /// always ([`Duration::ZERO`]: it blocks at once).
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self.spin_max = spin;
+        self
+    }
+
+    /// Sets a spin that adapts between `min` and `max` (default 20 to 200 µs), as the event
+    /// pump's does
+    /// ([`PumpConfig::with_spin_range`](crate::queue::task::pump::PumpConfig::with_spin_range)):
+    /// a dispatch thread whose work comes back within `max` of its going idle (a handler that
+    /// answers requests, say) stops blocking between messages, and wakes no thread to run
+    /// them. At most one dispatch thread per core spins at a time; the price is CPU while
+    /// messages come more often than every `max`.
+    pub fn with_spin_range(mut self, min: Duration, max: Duration) -> Self {
+        self.spin = min;
+        self.spin_max = max.max(min);
         self
     }
 }
@@ -160,6 +190,8 @@ struct Shared {
     listeners: Listeners,
     ready_tx: flume::Sender<Option<Arc<Sub>>>,
     ready_rx: flume::Receiver<Option<Arc<Sub>>>,
+    /// Leave for the dispatch threads to spin before they block, one per core.
+    spin_slots: SpinSlots,
     timer: Timer,
     busy: Box<[BusySlot]>,
     manual_subs: AtomicUsize,
@@ -734,6 +766,7 @@ impl InMemoryBroker {
             listeners: Listeners::default(),
             ready_tx,
             ready_rx,
+            spin_slots: SpinSlots::per_core(),
             timer: Timer::default(),
             manual_subs: AtomicUsize::new(0),
             in_hand: AtomicUsize::new(0),
@@ -1378,7 +1411,10 @@ impl Shared {
             version: u64::MAX,
             notifier: self.listeners.snapshot(),
         };
-        while let Ok(Some(sub)) = self.ready_rx.recv() {
+        // Spin a while before blocking, within the machine's spin slots: a handler's next
+        // message that comes soon (a request/reply exchange) then needs no thread wake-up.
+        let mut spin = AdaptiveSpin::new(self.config.spin, self.config.spin_max);
+        while let Ok(Some(sub)) = spin.recv_sharing(&self.ready_rx, &self.spin_slots) {
             self.run(&sub, &mut ctx);
         }
         tracing::debug!("dispatch thread stopped");

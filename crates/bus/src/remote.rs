@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,7 @@ use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
 use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::Frames;
-use crate::queue::task::pump::{AdaptiveSpin, EventPump, PumpConfig};
+use crate::queue::task::pump::{AdaptiveSpin, EventPump, PumpConfig, SpinSlots};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
 use crate::topic::{Pattern, validate_topic_cached};
 
@@ -271,32 +271,8 @@ struct Client {
     delivered: AtomicU64,
     queued: AtomicU64,
     running: AtomicU64,
-    /// The handler threads spinning right now ([`SpinSlot`]).
-    spinning: AtomicUsize,
-}
-
-/// A handler thread's leave to spin before it blocks, held while it spins: at most one per core
-/// at a time, per client.
-struct SpinSlot<'a>(&'a AtomicUsize);
-
-impl<'a> SpinSlot<'a> {
-    fn claim(spinning: &'a AtomicUsize) -> Option<SpinSlot<'a>> {
-        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let cores =
-            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if spinning.fetch_add(1, Ordering::AcqRel) < cores {
-            Some(SpinSlot(spinning))
-        } else {
-            spinning.fetch_sub(1, Ordering::AcqRel);
-            None
-        }
-    }
-}
-
-impl Drop for SpinSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// Leave for the handler threads to spin before they block, one per core.
+    spin_slots: SpinSlots,
 }
 
 impl Client {
@@ -708,15 +684,7 @@ impl Client {
         // and woken between batches. At most one thread per core spins at a time, so that a
         // client with many busy subscriptions does not fill the machine with spinning threads.
         let mut spin = AdaptiveSpin::new(self.config.spin, self.config.spin_max);
-        loop {
-            let idle_since = Instant::now();
-            let spun = match SpinSlot::claim(&self.spinning) {
-                Some(_slot) => spin.spin_recv(&rx, idle_since),
-                None => None,
-            };
-            let Ok(batch) = spun.unwrap_or_else(|| spin.block_recv(&rx, idle_since)) else {
-                break;
-            };
+        while let Ok(batch) = spin.recv_sharing(&rx, &self.spin_slots) {
             // The batch's messages count as queued until its last handler returns (`close`
             // waits for queued plus running to reach zero).
             let n = batch.len() as u64;
@@ -1308,7 +1276,7 @@ impl RemoteBroker {
             delivered: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             running: AtomicU64::new(0),
-            spinning: AtomicUsize::new(0),
+            spin_slots: SpinSlots::per_core(),
         });
         if let Err(err) = client.connect_once() {
             lock(&client.link).closed = true;
@@ -1636,27 +1604,5 @@ impl fmt::Debug for RemoteBroker {
             .field("server", &self.client.addr)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn at_most_one_handler_thread_per_core_spins_at_once() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let spinning = AtomicUsize::new(0);
-        let slots: Vec<_> = (0..cores)
-            .map(|_| SpinSlot::claim(&spinning).expect("a free slot"))
-            .collect();
-        assert!(
-            SpinSlot::claim(&spinning).is_none(),
-            "a slot past the cores"
-        );
-        assert_eq!(spinning.load(Ordering::Acquire), cores);
-        drop(slots);
-        assert_eq!(spinning.load(Ordering::Acquire), 0);
-        assert!(SpinSlot::claim(&spinning).is_some());
     }
 }

@@ -58,7 +58,7 @@ pub use error::{Error, PostError, Result};
 pub use io::IoSource;
 pub use owner::Owner;
 pub use pump::{EventPump, PumpConfig, PumpHandle, ShutdownReport};
-pub use spin::AdaptiveSpin;
+pub use spin::{AdaptiveSpin, SpinSlot, SpinSlots};
 pub use stats::PumpStats;
 pub use task::{Context, FnTask, IoWait, Next, OnceTask, Task, Wake};
 pub use timer::TimerHandle;

@@ -1,6 +1,7 @@
 //! How long an idle thread spins before it blocks: the pump's own rule, also offered to threads
 //! that wait on a channel (such as the bus's handler threads).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,38 @@ impl AdaptiveSpin {
         }
     }
 
+    /// [`recv`](Self::recv), spinning only if one of `slots` is free (held while spinning);
+    /// otherwise it blocks at once. Threads that share `slots` so never spin more at a time
+    /// than it has slots.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mixbus_pump::{AdaptiveSpin, SpinSlots};
+    ///
+    /// let slots = SpinSlots::per_core();
+    /// let (tx, rx) = flume::unbounded();
+    /// let mut spin = AdaptiveSpin::new(Duration::from_micros(20), Duration::from_micros(200));
+    /// tx.send("work").unwrap();
+    /// assert_eq!(spin.recv_sharing(&rx, &slots), Ok("work"));
+    /// ```
+    pub fn recv_sharing<T>(
+        &mut self,
+        rx: &flume::Receiver<T>,
+        slots: &SpinSlots,
+    ) -> Result<T, flume::RecvError> {
+        let idle_since = Instant::now();
+        let spun = match slots.claim() {
+            Some(_slot) => self.spin_recv(rx, idle_since),
+            None => None,
+        };
+        match spun {
+            Some(got) => got,
+            None => self.block_recv(rx, idle_since),
+        }
+    }
+
     /// The spinning half of [`recv`](Self::recv): watches `rx` (yielding the core between
     /// looks) until `idle_since` is the current spin old; `None` if nothing came by then. For a
     /// thread that may spin only sometimes (say, while few others do), with
@@ -129,6 +162,68 @@ impl AdaptiveSpin {
     }
 }
 
+/// Leave to spin, shared by threads that wait for work: at most `limit` of them spin at a time,
+/// so that many threads with frequent work do not fill the machine with spinning threads that
+/// yield to one another. See [`AdaptiveSpin::recv_sharing`].
+#[derive(Debug)]
+pub struct SpinSlots {
+    busy: AtomicUsize,
+    limit: usize,
+}
+
+impl SpinSlots {
+    /// `limit` slots.
+    pub fn new(limit: usize) -> SpinSlots {
+        SpinSlots {
+            busy: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// One slot per core of the machine.
+    pub fn per_core() -> SpinSlots {
+        SpinSlots::new(thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// A slot, if one is free; it is given back when the returned guard is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixbus_pump::SpinSlots;
+    ///
+    /// let slots = SpinSlots::new(1);
+    /// let held = slots.claim().unwrap();
+    /// assert!(slots.claim().is_none());
+    /// drop(held);
+    /// assert!(slots.claim().is_some());
+    /// ```
+    pub fn claim(&self) -> Option<SpinSlot<'_>> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) < self.limit {
+            Some(SpinSlot(self))
+        } else {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+
+    /// Slots held right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+/// A slot of [`SpinSlots`], held while its thread spins.
+#[derive(Debug)]
+#[must_use = "the slot is given back when this is dropped"]
+pub struct SpinSlot<'a>(&'a SpinSlots);
+
+impl Drop for SpinSlot<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +261,30 @@ mod tests {
             spin.after_block(Duration::from_millis(1), true);
             assert_eq!(spin.current(), Duration::from_micros(expected));
         }
+    }
+
+    #[test]
+    fn at_most_limit_slots_are_held_at_once() {
+        let slots = SpinSlots::new(3);
+        let held: Vec<_> = (0..3)
+            .map(|_| slots.claim().expect("a free slot"))
+            .collect();
+        assert!(slots.claim().is_none(), "a slot past the limit");
+        assert_eq!(slots.busy(), 3);
+        drop(held);
+        assert_eq!(slots.busy(), 0);
+        assert!(slots.claim().is_some());
+    }
+
+    #[test]
+    fn a_thread_without_a_slot_blocks_at_once_and_still_receives() {
+        let slots = SpinSlots::new(0);
+        let mut spin = AdaptiveSpin::new(MAX, MAX);
+        let (tx, rx) = flume::bounded(1);
+        let sender = thread::spawn(move || tx.send(5).unwrap());
+        assert_eq!(spin.recv_sharing(&rx, &slots), Ok(5));
+        sender.join().unwrap();
+        assert_eq!(slots.busy(), 0);
     }
 
     #[test]
