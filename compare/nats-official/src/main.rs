@@ -2,9 +2,10 @@
 //! way `mixbus bench` measures the bus: deliveries per second from the first
 //! publish to the last delivery, every delivery counted.
 //!
-//! Usage: `nats-official ADDR WORKLOAD SIZE COUNT [SUBSCRIBERS]`, with
+//! Usage: `nats-official ADDR WORKLOAD SIZE COUNT [SUBSCRIBERS [RATE]]`, with
 //! WORKLOAD one of `pubsub`, `fanout`, `group` (a NATS queue group: no acks,
-//! NATS core has none) or `reqrep` (one request outstanding; prints p50).
+//! NATS core has none) or `reqrep` (one request outstanding; prints p50; with
+//! RATE, at most that many requests per second, as `mixbus bench --rate`).
 //!
 //! Subscribers get a pending capacity of COUNT messages, so that the client
 //! never drops one as a slow consumer (with the default 65,536 it dropped a
@@ -20,7 +21,7 @@ const IDLE: Duration = Duration::from_secs(2);
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        eprintln!("usage: nats-official ADDR pubsub|fanout|group|reqrep SIZE COUNT [SUBSCRIBERS]");
+        eprintln!("usage: nats-official ADDR pubsub|fanout|group|reqrep SIZE COUNT [SUBSCRIBERS [RATE]]");
         std::process::exit(2);
     }
     let addr = args[1].clone();
@@ -36,7 +37,8 @@ async fn main() {
         |s| s.parse().expect("SUBSCRIBERS"),
     );
     if workload == "reqrep" {
-        reqrep(&addr, size, count).await;
+        let rate: Option<f64> = args.get(6).map(|r| r.parse().expect("RATE"));
+        reqrep(&addr, size, count, rate).await;
         return;
     }
     let mut subs = Vec::new();
@@ -99,7 +101,9 @@ async fn main() {
     );
 }
 
-async fn reqrep(addr: &str, size: usize, count: usize) {
+/// Request/reply round trips, one outstanding; with `rate`, at most that many requests per
+/// second, evenly spaced (as `mixbus bench --rate`).
+async fn reqrep(addr: &str, size: usize, count: usize, rate: Option<f64>) {
     let server = async_nats::connect(addr).await.expect("connect");
     let mut requests = server.subscribe(SUBJECT).await.expect("subscribe");
     server.flush().await.expect("flush");
@@ -113,7 +117,15 @@ async fn reqrep(addr: &str, size: usize, count: usize) {
     let client = async_nats::connect(addr).await.expect("connect");
     let payload = bytes::Bytes::from(vec![7u8; size]);
     let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
+    let start = Instant::now();
+    for i in 0..count {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         let sent = Instant::now();
         let answer = client
             .request(SUBJECT, payload.clone())

@@ -37,7 +37,45 @@ pub(crate) struct Plan {
     pub(crate) subscribers: usize,
     /// Subscribers' handlers run inline (streaming workloads).
     pub(crate) inline: bool,
+    /// Messages (requests) per second in all, if paced.
+    pub(crate) rate: Option<u64>,
     pub(crate) progress: bool,
+}
+
+impl Plan {
+    /// How far apart one of `publishers` spaces its messages to keep to the rate.
+    fn gap(&self, publishers: usize) -> Option<Duration> {
+        self.rate
+            .map(|rate| Duration::from_secs_f64(publishers as f64 / rate as f64))
+    }
+}
+
+/// Waits until message `seq` of a stream spaced `gap` apart, started at `start`, is due. The
+/// sleep is the pacing itself: it stands in for no event.
+fn keep_pace(gap: Option<Duration>, start: Instant, seq: u64) {
+    if let Some(gap) = gap {
+        let due = start + gap.mul_f64(seq as f64);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+    }
+}
+
+/// The CPU time this process has used so far (user and system), where the system says
+/// (`/proc/self/stat` on Linux).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports in clock ticks of 1/100 s on every architecture it runs on (USER_HZ).
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used since `before`, if it can be read.
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    Some(cpu_time()?.saturating_sub(before?))
 }
 
 /// What a run found.
@@ -49,6 +87,8 @@ pub(crate) struct Outcome {
     pub(crate) published: u64,
     pub(crate) delivered: u64,
     pub(crate) elapsed: Duration,
+    /// The process's CPU time over the run, where it can be read.
+    pub(crate) cpu: Option<Duration>,
     pub(crate) latency: Histogram<u64>,
     pub(crate) verified: Result<String, String>,
 }
@@ -85,9 +125,12 @@ impl Outcome {
             Ok(text) => format!("verified: {text}"),
             Err(text) => format!("NOT VERIFIED: {text}"),
         };
+        let cpu = self
+            .cpu
+            .map_or_else(|| "-".to_owned(), |c| format!("{:.2}", c.as_secs_f64()));
         format!(
-            "backend   workload  size   published  delivered  seconds  msgs/s        MB/s      p50 us   p99 us   p99.9 us\n\
-             {:<9} {:<9} {:<6} {:<10} {:<10} {:<8.3} {:<13.0} {:<9.1} {:<8.1} {:<8.1} {:.1}\n{verdict}",
+            "backend   workload  size   published  delivered  seconds  msgs/s        MB/s      p50 us   p99 us   p99.9 us  cpu s\n\
+             {:<9} {:<9} {:<6} {:<10} {:<10} {:<8.3} {:<13.0} {:<9.1} {:<8.1} {:<8.1} {:<9.1} {cpu}\n{verdict}",
             self.backend,
             f.workload,
             self.size,
@@ -109,7 +152,7 @@ impl Outcome {
             Err(t) => (false, t.as_str()),
         };
         format!(
-            "{{\"backend\":\"{}\",\"workload\":\"{}\",\"size\":{},\"published\":{},\"delivered\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"verified\":{},\"verdict\":\"{}\"}}",
+            "{{\"backend\":\"{}\",\"workload\":\"{}\",\"size\":{},\"published\":{},\"delivered\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"cpu_s\":{},\"verified\":{},\"verdict\":\"{}\"}}",
             self.backend,
             f.workload,
             self.size,
@@ -121,6 +164,8 @@ impl Outcome {
             f.p50,
             f.p99,
             f.p999,
+            self.cpu
+                .map_or_else(|| "null".to_owned(), |c| format!("{:.3}", c.as_secs_f64())),
             ok,
             text.replace('"', "'"),
         )
@@ -458,6 +503,8 @@ pub(crate) fn run(
         thread::spawn(move || show_progress(|| delivered.total(), expected_deliveries, &stop))
     });
 
+    let gap = plan.gap(publishers);
+    let cpu_before = cpu_time();
     let start = Instant::now();
     let mut threads = Vec::new();
     for (p, &n) in per_publisher.iter().enumerate() {
@@ -481,6 +528,7 @@ pub(crate) fn run(
                     }
                 }
                 credit -= 1;
+                keep_pace(gap, start, seq);
                 encode(&mut buf, p, seq, origin, seq % LATENCY_EVERY == 0);
                 publish_retrying(
                     &*broker,
@@ -508,6 +556,7 @@ pub(crate) fn run(
         thread::sleep(Duration::from_millis(1));
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_since(cpu_before);
     stop_progress.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
@@ -572,6 +621,7 @@ pub(crate) fn run(
         published: total,
         delivered: got,
         elapsed,
+        cpu,
         latency,
         verified,
     })
@@ -623,8 +673,11 @@ fn run_reqrep(
     let mut latency = histogram();
     let mut buf = vec![0u8; size];
     let mut problems = Vec::new();
+    let gap = plan.gap(1);
+    let cpu_before = cpu_time();
     let start = Instant::now();
     for seq in 0..plan.count {
+        keep_pace(gap, start, seq);
         encode(&mut buf, 0, seq, origin, true);
         let sent = Instant::now();
         publish_retrying(
@@ -647,6 +700,7 @@ fn run_reqrep(
         }
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_since(cpu_before);
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
@@ -660,6 +714,7 @@ fn run_reqrep(
         published: plan.count,
         delivered: got,
         elapsed,
+        cpu,
         latency,
         verified: if problems.is_empty() {
             Ok(format!(

@@ -203,6 +203,11 @@ struct BenchArgs {
     /// subscription's own: no hand-off and no wake-up, for handlers that never block.
     #[arg(long, conflicts_with = "memory")]
     inline: bool,
+    /// Publish at most this many messages (requests, for reqrep) per second in all, evenly
+    /// spaced, instead of as fast as the subscribers take them: to see latency and the
+    /// process's CPU time (`cpu_s`) at a given load rather than at full speed.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// The server's token, if it asks for one.
     #[arg(long, env = "MIXBUS_TOKEN")]
     token: Option<String>,
@@ -267,6 +272,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
         publishers: args.publishers,
         subscribers: args.subscribers,
         inline: args.inline,
+        rate: args.rate,
         progress: !args.quiet && !args.json,
     };
     let threads = (args.subscribers + 1).clamp(2, 8);

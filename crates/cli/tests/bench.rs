@@ -115,3 +115,47 @@ fn bench_with_inline_handlers_is_verified_for_every_workload() {
     // server (a lost one would re-deliver, and the exactly-once check would fail).
     every_workload_is_verified(&["--inline"]);
 }
+
+/// The number after `"key":` in a one-line JSON object.
+fn json_number(line: &str, key: &str) -> f64 {
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let rest = &line[at + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+}
+
+#[test]
+fn a_paced_bench_keeps_to_its_rate_and_reports_its_cpu_time() {
+    // 40 messages at 400 per second are spaced 2.5 ms apart: the run cannot take less than
+    // 39 gaps, 97.5 ms, however fast the machine (the pacing sleeps; it never runs early).
+    for workload in ["pubsub", "reqrep"] {
+        let stdout = succeeding(
+            workload,
+            &[
+                "bench",
+                "--memory",
+                "--workload",
+                workload,
+                "--count",
+                "40",
+                "--rate",
+                "400",
+                "--json",
+            ],
+        );
+        let line = stdout.trim();
+        assert!(line.contains("\"verified\":true"), "{line}");
+        let seconds = json_number(line, "seconds");
+        assert!(
+            seconds >= 0.0975,
+            "{workload}: 40 messages at 400/s took {seconds} s"
+        );
+        assert!(json_number(line, "cpu_s") >= 0.0, "{line}");
+    }
+    let out = mixbus(&["bench", "--memory", "--rate", "0"]);
+    assert!(!out.status.success(), "a rate of 0 was taken");
+}
