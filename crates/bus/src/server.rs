@@ -228,8 +228,9 @@ impl ServerConfig {
     /// sleeping between their messages, so a request/reply round trip costs no wake-up on the
     /// server, while one that hears from them now and then spins only `min`.
     ///
-    /// On the 2-core machine of `BENCHMARKS.md` the default took request/reply from 0.8 to
-    /// about half of NATS's time; a pump whose clients send more often than every `max` keeps
+    /// On the 2-core machine of `BENCHMARKS.md` the default took back-to-back request/reply
+    /// from 0.8 to about half of NATS's time (requests a millisecond or more apart find every
+    /// thread asleep either way); a pump whose clients send more often than every `max` keeps
     /// its core busy (yielding it to any other runnable thread between looks).
     #[must_use]
     pub fn with_spin_range(mut self, min: Duration, max: Duration) -> Self {
