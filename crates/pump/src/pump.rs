@@ -979,7 +979,8 @@ impl Loop {
     /// steady stream of posts from another thread this saves the poster a wake-up system call
     /// per batch, and a reply that arrives soon after a send is taken without the pump falling
     /// asleep and being woken, which costs tens of microseconds on a virtual machine. It spins
-    /// for [`PumpConfig::spin`], or until `timeout` (the next timer's) if that comes first.
+    /// for the current adaptive spin (between [`PumpConfig::spin`] and
+    /// [`PumpConfig::spin_max`]), or until `timeout` (the next timer's) if that comes first.
     fn spin_before_sleep(&mut self, shared: &Shared, timeout: Option<Duration>) -> Spin {
         let spin = self.spin.current();
         let spin = timeout.map_or(spin, |t| t.min(spin));
