@@ -130,15 +130,15 @@ fn an_adaptive_spin_grows_to_cover_work_that_came_back_within_its_max() {
     wait_until("the idle pump to fall asleep", || {
         pump.handle().is_sleeping()
     });
-    // The pump idles this long before the next post (the test's subject, not a stand-in for
-    // synchronisation): a spin of at least as long would have caught the post.
-    thread::sleep(IDLE);
+    // The post comes within the max after the pump went idle: a spin of the max would have
+    // caught it, so the spin becomes the max.
     run_one(&pump);
     let spin = pump.stats().spin;
     assert!(
         spin >= IDLE && spin <= LONG_SPIN,
-        "after a post {IDLE:?} into its sleep the pump spins {spin:?}"
+        "after a post into its sleep the pump spins {spin:?}"
     );
+    assert_eq!(spin, LONG_SPIN);
 }
 
 #[test]
@@ -156,13 +156,28 @@ fn an_adaptive_spin_shrinks_when_the_pump_stays_idle_past_its_max() {
     }
     let grown = pump.stats().spin;
     assert!(grown <= max, "the spin grew past its max: {grown:?}");
-    // Idle past the max (the test's subject): spinning would not have paid, so the spin halves.
-    wait_until("the idle pump to fall asleep", || {
-        pump.handle().is_sleeping()
-    });
-    thread::sleep(max * 4);
-    run_one(&pump);
-    assert_eq!(pump.stats().spin, grown / 2);
+    // Idle past the max: a task on the pump reads the spin and sets a timer four maxes off, and
+    // the timer's task reads it again. Between the two the pump only waits for the timer (no
+    // post, no I/O), and spinning would not have paid, so the spin halves.
+    let (tx, rx) = flume::bounded(1);
+    let handle = pump.handle().clone();
+    pump.handle()
+        .post_fn("set the timer", move |_cx| {
+            let before = handle.stats().spin;
+            let after = handle.clone();
+            handle
+                .post_after(
+                    max * 4,
+                    OnceTask::new("read the spin", move |_cx| {
+                        tx.send((before, after.stats().spin)).unwrap()
+                    }),
+                )
+                .unwrap();
+        })
+        .unwrap();
+    let (before, after) = recv(&rx, "the timer");
+    assert!(!before.is_zero(), "the grown spin had shrunk to nothing");
+    assert_eq!(after, before / 2);
 }
 
 #[test]
