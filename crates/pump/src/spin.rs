@@ -83,11 +83,7 @@ impl AdaptiveSpin {
     /// assert!(spin.recv(&rx).is_err());
     /// ```
     pub fn recv<T>(&mut self, rx: &flume::Receiver<T>) -> Result<T, flume::RecvError> {
-        let idle_since = Instant::now();
-        match self.spin_recv(rx, idle_since) {
-            Some(got) => got,
-            None => self.block_recv(rx, idle_since),
-        }
+        self.wait(rx, None)
     }
 
     /// [`recv`](Self::recv), spinning only if one of `slots` is free (held while spinning);
@@ -111,29 +107,42 @@ impl AdaptiveSpin {
         rx: &flume::Receiver<T>,
         slots: &SpinSlots,
     ) -> Result<T, flume::RecvError> {
-        let idle_since = Instant::now();
-        let spun = match slots.claim() {
-            Some(_slot) => self.spin_recv(rx, idle_since),
-            None => None,
-        };
-        match spun {
-            Some(got) => got,
-            None => self.block_recv(rx, idle_since),
-        }
+        self.wait(rx, Some(slots))
     }
 
-    /// The spinning half of [`recv`](Self::recv): watches `rx` (yielding the core between
-    /// looks) until `idle_since` is the current spin old; `None` if nothing came by then. For a
-    /// thread that may spin only sometimes (say, while few others do), with
-    /// [`block_recv`](Self::block_recv) after it.
-    pub fn spin_recv<T>(
+    /// [`recv`](Self::recv) and [`recv_sharing`](Self::recv_sharing): a value already waiting
+    /// is taken at once, with no slot claimed; otherwise the thread spins (if the spin is not
+    /// zero and, with `slots`, one is free), then blocks.
+    fn wait<T>(
+        &mut self,
+        rx: &flume::Receiver<T>,
+        slots: Option<&SpinSlots>,
+    ) -> Result<T, flume::RecvError> {
+        match rx.try_recv() {
+            Ok(value) => return Ok(value),
+            Err(flume::TryRecvError::Disconnected) => return Err(flume::RecvError::Disconnected),
+            Err(flume::TryRecvError::Empty) => {}
+        }
+        let idle_since = Instant::now();
+        if !self.current.is_zero() {
+            let slot = slots.map(SpinSlots::claim);
+            // With `slots` and none free, no spin; the slot is given back before blocking.
+            if !matches!(slot, Some(None))
+                && let Some(got) = self.spin_recv(rx, idle_since)
+            {
+                return got;
+            }
+        }
+        self.block_recv(rx, idle_since)
+    }
+
+    /// Watches `rx` (yielding the core between looks) until `idle_since` is the current spin
+    /// old; `None` if nothing came by then.
+    fn spin_recv<T>(
         &self,
         rx: &flume::Receiver<T>,
         idle_since: Instant,
     ) -> Option<Result<T, flume::RecvError>> {
-        if self.current.is_zero() {
-            return None;
-        }
         loop {
             match rx.try_recv() {
                 Ok(value) => return Some(Ok(value)),
@@ -149,9 +158,8 @@ impl AdaptiveSpin {
         }
     }
 
-    /// The blocking half of [`recv`](Self::recv): blocks on `rx`, then adapts the spin to the
-    /// whole idle time since `idle_since`.
-    pub fn block_recv<T>(
+    /// Blocks on `rx`, then adapts the spin to the whole idle time since `idle_since`.
+    fn block_recv<T>(
         &mut self,
         rx: &flume::Receiver<T>,
         idle_since: Instant,
