@@ -24,8 +24,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::options::{AckMode, Backoff, DeliveryMode, SubscribeOptions};
 
-/// The protocol version this crate speaks (2 adds the batched DELIVERS and ACKS operations).
-pub const VERSION: u16 = 2;
+/// The protocol version this crate speaks (2 adds the batched DELIVERS and ACKS operations, 3
+/// the packed deliveries of PACKED).
+pub const VERSION: u16 = 3;
 
 /// The oldest protocol version a server still serves: a version-1 client gets one DELIVER per
 /// message and never sees DELIVERS.
@@ -50,6 +51,25 @@ mod code {
     pub(super) const ERROR: u8 = 15;
     pub(super) const DELIVERS: u8 = 16;
     pub(super) const ACKS: u8 = 17;
+    pub(super) const PACKED: u8 = 18;
+}
+
+/// The flags that open each delivery of a PACKED frame: which fields repeat the previous
+/// delivery of the frame (and are left out) and which follow.
+mod packed {
+    /// The message id is the previous delivery's plus one (the first delivery's "previous" id
+    /// is 0); else a `u64` id follows.
+    pub(super) const NEXT_ID: u8 = 0x01;
+    /// The first attempt; else a `u32` attempt follows.
+    pub(super) const FIRST_ATTEMPT: u8 = 0x02;
+    /// The previous delivery's publish time (0 for the first); else a `u64` follows.
+    pub(super) const SAME_TIME: u8 = 0x04;
+    /// The previous delivery's topic (not allowed on the first); else a topic follows.
+    pub(super) const SAME_TOPIC: u8 = 0x08;
+    /// Headers follow (a `u16` count and pairs); else the delivery has none.
+    pub(super) const HEADERS: u8 = 0x10;
+    /// Every flag; the other bits must be 0.
+    pub(super) const ALL: u8 = 0x1f;
 }
 
 /// Why the peer sent an [`Op::Error`].
@@ -222,6 +242,16 @@ pub enum Op {
         /// The messages, in delivery order (at least one).
         messages: Vec<WireDelivery>,
     },
+    /// Server → client (version 3): several messages for one subscription in one frame, as
+    /// [`Delivers`](Op::Delivers), but each delivery leaves out the fields that repeat the
+    /// previous one's (a run of one topic from one publisher costs a flag byte and the payload
+    /// with its length per message).
+    Packed {
+        /// The subscription id.
+        sub: u64,
+        /// The messages, in delivery order (at least one).
+        messages: Vec<WireDelivery>,
+    },
     /// Client → server (version 2): acknowledge several deliveries of one subscription.
     Acks {
         /// The subscription id.
@@ -309,6 +339,7 @@ impl Op {
             Op::Unsubscribe { .. } => "UNSUBSCRIBE",
             Op::Deliver { .. } => "DELIVER",
             Op::Delivers { .. } => "DELIVERS",
+            Op::Packed { .. } => "PACKED",
             Op::Acks { .. } => "ACKS",
             Op::Ack { .. } => "ACK",
             Op::Nack { .. } => "NACK",
@@ -468,7 +499,12 @@ pub(crate) fn begin_deliver(buf: &mut BytesMut, sub: u64) {
 /// Starts a DELIVERS frame for `sub` at the end of `buf`: follow with one or more
 /// deliveries, then [`end_delivers`] with the returned position and the count.
 pub(crate) fn begin_delivers(buf: &mut BytesMut, sub: u64) -> usize {
-    buf.put_u8(code::DELIVERS);
+    begin_batch(buf, code::DELIVERS, sub)
+}
+
+/// Writes the op byte and sub id of a frame of several deliveries, and room for their count.
+fn begin_batch(buf: &mut BytesMut, op: u8, sub: u64) -> usize {
+    buf.put_u8(op);
     buf.put_u64(sub);
     let at = buf.len();
     buf.put_u32(0);
@@ -507,6 +543,80 @@ pub(crate) fn put_delivery_head(
 pub(crate) fn delivery_head_len(topic: &str, headers: &[(String, String)]) -> usize {
     let pairs: usize = headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     8 + 4 + 8 + 4 + topic.len() + 2 + pairs + 4
+}
+
+/// Starts a PACKED frame for `sub` at the end of `buf`: follow with one or more deliveries
+/// written by [`put_packed_head`] (with a fresh [`PackState`]) and their payloads, then
+/// [`end_delivers`] with the returned position and the count.
+pub(crate) fn begin_packed(buf: &mut BytesMut, sub: u64) -> usize {
+    begin_batch(buf, code::PACKED, sub)
+}
+
+/// What the previous delivery of a PACKED frame carried: the next leaves out what repeats it.
+#[derive(Debug, Default)]
+pub(crate) struct PackState {
+    message: u64,
+    published_us: u64,
+    topic: Option<Arc<str>>,
+}
+
+/// Appends one delivery of a PACKED frame up to its payload's length (the payload's
+/// `payload_len` bytes must follow), leaving out the fields that repeat the previous delivery
+/// of the frame, which `state` remembers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn put_packed_head(
+    buf: &mut BytesMut,
+    state: &mut PackState,
+    message: u64,
+    attempt: u32,
+    published_us: u64,
+    topic: &Arc<str>,
+    headers: &[(String, String)],
+    payload_len: usize,
+) {
+    let mut flags = 0;
+    let next = state.message.checked_add(1) == Some(message);
+    if next {
+        flags |= packed::NEXT_ID;
+    }
+    if attempt == 1 {
+        flags |= packed::FIRST_ATTEMPT;
+    }
+    let same_time = published_us == state.published_us;
+    if same_time {
+        flags |= packed::SAME_TIME;
+    }
+    let same_topic = state
+        .topic
+        .as_ref()
+        .is_some_and(|t| Arc::ptr_eq(t, topic) || **t == **topic);
+    if same_topic {
+        flags |= packed::SAME_TOPIC;
+    } else {
+        state.topic = Some(topic.clone());
+    }
+    if !headers.is_empty() {
+        flags |= packed::HEADERS;
+    }
+    buf.put_u8(flags);
+    if !next {
+        buf.put_u64(message);
+    }
+    if attempt != 1 {
+        buf.put_u32(attempt);
+    }
+    if !same_time {
+        buf.put_u64(published_us);
+    }
+    if !same_topic {
+        put_str(buf, topic);
+    }
+    if !headers.is_empty() {
+        put_pairs16(buf, headers);
+    }
+    put_len(buf, payload_len);
+    state.message = message;
+    state.published_us = published_us;
 }
 
 /// Appends one delivery (the fields of a DELIVER after its sub id).
@@ -599,6 +709,24 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
             end_delivers(buf, at, messages.len());
             for d in messages {
                 put_wire(buf, d);
+            }
+        }
+        Op::Packed { sub, messages } => {
+            let at = begin_packed(buf, *sub);
+            end_delivers(buf, at, messages.len());
+            let mut state = PackState::default();
+            for d in messages {
+                put_packed_head(
+                    buf,
+                    &mut state,
+                    d.message,
+                    d.attempt,
+                    d.published_us,
+                    &d.topic,
+                    &d.headers,
+                    d.payload.len(),
+                );
+                buf.put_slice(&d.payload);
             }
         }
         Op::Acks { sub, messages } => {
@@ -894,6 +1022,55 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The fields of one delivery of a PACKED frame; `prev` holds the previous delivery's id
+    /// and publish time (0 and 0 before the first), and `last_topic` its topic.
+    fn packed(&mut self, prev: &mut (u64, u64)) -> Result<WireDelivery, ProtocolError> {
+        let flags = self.u8("flags")?;
+        let invalid = |op, field| ProtocolError::InvalidValue {
+            op,
+            field,
+            value: u64::from(flags),
+        };
+        if flags & !packed::ALL != 0 {
+            return Err(invalid(self.op, "flags"));
+        }
+        let message = if flags & packed::NEXT_ID != 0 {
+            prev.0.checked_add(1).ok_or(invalid(self.op, "flags"))?
+        } else {
+            self.u64("message")?
+        };
+        let attempt = if flags & packed::FIRST_ATTEMPT != 0 {
+            1
+        } else {
+            self.u32("attempt")?
+        };
+        let published_us = if flags & packed::SAME_TIME != 0 {
+            prev.1
+        } else {
+            self.u64("published_us")?
+        };
+        let topic = if flags & packed::SAME_TOPIC != 0 {
+            self.last_topic.clone().ok_or(invalid(self.op, "flags"))?
+        } else {
+            self.topic()?
+        };
+        let headers = if flags & packed::HEADERS != 0 {
+            self.headers()?
+        } else {
+            Vec::new()
+        };
+        let payload = self.blob("payload")?;
+        *prev = (message, published_us);
+        Ok(WireDelivery {
+            message,
+            attempt,
+            published_us,
+            topic,
+            headers,
+            payload,
+        })
+    }
+
     fn finish<T>(self, op: T) -> Result<T, ProtocolError> {
         let extra = self.frame.len().saturating_sub(self.pos);
         if extra > 0 {
@@ -967,6 +1144,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         code::ERROR => "ERROR",
         code::DELIVERS => "DELIVERS",
         code::ACKS => "ACKS",
+        code::PACKED => "PACKED",
         other => return Err(ProtocolError::UnknownOp(other)),
     };
     let mut r = Reader::new(&frame, name);
@@ -1023,6 +1201,17 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
             }
             Op::Delivers { sub, messages }
         }
+        code::PACKED => {
+            let sub = r.u64("sub")?;
+            let count = r.count("count")?;
+            // A packed delivery takes at least 5 bytes: never reserve more than the frame holds.
+            let mut messages = Vec::with_capacity(count.min(r.remaining() / 5));
+            let mut prev = (0, 0);
+            for _ in 0..count {
+                messages.push(r.packed(&mut prev)?);
+            }
+            Op::Packed { sub, messages }
+        }
         code::ACKS => {
             let sub = r.u64("sub")?;
             let count = r.count("count")?;
@@ -1070,7 +1259,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
     r.finish(decoded)
 }
 
-/// Decodes `frame` if it is a DELIVERS, as [`decode`] would, but hands each delivery to `each`
+/// Decodes `frame` if it is a DELIVERS or a PACKED, as [`decode`] would, but hands each delivery to `each`
 /// as it is read and gathers what that returns: the client turns deliveries into messages
 /// with no vector of them in between. Returns the subscription and the results; `None` for
 /// any other op.
@@ -1078,17 +1267,27 @@ pub(crate) fn decode_delivers<T>(
     frame: &Bytes,
     mut each: impl FnMut(u64, WireDelivery) -> T,
 ) -> Option<Result<(u64, Vec<T>), ProtocolError>> {
-    if frame.first() != Some(&code::DELIVERS) {
-        return None;
-    }
-    let mut r = Reader::new(frame, "DELIVERS");
+    let packed = match frame.first() {
+        Some(&code::DELIVERS) => false,
+        Some(&code::PACKED) => true,
+        _ => return None,
+    };
+    let mut r = Reader::new(frame, if packed { "PACKED" } else { "DELIVERS" });
     let mut read = || {
         let sub = r.u64("sub")?;
         let count = r.count("count")?;
-        // A delivery takes at least 38 bytes: never reserve more than the frame can hold.
-        let mut out = Vec::with_capacity(count.min(r.remaining() / 38));
+        // A delivery takes at least 38 bytes (5 packed): never reserve more than the frame
+        // can hold.
+        let least = if packed { 5 } else { 38 };
+        let mut out = Vec::with_capacity(count.min(r.remaining() / least));
+        let mut prev = (0, 0);
         for _ in 0..count {
-            out.push(each(sub, r.delivery()?));
+            let delivery = if packed {
+                r.packed(&mut prev)?
+            } else {
+                r.delivery()?
+            };
+            out.push(each(sub, delivery));
         }
         Ok((sub, out))
     };
@@ -1177,6 +1376,38 @@ mod tests {
                     },
                 ],
             },
+            Op::Packed {
+                sub: 3,
+                messages: [
+                    // Every field written: an id, attempt and time not like the previous.
+                    (80, 2, 9, "a.b", true, &b"one"[..]),
+                    // Every field left out but the payload.
+                    (81, 1, 9, "a.b", false, b"two"),
+                    // A new topic, a later attempt, an id further on.
+                    (90, 4, 9, "a.c", false, b""),
+                    // Back to the first topic, a new time.
+                    (91, 1, 12, "a.b", true, b"four"),
+                    // The largest id, then a wrap that must be written out.
+                    (u64::MAX, 1, 12, "a.b", false, b"five"),
+                    (0, 1, 12, "a.b", false, b"six"),
+                ]
+                .into_iter()
+                .map(
+                    |(message, attempt, published_us, topic, headers, payload)| WireDelivery {
+                        message,
+                        attempt,
+                        published_us,
+                        topic: topic.into(),
+                        headers: if headers {
+                            vec![("k".into(), "v".into())]
+                        } else {
+                            Vec::new()
+                        },
+                        payload: Bytes::from_static(payload),
+                    },
+                )
+                .collect(),
+            },
             Op::Acks {
                 sub: 3,
                 messages: vec![77, 78, u64::MAX],
@@ -1244,17 +1475,91 @@ mod tests {
             for frame in frames {
                 let fast = decode_delivers(&frame, |sub, d| (sub, d));
                 match decode(frame.clone()) {
-                    Ok(Op::Delivers { sub, messages }) => {
+                    Ok(Op::Delivers { sub, messages } | Op::Packed { sub, messages }) => {
                         let expected: Vec<_> = messages.into_iter().map(|d| (sub, d)).collect();
                         assert_eq!(fast, Some(Ok((sub, expected))));
                     }
-                    Err(err) if frame.first() == Some(&code::DELIVERS) => {
+                    Err(err) if matches!(frame.first(), Some(&code::DELIVERS | &code::PACKED)) => {
                         assert_eq!(fast, Some(Err(err)), "{} bytes", frame.len());
                     }
                     _ => assert!(fast.is_none(), "{}: {} bytes", op.name(), frame.len()),
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_packed_run_of_one_topic_costs_a_flag_and_the_payload_per_message() {
+        let run = |n: u64| Op::Packed {
+            sub: 1,
+            messages: (1..=n)
+                .map(|id| WireDelivery {
+                    message: 1_000 + id,
+                    attempt: 1,
+                    published_us: 1_700_000_000_000_000,
+                    topic: "bench.t0".into(),
+                    headers: Vec::new(),
+                    payload: Bytes::from(vec![id as u8; 16]),
+                })
+                .collect(),
+        };
+        let (one, hundred) = (run(1).to_bytes(), run(100).to_bytes());
+        // The first delivery carries its id, time and topic; each further one a flag byte,
+        // the payload's length and the payload.
+        assert_eq!(hundred.len() - one.len(), 99 * (1 + 4 + 16));
+        let delivers = match run(100) {
+            Op::Packed { sub, messages } => Op::Delivers { sub, messages },
+            _ => unreachable!(),
+        };
+        assert!(hundred.len() * 2 < delivers.to_bytes().len());
+        assert_eq!(decode(hundred), Ok(run(100)));
+    }
+
+    #[test]
+    fn packed_flags_that_cannot_hold_are_errors() {
+        let frame = |records: &[&[u8]]| {
+            let mut buf = BytesMut::new();
+            let at = begin_packed(&mut buf, 1);
+            end_delivers(&mut buf, at, records.len());
+            for r in records {
+                buf.put_slice(r);
+            }
+            buf.freeze()
+        };
+        let empty_payload = [0u8, 0, 0, 0];
+        let first = |flags: u8| {
+            let mut r = vec![flags];
+            if flags & packed::NEXT_ID == 0 {
+                r.extend_from_slice(&u64::MAX.to_be_bytes());
+            }
+            if flags & packed::SAME_TOPIC == 0 {
+                r.extend_from_slice(&[0, 0, 0, 1, b't']);
+            }
+            r.extend_from_slice(&empty_payload);
+            r
+        };
+        let both = packed::FIRST_ATTEMPT | packed::SAME_TIME;
+        // A well-formed first delivery decodes.
+        assert!(decode(frame(&[&first(both)])).is_ok());
+        // No previous topic to repeat.
+        let invalid = |value| {
+            Err(ProtocolError::InvalidValue {
+                op: "PACKED",
+                field: "flags",
+                value,
+            })
+        };
+        let flags = both | packed::SAME_TOPIC;
+        assert_eq!(decode(frame(&[&first(flags)])), invalid(u64::from(flags)));
+        // Reserved bits.
+        let flags = both | 0x20;
+        assert_eq!(decode(frame(&[&first(flags)])), invalid(u64::from(flags)));
+        // The id after u64::MAX.
+        let flags = both | packed::NEXT_ID | packed::SAME_TOPIC;
+        assert_eq!(
+            decode(frame(&[&first(both), &first(flags)])),
+            invalid(u64::from(flags))
+        );
     }
 
     #[test]

@@ -1054,7 +1054,7 @@ struct ClientListener {
 }
 
 impl QueueListener for ClientListener {
-    /// The frames of one read: the deliveries of consecutive DELIVERS frames to one
+    /// The frames of one read: the deliveries of consecutive PACKED (or DELIVERS) frames to one
     /// subscription go to it as one batch, so a read of many frames costs one hand-off (and at
     /// most one wake-up of its dispatch thread) per subscription rather than one per frame.
     fn received_frames(&mut self, queue: &MessageQueue, frames: &Frames) {
@@ -1101,7 +1101,8 @@ impl QueueListener for ClientListener {
         let Some(client) = self.client.upgrade() else {
             return;
         };
-        // DELIVERS, by far the most frequent: straight into messages.
+        // PACKED (DELIVERS from an older server), by far the most frequent: straight into
+        // messages.
         let decoded = protocol::decode_delivers(&msg, delivered_message);
         let op = match decoded {
             Some(Ok((sub, batch))) => {
@@ -1131,7 +1132,7 @@ impl QueueListener for ClientListener {
             Op::Deliver { sub, delivery } => {
                 client.deliver_batch(sub, vec![delivered_message(sub, delivery)]);
             }
-            Op::Delivers { sub, messages } => {
+            Op::Delivers { sub, messages } | Op::Packed { sub, messages } => {
                 let batch = messages
                     .into_iter()
                     .map(|d| delivered_message(sub, d))

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::memory::{Depth, InMemoryBroker, InMemoryConfig, Watch};
 use crate::message::{DeliveryId, Message, MessageId};
 use crate::options::AckMode;
-use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, VERSION};
+use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, PackState, VERSION};
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig, PumpHandle};
 use crate::queue::task::{FrameError, Frames};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
@@ -393,8 +393,10 @@ struct Conn {
     closing: AtomicBool,
     /// The handshake is done (read for every frame, so not under the state lock).
     welcomed: AtomicBool,
-    /// The client speaks version 2 or later: deliveries go out batched in DELIVERS frames.
-    batched: AtomicBool,
+    /// The version the client speaks (0 before the handshake), which decides how its
+    /// deliveries go out: one DELIVER each (1), many to a DELIVERS frame (2), or packed in
+    /// PACKED frames (3).
+    version: AtomicU16,
 }
 
 impl Conn {
@@ -496,7 +498,7 @@ impl ConnListener {
                     return conn.fault(ErrorCode::Unauthorized, "wrong or missing token".into());
                 }
             }
-            conn.batched.store(version >= 2, Ordering::Release);
+            conn.version.store(version, Ordering::Release);
             conn.welcomed.store(true, Ordering::Release);
             return conn.send(&Op::Welcome {
                 version,
@@ -668,19 +670,40 @@ impl ConnListener {
     }
 }
 
-/// A DELIVERS frame is closed once it holds this many bytes; the next delivery opens another.
+/// A PACKED (or DELIVERS) frame is closed once it holds this many bytes; the next delivery opens another.
 const FRAME_TARGET: usize = 64 << 10;
 
-/// The opening of a DELIVERS frame and its count, at most.
+/// The opening of a PACKED or DELIVERS frame and its count, at most.
 const DELIVERS_OPEN: usize = 1 + 8 + 4;
 
-/// A delivery's payload of at least this many bytes is not copied into its DELIVERS frame but
+/// A delivery's payload of at least this many bytes is not copied into its frame but
 /// sent from the message's own buffer (the frame goes out in parts, gathered by one `writev`):
 /// a fan-out of large messages shares one payload to the socket.
 const SHARE_PAYLOAD_AT: usize = 1024;
 
-/// Payloads one DELIVERS frame shares at most (each adds two parts to the frame).
+/// Payloads one frame shares at most (each adds two parts to the frame).
 const SHARED_PER_FRAME: usize = (crate::queue::task::MAX_PARTS - 2) / 2;
+
+/// How a connection's deliveries are framed, by the protocol version it speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// One DELIVER per delivery (version 1).
+    One,
+    /// Many to a DELIVERS frame (version 2).
+    Delivers,
+    /// Many to a PACKED frame (version 3).
+    Packed,
+}
+
+impl Framing {
+    fn of(version: u16) -> Framing {
+        match version {
+            0 | 1 => Framing::One,
+            2 => Framing::Delivers,
+            _ => Framing::Packed,
+        }
+    }
+}
 
 /// A frame waiting for the end of a run.
 enum OutFrame {
@@ -705,7 +728,7 @@ struct Outgoing {
     buf: BytesMut,
     /// Frames waiting for the end of the run.
     frames: VecDeque<OutFrame>,
-    /// The open DELIVERS frame: where its count goes, and how many deliveries it holds.
+    /// The open PACKED or DELIVERS frame: where its count goes, and how many deliveries it holds.
     open: Option<(usize, usize)>,
     /// The pieces of the open frame before `buf` once it shares a payload: encoded bytes split
     /// off `buf` (the first holds the count, written when the frame closes) and payloads.
@@ -718,6 +741,8 @@ struct Outgoing {
     conn: Option<Arc<Conn>>,
     /// The last publish time encoded and its microseconds: the messages of one burst share it.
     published: (SystemTime, u64),
+    /// What the open PACKED frame's last delivery carried.
+    pack: PackState,
 }
 
 impl Outgoing {
@@ -780,6 +805,7 @@ impl Forwarder {
                 pieces_len: 0,
                 conn: None,
                 published: (UNIX_EPOCH, 0),
+                pack: PackState::default(),
             }),
         });
         let flusher = me.clone();
@@ -835,20 +861,23 @@ impl Forwarder {
             // to other members.
             return;
         }
-        let batched = conn.batched.load(Ordering::Acquire);
+        let framing = Framing::of(conn.version.load(Ordering::Acquire));
         for msg in msgs {
-            self.push_one(out, batched, msg);
+            self.push_one(out, framing, msg);
         }
     }
 
-    fn push_one(&self, out: &mut Outgoing, batched: bool, msg: &Message) {
+    fn push_one(&self, out: &mut Outgoing, framing: Framing, msg: &Message) {
         let at = msg.published_at();
         if out.published.0 != at {
             out.published = (at, micros_since_epoch(at));
         }
         let payload = msg.payload();
+        let batched = framing != Framing::One;
         let share = batched && payload.len() >= SHARE_PAYLOAD_AT;
+        // A packed delivery's head is at most a flag byte longer than a full one.
         let needed = DELIVERS_OPEN
+            + 1
             + protocol::delivery_head_len(msg.topic(), msg.headers())
             + if share { 0 } else { payload.len() };
         if out.buf.capacity() - out.buf.len() < needed {
@@ -859,23 +888,41 @@ impl Forwarder {
             out.close_frame();
             out.buf.reserve(needed.max(FRAME_TARGET));
         }
-        if batched {
-            if out.open.is_none() {
+        match framing {
+            Framing::One => protocol::begin_deliver(&mut out.buf, self.sub),
+            Framing::Delivers if out.open.is_none() => {
                 let at = protocol::begin_delivers(&mut out.buf, self.sub);
                 out.open = Some((at, 0));
             }
-        } else {
-            protocol::begin_deliver(&mut out.buf, self.sub);
+            Framing::Packed if out.open.is_none() => {
+                let at = protocol::begin_packed(&mut out.buf, self.sub);
+                out.open = Some((at, 0));
+                out.pack = PackState::default();
+            }
+            Framing::Delivers | Framing::Packed => {}
         }
-        protocol::put_delivery_head(
-            &mut out.buf,
-            msg.id().0,
-            msg.attempt(),
-            out.published.1,
-            msg.topic(),
-            msg.headers(),
-            payload.len(),
-        );
+        if framing == Framing::Packed {
+            protocol::put_packed_head(
+                &mut out.buf,
+                &mut out.pack,
+                msg.id().0,
+                msg.attempt(),
+                out.published.1,
+                msg.shared_topic(),
+                msg.headers(),
+                payload.len(),
+            );
+        } else {
+            protocol::put_delivery_head(
+                &mut out.buf,
+                msg.id().0,
+                msg.attempt(),
+                out.published.1,
+                msg.topic(),
+                msg.headers(),
+                payload.len(),
+            );
+        }
         if share {
             // The payload goes out from its own buffer, after what is encoded so far.
             let piece = out.buf.split();
@@ -1112,7 +1159,7 @@ impl QueueListener for ConnListener {
 /// It runs its own event pumps ([`ServerConfig::pumps`]), each connection on one of them; a
 /// connection's frames are handled on its pump. Every remote subscription is a manual-ack
 /// subscription on the inner broker whose deliveries also run on its connection's pump (not on
-/// the inner broker's dispatch threads) and go out batched, many per DELIVERS frame, so the inner
+/// the inner broker's dispatch threads) and go out batched, many per PACKED frame, so the inner
 /// broker's rules apply unchanged: broadcast, consumer groups with retention, ack wait,
 /// re-delivery and dead letters. A connection that falls more than
 /// [`ServerConfig::max_outbound_bytes`] behind is closed with an ERROR; its subscriptions end and
@@ -1266,7 +1313,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         state: Mutex::new(ConnState::default()),
         closing: AtomicBool::new(false),
         welcomed: AtomicBool::new(false),
-        batched: AtomicBool::new(false),
+        version: AtomicU16::new(0),
     });
     let refused = if shared.closing.load(Ordering::Acquire) {
         Some((ErrorCode::Closed, "server shutting down".to_owned()))

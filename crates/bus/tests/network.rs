@@ -67,16 +67,18 @@ fn smoke() {
     );
 }
 
-/// The message ids of the next DELIVER or DELIVERS frame for `sub`, with their payloads.
+/// The message ids of the next DELIVER, DELIVERS or PACKED frame for `sub`, with their payloads.
 fn read_deliveries(raw: &mut Raw, sub: u64) -> Vec<(u64, Vec<u8>)> {
     match raw.read_op() {
         Some(Op::Deliver { sub: s, delivery }) if s == sub => {
             vec![(delivery.message, delivery.payload.to_vec())]
         }
-        Some(Op::Delivers { sub: s, messages }) if s == sub => messages
-            .into_iter()
-            .map(|d| (d.message, d.payload.to_vec()))
-            .collect(),
+        Some(Op::Delivers { sub: s, messages } | Op::Packed { sub: s, messages }) if s == sub => {
+            messages
+                .into_iter()
+                .map(|d| (d.message, d.payload.to_vec()))
+                .collect()
+        }
         other => panic!("expected deliveries for sub {sub}, got {other:?}"),
     }
 }
@@ -155,6 +157,59 @@ fn a_version_1_client_gets_one_deliver_per_message() {
 }
 
 #[test]
+fn each_version_gets_its_own_framing_of_deliveries() {
+    // Version 2 gets DELIVERS with every field of every delivery; version 3 gets PACKED, each
+    // delivery leaving out what repeats the previous one. Both carry the same messages.
+    let server = server(2);
+    let mut clients: Vec<Raw> = [2, 3]
+        .into_iter()
+        .map(|version| {
+            let mut raw = Raw::connect(server.local_addr());
+            assert!(matches!(
+                raw.hello_version(version, None),
+                Op::Welcome { version: v, .. } if v == version
+            ));
+            raw.send(&Op::Subscribe {
+                sub: 1,
+                pattern: "framing.>".into(),
+                options: SubscribeOptions::default(),
+            });
+            assert_eq!(raw.read_op(), Some(Op::Subscribed { sub: 1 }));
+            raw
+        })
+        .collect();
+    let publisher = remote(&server);
+    const N: usize = 40;
+    for i in 0..N {
+        // Two topics in turn, some messages with a header: the packed fields change and repeat.
+        let mut msg = Message::new(format!("framing.{}", i / 10 % 2), i.to_string());
+        if i % 7 == 0 {
+            msg = msg.with_header("i", i.to_string());
+        }
+        publisher.publish(msg).unwrap();
+    }
+    let mut got = Vec::new();
+    for (raw, packed) in clients.iter_mut().zip([false, true]) {
+        let mut seen = Vec::new();
+        while seen.len() < N {
+            match raw.read_op() {
+                Some(Op::Delivers { sub: 1, messages }) if !packed => seen.extend(messages),
+                Some(Op::Packed { sub: 1, messages }) if packed => seen.extend(messages),
+                other => panic!("packed {packed}: unexpected {other:?}"),
+            }
+        }
+        for (i, d) in seen.iter().enumerate() {
+            assert_eq!(d.attempt, 1);
+            assert_eq!(d.payload, i.to_string().as_bytes(), "packed {packed}");
+            assert_eq!(*d.topic, format!("framing.{}", i / 10 % 2));
+            assert_eq!(d.headers.is_empty(), i % 7 != 0);
+        }
+        got.push(seen);
+    }
+    assert_eq!(got[0], got[1], "the same deliveries either way");
+}
+
+#[test]
 fn acks_in_one_frame_free_the_in_flight_window() {
     let server = server(2);
     let mut raw = Raw::welcomed(server.local_addr());
@@ -215,7 +270,7 @@ fn a_killed_consumers_unacked_messages_reach_the_other_member() {
     // The doomed member holds up to 5 un-acked deliveries; see one arrive, then kill it.
     assert!(matches!(
         doomed.read_op(),
-        Some(Op::Deliver { .. } | Op::Delivers { .. })
+        Some(Op::Deliver { .. } | Op::Delivers { .. } | Op::Packed { .. })
     ));
     let survivor = remote(&server);
     let seen = Arc::new(Mutex::new(HashSet::new()));

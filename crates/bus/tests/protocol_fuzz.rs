@@ -56,7 +56,7 @@ impl Rng {
 }
 
 fn random_op(r: &mut Rng) -> Op {
-    match r.below(17) {
+    match r.below(18) {
         0 => Op::Hello {
             version: r.next() as u16,
             token: if r.below(2) == 0 {
@@ -110,6 +110,33 @@ fn random_op(r: &mut Rng) -> Op {
             sub: r.next(),
             messages: (0..=r.below(4)).map(|_| r.delivery()).collect(),
         },
+        // Packed deliveries leave out what repeats the previous one: make runs that do.
+        17 => {
+            let mut messages: Vec<WireDelivery> = Vec::new();
+            for _ in 0..=r.below(6) {
+                let mut d = r.delivery();
+                if let Some(prev) = messages.last() {
+                    if r.below(2) == 0 {
+                        d.message = prev.message.wrapping_add(1);
+                    }
+                    if r.below(2) == 0 {
+                        d.published_us = prev.published_us;
+                    }
+                    if r.below(2) == 0 {
+                        d.topic = prev.topic.clone();
+                    }
+                }
+                if r.below(2) == 0 {
+                    d.attempt = 1;
+                    d.headers.clear();
+                }
+                messages.push(d);
+            }
+            Op::Packed {
+                sub: r.next(),
+                messages,
+            }
+        }
         15 => Op::Acks {
             sub: r.next(),
             messages: (0..=r.below(8)).map(|_| r.next()).collect(),
