@@ -140,8 +140,8 @@ pub trait BrokerListener: Send + Sync + 'static {
             self.processed(message, subscription);
         }
     }
-    /// A run of manual-ack deliveries was acknowledged together (an ACKS frame on the bus
-    /// server): [`acked`](Self::acked) for each, in order (the default).
+    /// A run of manual-ack deliveries was acknowledged together (an ACKS or ACKR frame on the
+    /// bus server): [`acked`](Self::acked) for each, in order (the default).
     fn acked_all(&self, messages: &[Message], subscription: &SubscriptionInfo) {
         for message in messages {
             self.acked(message, subscription);

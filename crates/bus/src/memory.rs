@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::broker::{Broker, CloseReport, Handler, ListenerId, OverflowHook, Subscription};
 use crate::error::{Error, Result};
-use crate::idhash::IdMap;
+use crate::idhash::{IdMap, IdSet};
 use crate::listener::{BrokerListener, DropReason, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
@@ -39,6 +39,10 @@ const EXECUTOR_BATCH: usize = 65_536;
 const EXECUTOR_BUDGET: Duration = Duration::from_millis(1);
 /// Messages a run on an executor takes from its queue at a time (with one lock).
 const EXECUTOR_CHUNK: usize = 128;
+
+/// Unknown ids of one call of `ack_ranges` told to the listeners, at most: a range may name
+/// any number of ids, and finding which were unknown costs a look at each.
+pub(crate) const UNKNOWN_ACKS_TOLD: usize = 1024;
 
 /// Settings of an [`InMemoryBroker`]: a plain struct with [`Default`] and `with_*` methods.
 ///
@@ -506,6 +510,49 @@ impl InFlight {
         self.late.remove(id)
     }
 
+    /// Takes out every message whose id is in `first..end`, into `out`.
+    fn take_range(&mut self, first: MessageId, end: MessageId, out: &mut Vec<Message>) {
+        let start = match self.seq.front() {
+            Some(&(front, _)) if front >= first => 0,
+            _ => self.seq.partition_point(|e| e.0 < first),
+        };
+        let mut at = start;
+        while let Some((id, entry)) = self.seq.get_mut(at) {
+            if *id >= end {
+                break;
+            }
+            if let Some(msg) = entry.take() {
+                self.live -= 1;
+                out.push(msg);
+            }
+            at += 1;
+        }
+        while self.seq.front().is_some_and(|e| e.1.is_none()) {
+            self.seq.pop_front();
+        }
+        if self.seq.len() >= Self::COMPACT_AT && self.seq.len() > 2 * self.live {
+            self.seq.retain(|e| e.1.is_some());
+        }
+        if self.late.is_empty() {
+            return;
+        }
+        // Delivered again: by id if the range is shorter than the map, else the other way.
+        let span = end.0 - first.0;
+        if span <= self.late.len() as u64 {
+            for id in first.0..end.0 {
+                out.extend(self.late.remove(&MessageId(id)));
+            }
+        } else {
+            self.late.retain(|id, msg| {
+                let keep = *id < first || *id >= end;
+                if !keep {
+                    out.push(msg.clone());
+                }
+                keep
+            });
+        }
+    }
+
     /// Takes every message out, those delivered first (in delivery order) then the others.
     fn drain(&mut self) -> impl Iterator<Item = Message> + '_ {
         self.live = 0;
@@ -833,6 +880,14 @@ impl InMemoryBroker {
     /// frame): the same as [`Broker::ack`] on each, with one lookup and one lock.
     pub(crate) fn ack_many(&self, subscription: SubscriptionId, messages: &[MessageId]) {
         self.shared.ack_many(subscription, messages);
+    }
+
+    /// Acks the deliveries of one subscription whose ids lie in the given ranges (first id and
+    /// count; what the bus server does for an ACKR frame), as [`ack_many`](Self::ack_many) on
+    /// each id. The work is that of the deliveries found, whatever the ranges' lengths; the
+    /// listeners hear of at most [`UNKNOWN_ACKS_TOLD`] unknown ids per call.
+    pub(crate) fn ack_ranges(&self, subscription: SubscriptionId, ranges: &[(u64, u32)]) {
+        self.shared.ack_ranges(subscription, ranges);
     }
 
     /// Messages waiting in the queue named `queue` (a group name, or `pattern#id` for a broadcast
@@ -1269,8 +1324,6 @@ impl Shared {
                     }
                 }
                 u.trim_front();
-                drop(u);
-                sub.landed(&acked);
             }
             None => unknown.extend_from_slice(messages),
         }
@@ -1282,7 +1335,57 @@ impl Shared {
             tracing::debug!(delivery = %delivery, "ack of an unknown delivery ignored");
             notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
         }
-        let Some(sub) = sub else { return };
+        if let Some(sub) = sub {
+            self.settled(&sub, acked, &notifier);
+        }
+    }
+
+    /// Acks the deliveries of `subscription` with ids in `ranges` (first id, count), under one
+    /// lock, finding them in the in-flight store rather than trying every id of a range.
+    fn ack_ranges(&self, subscription: SubscriptionId, ranges: &[(u64, u32)]) {
+        let notifier = self.listeners.snapshot();
+        let sub = self.find_sub(subscription);
+        let mut acked = Vec::new();
+        if let Some(sub) = &sub {
+            let mut u = lock(&sub.unacked);
+            for &(first, count) in ranges {
+                let end = first.saturating_add(u64::from(count));
+                u.map
+                    .take_range(MessageId(first), MessageId(end), &mut acked);
+            }
+            u.trim_front();
+        }
+        let named: u64 = ranges.iter().map(|&(_, n)| u64::from(n)).sum();
+        let unknown = named.saturating_sub(acked.len() as u64);
+        if unknown > 0 {
+            tracing::debug!(sub = %subscription, unknown, "acks of unknown deliveries ignored");
+            if !notifier.is_empty() {
+                let found: IdSet<MessageId> = acked.iter().map(Message::id).collect();
+                let unknown_ids = ranges
+                    .iter()
+                    .flat_map(|&(first, n)| first..first.saturating_add(u64::from(n)))
+                    .map(MessageId)
+                    .filter(|id| !found.contains(id))
+                    .take(UNKNOWN_ACKS_TOLD);
+                for message in unknown_ids {
+                    let delivery = DeliveryId {
+                        subscription,
+                        message,
+                    };
+                    notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
+                }
+            }
+        }
+        if let Some(sub) = sub {
+            self.settled(&sub, acked, &notifier);
+        }
+    }
+
+    /// The deliveries `acked` of `sub` were acked (and taken out of its un-acked store): they
+    /// leave the in-flight count, the listeners hear of them, and the subscription gets going
+    /// again if they held it.
+    fn settled(&self, sub: &Arc<Sub>, acked: Vec<Message>, notifier: &Notifier) {
+        sub.landed(&acked);
         if !acked.is_empty() {
             notifier.each("acked", |l| l.acked_all(&acked, &sub.info));
         }
@@ -1853,6 +1956,33 @@ mod tests {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    #[test]
+    fn in_flight_takes_a_range_by_what_it_holds() {
+        let mut f = InFlight::default();
+        for id in [3, 5, 8, 13, 21] {
+            f.insert(MessageId(id), msg(id));
+        }
+        // Delivered again, below the newest: in the side map.
+        f.remove(&MessageId(5));
+        f.insert(MessageId(5), msg(5));
+        let take = |f: &mut InFlight, first, end| {
+            let mut out = Vec::new();
+            f.take_range(MessageId(first), MessageId(end), &mut out);
+            let mut ids: Vec<u64> = out.iter().map(|m| m.id().0).collect();
+            ids.sort_unstable();
+            ids
+        };
+        // The middle of the deque and the side map; the ends of the range are not included.
+        assert_eq!(take(&mut f, 5, 13), [5, 8]);
+        assert_eq!(ids(&f), [3, 13, 21]);
+        assert_eq!(f.len(), 3);
+        // Nothing there; then the front, past the end of what is held.
+        assert_eq!(take(&mut f, 14, 20), Vec::<u64>::new());
+        assert_eq!(take(&mut f, 0, u64::MAX), [3, 13, 21]);
+        assert!(f.is_empty());
+        assert!(f.seq.is_empty(), "taken entries leave the deque");
     }
 
     #[test]

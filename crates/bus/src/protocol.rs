@@ -25,7 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::options::{AckMode, Backoff, DeliveryMode, SubscribeOptions};
 
 /// The protocol version this crate speaks (2 adds the batched DELIVERS and ACKS operations, 3
-/// the packed deliveries of PACKED).
+/// the packed deliveries of PACKED and the acks by range of ACKR).
 pub const VERSION: u16 = 3;
 
 /// The oldest protocol version a server still serves: a version-1 client gets one DELIVER per
@@ -52,6 +52,7 @@ mod code {
     pub(super) const DELIVERS: u8 = 16;
     pub(super) const ACKS: u8 = 17;
     pub(super) const PACKED: u8 = 18;
+    pub(super) const ACKR: u8 = 19;
 }
 
 /// The flags that open each delivery of a PACKED frame: which fields repeat the previous
@@ -259,6 +260,15 @@ pub enum Op {
         /// The message ids (at least one).
         messages: Vec<u64>,
     },
+    /// Client → server (version 3): acknowledge the deliveries of one subscription whose
+    /// message ids lie in the ranges given, the same as one ACK per id (a run of consecutive
+    /// ids costs 12 bytes, however long).
+    AckRanges {
+        /// The subscription id.
+        sub: u64,
+        /// First message id and count of ids (at least 1) of each range (at least one range).
+        ranges: Vec<(u64, u32)>,
+    },
     /// Client → server: acknowledge a delivery.
     Ack {
         /// The subscription id.
@@ -340,6 +350,7 @@ impl Op {
             Op::Deliver { .. } => "DELIVER",
             Op::Delivers { .. } => "DELIVERS",
             Op::Packed { .. } => "PACKED",
+            Op::AckRanges { .. } => "ACKR",
             Op::Acks { .. } => "ACKS",
             Op::Ack { .. } => "ACK",
             Op::Nack { .. } => "NACK",
@@ -736,6 +747,16 @@ pub fn encode(op: &Op, buf: &mut BytesMut) {
             put_len(buf, messages.len());
             for m in messages {
                 buf.put_u64(*m);
+            }
+        }
+        Op::AckRanges { sub, ranges } => {
+            buf.reserve(1 + 8 + 4 + 12 * ranges.len());
+            buf.put_u8(code::ACKR);
+            buf.put_u64(*sub);
+            put_len(buf, ranges.len());
+            for &(first, count) in ranges {
+                buf.put_u64(first);
+                buf.put_u32(count);
             }
         }
         Op::Ack { sub, message } => {
@@ -1145,6 +1166,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         code::DELIVERS => "DELIVERS",
         code::ACKS => "ACKS",
         code::PACKED => "PACKED",
+        code::ACKR => "ACKR",
         other => return Err(ProtocolError::UnknownOp(other)),
     };
     let mut r = Reader::new(&frame, name);
@@ -1220,6 +1242,17 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
                 messages.push(r.u64("message")?);
             }
             Op::Acks { sub, messages }
+        }
+        code::ACKR => {
+            let sub = r.u64("sub")?;
+            let count = r.count("count")?;
+            let mut ranges = Vec::with_capacity(count.min(r.remaining() / 12));
+            for _ in 0..count {
+                let first = r.u64("first")?;
+                let n = r.count("range_count")?;
+                ranges.push((first, u32::try_from(n).unwrap_or(u32::MAX)));
+            }
+            Op::AckRanges { sub, ranges }
         }
         code::ACK => Op::Ack {
             sub: r.u64("sub")?,
@@ -1412,6 +1445,10 @@ mod tests {
                 sub: 3,
                 messages: vec![77, 78, u64::MAX],
             },
+            Op::AckRanges {
+                sub: 3,
+                ranges: vec![(77, 2), (90, 1), (u64::MAX - 1, u32::MAX)],
+            },
             Op::Ack {
                 sub: 3,
                 message: 77,
@@ -1559,6 +1596,26 @@ mod tests {
         assert_eq!(
             decode(frame(&[&first(both), &first(flags)])),
             invalid(u64::from(flags))
+        );
+    }
+
+    #[test]
+    fn an_empty_ack_range_is_an_error() {
+        let mut buf = BytesMut::new();
+        encode(
+            &Op::AckRanges {
+                sub: 1,
+                ranges: vec![(7, 0)],
+            },
+            &mut buf,
+        );
+        assert_eq!(
+            decode(buf.freeze()),
+            Err(ProtocolError::InvalidValue {
+                op: "ACKR",
+                field: "range_count",
+                value: 0
+            })
         );
     }
 

@@ -784,7 +784,7 @@ impl Client {
         }
     }
 
-    /// Sends the acks this thread deferred, one ACK or ACKS frame per subscription.
+    /// Sends the acks this thread deferred, one ACK or ACKR frame per subscription.
     fn flush_acks(&self) {
         let mut acks = DEFERRED.with_borrow_mut(|d| {
             d.manual = false;
@@ -806,9 +806,9 @@ impl Client {
                     sub,
                     message: *message,
                 },
-                _ => Op::Acks {
+                _ => Op::AckRanges {
                     sub,
-                    messages: group.iter().map(|&(_, m)| m).collect(),
+                    ranges: ack_ranges(group.iter().map(|&(_, m)| m)),
                 },
             };
             self.send_now(&op);
@@ -897,6 +897,20 @@ impl Client {
         tracing::debug!(sub.id = id, pattern = %sub.pattern, "unsubscribed");
         true
     }
+}
+
+/// Runs of consecutive ids in `ids` (in their order) as ranges of an ACKR: first id and count.
+fn ack_ranges(ids: impl IntoIterator<Item = u64>) -> Vec<(u64, u32)> {
+    let mut ranges: Vec<(u64, u32)> = Vec::new();
+    for id in ids {
+        match ranges.last_mut() {
+            Some((first, n)) if *n < u32::MAX && first.checked_add(u64::from(*n)) == Some(id) => {
+                *n += 1
+            }
+            _ => ranges.push((id, 1)),
+        }
+    }
+    ranges
 }
 
 /// How long a batch of deliveries may hold back the acks of the messages it handled.
@@ -1605,5 +1619,20 @@ impl fmt::Debug for RemoteBroker {
             .field("server", &self.client.addr)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_ranges_join_runs_of_consecutive_ids_in_their_order() {
+        assert_eq!(
+            ack_ranges([5, 6, 7, 9, 10, 3, u64::MAX - 1, u64::MAX]),
+            [(5, 3), (9, 2), (3, 1), (u64::MAX - 1, 2)]
+        );
+        assert_eq!(ack_ranges([8, 8, 7]), [(8, 1), (8, 1), (7, 1)]);
+        assert!(ack_ranges([]).is_empty());
     }
 }

@@ -537,6 +537,12 @@ impl ConnListener {
                     shared.bus.ack_many(subscription, &ids);
                 }
             }
+            Op::AckRanges { sub, ranges } => {
+                let subscription = lock(&conn.state).subs.get(&sub).map(Subscription::id);
+                if let Some(subscription) = subscription {
+                    shared.bus.ack_ranges(subscription, &ranges);
+                }
+            }
             Op::Nack {
                 sub,
                 message,

@@ -209,9 +209,8 @@ fn each_version_gets_its_own_framing_of_deliveries() {
     assert_eq!(got[0], got[1], "the same deliveries either way");
 }
 
-#[test]
-fn acks_in_one_frame_free_the_in_flight_window() {
-    let server = server(2);
+/// A raw member of group `w` on topic `win` (sub 1) that holds at most 4 deliveries un-acked.
+fn member_of_4(server: &BusServer) -> Raw {
     let mut raw = Raw::welcomed(server.local_addr());
     raw.send(&Op::Subscribe {
         sub: 1,
@@ -221,6 +220,13 @@ fn acks_in_one_frame_free_the_in_flight_window() {
             .with_max_in_flight(4),
     });
     assert_eq!(raw.read_op(), Some(Op::Subscribed { sub: 1 }));
+    raw
+}
+
+#[test]
+fn acks_in_one_frame_free_the_in_flight_window() {
+    let server = server(2);
+    let mut raw = member_of_4(&server);
     let publisher = remote(&server);
     for i in 0..8 {
         publisher
@@ -244,6 +250,56 @@ fn acks_in_one_frame_free_the_in_flight_window() {
     let payloads: Vec<Vec<u8>> = first.into_iter().chain(rest).map(|(_, p)| p).collect();
     let expected: Vec<Vec<u8>> = (0..8).map(|i: i32| i.to_string().into_bytes()).collect();
     assert_eq!(payloads, expected);
+}
+
+#[test]
+fn acks_by_range_free_the_window_whatever_the_ranges_name() {
+    // ACKR names ids by range. A range may hold ids never delivered to the subscription (here
+    // those of another topic, and billions past them): the server finds what is in flight
+    // rather than trying each id, so even a range of 4 billion ids is acked at once.
+    let server = server(2);
+    let mut raw = member_of_4(&server);
+    let publisher = remote(&server);
+    let mut other = Vec::new();
+    for i in 0..12 {
+        publisher
+            .publish(Message::new("win", i.to_string()))
+            .unwrap();
+        other.push(publisher.publish(Message::new("other", "x")).unwrap().0);
+    }
+    let window = |raw: &mut Raw| {
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.extend(read_deliveries(raw, 1));
+        }
+        assert_eq!(got.len(), 4, "the window holds 4");
+        got
+    };
+    let first = window(&mut raw);
+    // One range from id 0 over everything: the 4 in flight and billions more.
+    raw.send(&Op::AckRanges {
+        sub: 1,
+        ranges: vec![(0, u32::MAX)],
+    });
+    let second = window(&mut raw);
+    // Exact ranges: each id of the second window with the other topic's id after it, which
+    // was never delivered here.
+    raw.send(&Op::AckRanges {
+        sub: 1,
+        ranges: second.iter().map(|&(id, _)| (id, 2)).collect(),
+    });
+    let third = window(&mut raw);
+    assert!(other.iter().all(|id| !third.iter().any(|(t, _)| t == id)));
+    let payloads: Vec<Vec<u8>> = [first, second, third]
+        .into_iter()
+        .flatten()
+        .map(|(_, p)| p)
+        .collect();
+    let expected: Vec<Vec<u8>> = (0..12).map(|i: i32| i.to_string().into_bytes()).collect();
+    assert_eq!(
+        payloads, expected,
+        "every message once, in order: none acked came again"
+    );
 }
 
 /// A member that takes group messages and never acks them, on a raw socket.

@@ -56,7 +56,7 @@ impl Rng {
 }
 
 fn random_op(r: &mut Rng) -> Op {
-    match r.below(18) {
+    match r.below(19) {
         0 => Op::Hello {
             version: r.next() as u16,
             token: if r.below(2) == 0 {
@@ -137,6 +137,12 @@ fn random_op(r: &mut Rng) -> Op {
                 messages,
             }
         }
+        18 => Op::AckRanges {
+            sub: r.next(),
+            ranges: (0..=r.below(4))
+                .map(|_| (r.next(), 1 + r.below(u64::from(u32::MAX)) as u32))
+                .collect(),
+        },
         15 => Op::Acks {
             sub: r.next(),
             messages: (0..=r.below(8)).map(|_| r.next()).collect(),
