@@ -25,7 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::options::{AckMode, Backoff, DeliveryMode, SubscribeOptions};
 
 /// The protocol version this crate speaks (2 adds the batched DELIVERS and ACKS operations, 3
-/// the packed deliveries of PACKED and the acks by range of ACKR).
+/// the packed deliveries of PACKED, the acks by range of ACKR and the short publishes of PUB).
 pub const VERSION: u16 = 3;
 
 /// The oldest protocol version a server still serves: a version-1 client gets one DELIVER per
@@ -53,6 +53,17 @@ mod code {
     pub(super) const ACKS: u8 = 17;
     pub(super) const PACKED: u8 = 18;
     pub(super) const ACKR: u8 = 19;
+    pub(super) const PUB: u8 = 20;
+}
+
+/// The flags of a PUB: which of its optional fields follow.
+mod pub_flags {
+    /// A `u64` request id follows (else the request is 0: no confirm).
+    pub(super) const REQUEST: u8 = 0x01;
+    /// Headers follow (a `u16` count and pairs; else none).
+    pub(super) const HEADERS: u8 = 0x02;
+    /// Every flag; the other bits must be 0.
+    pub(super) const ALL: u8 = 0x03;
 }
 
 /// The flags that open each delivery of a PACKED frame: which fields repeat the previous
@@ -480,8 +491,14 @@ pub(crate) fn put_publish(
     buf.put_slice(payload);
 }
 
-/// Appends a PUBLISH up to its payload: what [`put_publish`] writes before the payload's bytes,
-/// so that a large payload can follow as a part of its own, written in place.
+/// The longest topic a PUB carries (its length is a `u8`); a publish on a longer one goes as a
+/// PUBLISH (the bus refuses such a topic, but the encoder stays total).
+const PUB_TOPIC_MAX: usize = u8::MAX as usize;
+
+/// Appends a publish up to its payload: what [`put_publish`] writes before the payload's bytes,
+/// so that a large payload can follow as a part of its own, written in place. That is a PUB
+/// (version 3: the request id and headers only when there are any, and the topic's length in a
+/// byte), or a PUBLISH for a topic longer than 255 bytes.
 pub(crate) fn put_publish_head(
     buf: &mut BytesMut,
     request: u64,
@@ -489,6 +506,27 @@ pub(crate) fn put_publish_head(
     headers: &[(String, String)],
     payload_len: usize,
 ) {
+    if topic.len() <= PUB_TOPIC_MAX {
+        let mut flags = 0;
+        if request != 0 {
+            flags |= pub_flags::REQUEST;
+        }
+        if !headers.is_empty() {
+            flags |= pub_flags::HEADERS;
+        }
+        buf.put_u8(code::PUB);
+        buf.put_u8(flags);
+        if request != 0 {
+            buf.put_u64(request);
+        }
+        buf.put_u8(topic.len() as u8);
+        buf.put_slice(topic.as_bytes());
+        if !headers.is_empty() {
+            put_pairs16(buf, headers);
+        }
+        put_len(buf, payload_len);
+        return;
+    }
     buf.put_u8(code::PUBLISH);
     buf.put_u64(request);
     put_str(buf, topic);
@@ -496,9 +534,13 @@ pub(crate) fn put_publish_head(
     put_len(buf, payload_len);
 }
 
-/// Whether `frame` (one this side encoded) is a PUBLISH that asks for no confirm: request id 0.
+/// Whether `frame` (one this side encoded) is a PUB or PUBLISH that asks for no confirm.
 pub(crate) fn is_unconfirmed_publish(frame: &[u8]) -> bool {
-    frame.len() >= 9 && frame[0] == code::PUBLISH && frame[1..9] == [0; 8]
+    match frame {
+        [code::PUB, flags, ..] => flags & pub_flags::REQUEST == 0,
+        [code::PUBLISH, request @ ..] => request.get(..8) == Some(&[0; 8]),
+        _ => false,
+    }
 }
 
 /// Starts a DELIVER frame for `sub`: follow with exactly one delivery.
@@ -906,6 +948,16 @@ impl<'a> Reader<'a> {
     /// one topic allocates it once.
     fn topic(&mut self) -> Result<Arc<str>, ProtocolError> {
         let n = self.len("topic")?;
+        self.topic_of(n)
+    }
+
+    /// A topic whose length is a `u8` (a PUB's), shared as [`topic`](Self::topic) shares.
+    fn short_topic(&mut self) -> Result<Arc<str>, ProtocolError> {
+        let n = usize::from(self.u8("topic")?);
+        self.topic_of(n)
+    }
+
+    fn topic_of(&mut self, n: usize) -> Result<Arc<str>, ProtocolError> {
         let raw = self.take(n, "topic")?;
         // The same bytes as the last topic are valid UTF-8 already.
         if let Some(last) = &self.last_topic
@@ -1031,6 +1083,35 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The fields of a PUB, after the op byte.
+    fn short_publish(&mut self) -> Result<Publish, ProtocolError> {
+        let flags = self.u8("flags")?;
+        if flags & !pub_flags::ALL != 0 {
+            return Err(ProtocolError::InvalidValue {
+                op: self.op,
+                field: "flags",
+                value: u64::from(flags),
+            });
+        }
+        let request = if flags & pub_flags::REQUEST != 0 {
+            self.u64("request")?
+        } else {
+            0
+        };
+        let topic = self.short_topic()?;
+        let headers = if flags & pub_flags::HEADERS != 0 {
+            self.headers()?
+        } else {
+            Vec::new()
+        };
+        Ok(Publish {
+            request,
+            topic,
+            headers,
+            payload: self.blob("payload")?,
+        })
+    }
+
     /// The fields of one delivery, after the sub id.
     fn delivery(&mut self) -> Result<WireDelivery, ProtocolError> {
         Ok(WireDelivery {
@@ -1119,17 +1200,23 @@ pub(crate) fn decode_publish(
     owner: &Bytes,
     last_topic: &mut Option<Arc<str>>,
 ) -> Option<Result<Publish, ProtocolError>> {
-    if frame.first() != Some(&code::PUBLISH) {
-        return None;
-    }
-    let mut r = Reader::within(frame, owner, "PUBLISH");
+    let short = match frame.first() {
+        Some(&code::PUB) => true,
+        Some(&code::PUBLISH) => false,
+        _ => return None,
+    };
+    let mut r = Reader::within(frame, owner, if short { "PUB" } else { "PUBLISH" });
     r.last_topic = last_topic.take();
-    let publish = r.publish();
+    let publish = if short {
+        r.short_publish()
+    } else {
+        r.publish()
+    };
     *last_topic = r.last_topic.take();
     let extra = r.remaining();
     Some(match publish {
         Ok(_) if extra > 0 => Err(ProtocolError::TrailingBytes {
-            op: "PUBLISH",
+            op: if short { "PUB" } else { "PUBLISH" },
             extra,
         }),
         other => other,
@@ -1151,6 +1238,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
         code::HELLO => "HELLO",
         code::WELCOME => "WELCOME",
         code::PUBLISH => "PUBLISH",
+        code::PUB => "PUB",
         code::CONFIRM => "CONFIRM",
         code::SUBSCRIBE => "SUBSCRIBE",
         code::SUBSCRIBED => "SUBSCRIBED",
@@ -1189,8 +1277,12 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
             version: r.u16("version")?,
             server: r.string("server")?,
         },
-        code::PUBLISH => {
-            let p = r.publish()?;
+        code::PUBLISH | code::PUB => {
+            let p = if op == code::PUB {
+                r.short_publish()?
+            } else {
+                r.publish()?
+            };
             Op::Publish {
                 request: p.request,
                 topic: p.topic.to_string(),
@@ -1360,6 +1452,12 @@ mod tests {
                 topic: "a.b".into(),
                 headers: vec![("k".into(), "v".into()), ("é".into(), String::new())],
                 payload: Bytes::from_static(b"hello"),
+            },
+            Op::Publish {
+                request: 6,
+                topic: "x".repeat(300),
+                headers: vec![("k".into(), "v".into())],
+                payload: Bytes::from_static(b"on a topic too long for a PUB"),
             },
             Op::Confirm {
                 request: 5,
@@ -1596,6 +1694,62 @@ mod tests {
         assert_eq!(
             decode(frame(&[&first(both), &first(flags)])),
             invalid(u64::from(flags))
+        );
+    }
+
+    #[test]
+    fn a_publish_goes_short_unless_its_topic_is_too_long_for_it() {
+        let publish = |request, topic: &str, headers: bool| Op::Publish {
+            request,
+            topic: topic.into(),
+            headers: if headers {
+                vec![("k".into(), "v".into())]
+            } else {
+                Vec::new()
+            },
+            payload: Bytes::from_static(&[7; 16]),
+        };
+        let long = "t".repeat(PUB_TOPIC_MAX + 1);
+        for (op, short, unconfirmed) in [
+            (publish(0, "bench.t0", false), true, true),
+            (publish(9, "bench.t0", true), true, false),
+            (publish(0, &long, false), false, true),
+            (publish(9, &long, true), false, false),
+        ] {
+            let frame = op.to_bytes();
+            let code = if short { code::PUB } else { code::PUBLISH };
+            assert_eq!(frame[0], code, "{op:?}");
+            assert_eq!(is_unconfirmed_publish(&frame), unconfirmed);
+            assert_eq!(decode(frame.clone()), Ok(op.clone()));
+            let Op::Publish {
+                request,
+                topic,
+                headers,
+                payload,
+            } = op
+            else {
+                unreachable!()
+            };
+            let mut last = None;
+            let fast = decode_publish(&frame, &frame, &mut last).unwrap().unwrap();
+            assert_eq!(
+                (fast.request, &*fast.topic, fast.headers, fast.payload),
+                (request, topic.as_str(), headers, payload)
+            );
+        }
+        // Op byte, flags, topic length and topic, payload length and payload: 16 bytes fewer
+        // than a PUBLISH of the same message (request, 32-bit topic length, header count).
+        let short = publish(0, "bench.t0", false).to_bytes();
+        assert_eq!(short.len(), 1 + 1 + 1 + 8 + 4 + 16);
+        let mut flags = BytesMut::from(&short[..]);
+        flags[1] = 0x04;
+        assert_eq!(
+            decode(flags.freeze()),
+            Err(ProtocolError::InvalidValue {
+                op: "PUB",
+                field: "flags",
+                value: 4
+            })
         );
     }
 

@@ -1086,7 +1086,7 @@ fn deliveries_read_with_a_malformed_frame_are_handled_before_the_connection_clos
                 assert_eq!(code, mixbus_bus::protocol::ErrorCode::Malformed, "{text}");
                 break;
             }
-            Some(Op::Ack { .. } | Op::Acks { .. }) => continue,
+            Some(Op::Ack { .. } | Op::Acks { .. } | Op::AckRanges { .. }) => continue,
             other => panic!("expected ERROR, got {other:?}"),
         }
     }
