@@ -1366,7 +1366,10 @@ impl Shared {
                     .flat_map(|&(first, n)| first..first.saturating_add(u64::from(n)))
                     .map(MessageId)
                     .filter(|id| !found.contains(id))
-                    .take(UNKNOWN_ACKS_TOLD);
+                    .take(
+                        usize::try_from(unknown)
+                            .map_or(UNKNOWN_ACKS_TOLD, |n| n.min(UNKNOWN_ACKS_TOLD)),
+                    );
                 for message in unknown_ids {
                     let delivery = DeliveryId {
                         subscription,
