@@ -353,6 +353,31 @@ pub trait Broker: Send + Sync {
     /// ```
     fn publish(&self, message: Message) -> Result<MessageId>;
 
+    /// Publishes `payload` on `topic`: what `publish(Message::new(topic,
+    /// Bytes::copy_from_slice(payload)))` does, which is the default. A backend that copies the
+    /// bytes anyway builds no message: a [`RemoteBroker`](crate::RemoteBroker) without confirms
+    /// writes a small publish straight into its connection's outbound buffer, with no
+    /// allocation. A payload already held as [`Bytes`](bytes::Bytes), a large one above all, is
+    /// better published in a message: it is shared, not copied.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixbus_bus::{Broker, InMemoryBroker};
+    /// let broker = InMemoryBroker::new()?;
+    /// let id = broker.publish_slice("orders.created", b"42")?;
+    /// assert!(id.0 > 0);
+    /// assert!(broker.publish_slice("orders..created", b"42").is_err());
+    /// # Ok::<(), mixbus_bus::Error>(())
+    /// ```
+    fn publish_slice(&self, topic: &str, payload: &[u8]) -> Result<MessageId> {
+        self.publish(Message::new(topic, bytes::Bytes::copy_from_slice(payload)))
+    }
+
     /// Subscribes `handler` to a topic or pattern (`*` matches one token, `>` the rest).
     ///
     /// # Errors

@@ -21,7 +21,7 @@ use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::Frames;
 use crate::queue::task::pump::{AdaptiveSpin, EventPump, PumpConfig, SpinSlots};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
-use crate::topic::{Pattern, validate_topic_cached};
+use crate::topic::{Pattern, validate_topic_cached, validate_topic_str_cached};
 
 /// How a [`RemoteBroker`] is set up: plain data with defaults, changed with the `with_*` methods.
 #[non_exhaustive]
@@ -1418,6 +1418,31 @@ impl Broker for RemoteBroker {
                 after: timeout,
             }),
         }
+    }
+
+    /// A small publish without confirms goes straight into the connection's outbound runs
+    /// from `topic` and `payload`, with no message built (one is built for the listeners if
+    /// there are any); anything else is [`publish`](Self::publish).
+    fn publish_slice(&self, topic: &str, payload: &[u8]) -> Result<MessageId> {
+        let c = &self.client;
+        if !c.config.confirm && payload.len() < COPY_PUBLISH_BELOW {
+            validate_topic_str_cached(topic)?;
+            c.flush_manual_acks();
+            let sent = PUBLISH_SCRATCH.with_borrow_mut(|buf| {
+                buf.clear();
+                protocol::put_publish_head(buf, 0, topic, &[], payload.len());
+                c.try_send_copy(&[buf, payload])
+            });
+            if sent {
+                let notifier = c.listeners.snapshot();
+                if !notifier.is_empty() {
+                    let message = Message::new(topic, Bytes::copy_from_slice(payload));
+                    notifier.each("published", |l| l.published(&message));
+                }
+                return Ok(MessageId(0));
+            }
+        }
+        self.publish(Message::new(topic, Bytes::copy_from_slice(payload)))
     }
 
     fn subscribe(

@@ -62,15 +62,28 @@ thread_local! {
 /// [`validate_topic`], remembering the last valid topic of this thread so that publishing on
 /// the same topic again costs a pointer or string compare.
 pub(crate) fn validate_topic_cached(topic: &Arc<str>) -> Result<()> {
-    let known = LAST_VALID.with_borrow(|last| {
-        last.as_ref()
-            .is_some_and(|l| Arc::ptr_eq(l, topic) || **l == **topic)
-    });
-    if known {
+    validate_cached(
+        topic,
+        |last| Arc::ptr_eq(last, topic) || **last == **topic,
+        || topic.clone(),
+    )
+}
+
+/// [`validate_topic_cached`] for a borrowed topic (kept as an `Arc<str>` when new).
+pub(crate) fn validate_topic_str_cached(topic: &str) -> Result<()> {
+    validate_cached(topic, |last| **last == *topic, || Arc::from(topic))
+}
+
+fn validate_cached(
+    topic: &str,
+    known: impl Fn(&Arc<str>) -> bool,
+    keep: impl FnOnce() -> Arc<str>,
+) -> Result<()> {
+    if LAST_VALID.with_borrow(|last| last.as_ref().is_some_and(known)) {
         return Ok(());
     }
     validate_topic(topic)?;
-    LAST_VALID.with_borrow_mut(|last| *last = Some(topic.clone()));
+    LAST_VALID.with_borrow_mut(|last| *last = Some(keep()));
     Ok(())
 }
 

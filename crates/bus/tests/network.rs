@@ -67,6 +67,31 @@ fn smoke() {
     );
 }
 
+#[test]
+fn publish_slice_without_confirms_tells_the_listeners() {
+    // The short way builds no message, but one is made for listeners when there are any.
+    let server = server(2);
+    let client = RemoteBroker::connect(
+        server.local_addr(),
+        RemoteConfig::default().with_confirm(false),
+    )
+    .unwrap();
+    #[derive(Default)]
+    struct Published(Mutex<Vec<String>>);
+    impl mixbus_bus::BrokerListener for Published {
+        fn published(&self, message: &Message) {
+            let payload = String::from_utf8_lossy(message.payload());
+            let told = format!("{} {payload}", message.topic());
+            self.0.lock().unwrap().push(told);
+        }
+    }
+    let heard = Arc::new(Published::default());
+    client.add_listener(heard.clone());
+    client.publish_slice("told.a", b"one").unwrap();
+    client.publish(Message::new("told.b", "two")).unwrap();
+    assert_eq!(*heard.0.lock().unwrap(), ["told.a one", "told.b two"]);
+}
+
 /// The message ids of the next DELIVER, DELIVERS or PACKED frame for `sub`, with their payloads.
 fn read_deliveries(raw: &mut Raw, sub: u64) -> Vec<(u64, Vec<u8>)> {
     match raw.read_op() {

@@ -53,6 +53,12 @@ fn ordering_of_one_publisher() {
 }
 
 #[test]
+fn publish_slice_is_publish() {
+    let b = support::broker(4);
+    suite::publish_slice_is_publish(&b);
+}
+
+#[test]
 fn close_rejects_publish() {
     let b = support::broker(4);
     suite::close_rejects_publish(&b);

@@ -61,6 +61,18 @@ fn ordering_of_one_publisher() {
 }
 
 #[test]
+fn publish_slice_is_publish() {
+    let server = support::server(4);
+    // Without confirms a small publish_slice goes straight to the connection; with them it is
+    // publish. Both ways.
+    for confirm in [false, true] {
+        let config = mixbus_bus::RemoteConfig::default().with_confirm(confirm);
+        let b = mixbus_bus::RemoteBroker::connect(server.local_addr(), config).unwrap();
+        suite::publish_slice_is_publish(&b);
+    }
+}
+
+#[test]
 fn close_rejects_publish() {
     let server = support::server(4);
     let b = support::remote(&server);

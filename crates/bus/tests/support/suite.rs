@@ -204,6 +204,50 @@ pub(crate) fn ordering_of_one_publisher<B: Broker>(b: &B) {
     }
 }
 
+/// `publish_slice` is `publish` of a message made from the topic and a copy of the payload:
+/// the same deliveries, in the same order, mixed with messages; a bad topic is refused.
+pub(crate) fn publish_slice_is_publish<B: Broker>(b: &B) {
+    let (h, rx) = collector();
+    let _sub = b
+        .subscribe("slice.*", SubscribeOptions::default(), h)
+        .unwrap();
+    let mut buf = Vec::new();
+    for i in 0..100 {
+        buf.clear();
+        buf.extend_from_slice(i.to_string().as_bytes());
+        let topic = if i % 2 == 0 {
+            "slice.even"
+        } else {
+            "slice.odd"
+        };
+        if i % 10 == 9 {
+            b.publish(Message::new(topic, buf.clone())).unwrap();
+        } else {
+            b.publish_slice(topic, &buf).unwrap();
+        }
+    }
+    // Larger than a small publish: taken apart from the buffer all the same.
+    let big = vec![7u8; 5000];
+    b.publish_slice("slice.big", &big).unwrap();
+    for i in 0..100 {
+        let m = recv(&rx);
+        assert_eq!(payload(&m), i.to_string());
+        assert_eq!(
+            m.topic(),
+            if i % 2 == 0 {
+                "slice.even"
+            } else {
+                "slice.odd"
+            }
+        );
+        assert!(m.headers().is_empty());
+    }
+    let m = recv(&rx);
+    assert_eq!((m.topic(), &m.payload()[..]), ("slice.big", &big[..]));
+    assert!(b.publish_slice("slice..bad", b"x").is_err());
+    assert!(b.publish_slice("", b"x").is_err());
+}
+
 /// After close, publish and subscribe fail.
 pub(crate) fn close_rejects_publish<B: Broker>(b: &B) {
     let (h, rx) = collector();
