@@ -676,7 +676,8 @@ impl ConnListener {
     }
 }
 
-/// A PACKED (or DELIVERS) frame is closed once it holds this many bytes; the next delivery opens another.
+/// A PACKED (or DELIVERS) frame is closed once it holds this many bytes; the next delivery
+/// opens another.
 const FRAME_TARGET: usize = 64 << 10;
 
 /// The opening of a PACKED or DELIVERS frame and its count, at most.
