@@ -40,6 +40,43 @@ const EXECUTOR_BUDGET: Duration = Duration::from_millis(1);
 /// Messages a run on an executor takes from its queue at a time (with one lock).
 const EXECUTOR_CHUNK: usize = 128;
 
+/// The in-flight window a manual-ack subscription starts with, and keeps while its acks come
+/// slowly: it holds more (up to its `max_in_flight`) only while its acks come fast enough to
+/// drain the window within a quarter of its ack wait ([`paced_window`]).
+pub(crate) const BASE_WINDOW: usize = 8192;
+
+/// Payload bytes past which a window grown beyond [`BASE_WINDOW`] takes no more: the growth is
+/// for small messages, whose window of 8,192 is a short stretch of a fast stream; larger ones
+/// fill a window that size with time enough, and more of them in flight cost cache.
+const GROWN_WINDOW_BYTES: usize = 1 << 20;
+
+/// How often, at most, a subscription's window follows its ack rate (measured over at least
+/// this long, and at least [`PACE_ACKS`] acks).
+const PACE_TICK: Duration = Duration::from_millis(10);
+
+/// Acks between two looks at a subscription's ack rate: counting them is an atomic add, looking
+/// takes a lock and the clock.
+const PACE_ACKS: usize = 1024;
+
+/// The in-flight window of a subscription that acked `acked` deliveries in `elapsed`: as many as
+/// it acks in a quarter of `ack_wait` at that rate, so that what it holds is done well within
+/// the ack wait, but at least [`BASE_WINDOW`] and at most `max`.
+pub(crate) fn paced_window(
+    acked: usize,
+    elapsed: Duration,
+    ack_wait: Duration,
+    max: usize,
+) -> usize {
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    let want = acked as f64 / secs * (ack_wait.as_secs_f64() / 4.0);
+    let want = if want.is_finite() && want < usize::MAX as f64 {
+        want as usize
+    } else {
+        usize::MAX
+    };
+    want.clamp(BASE_WINDOW.min(max), max)
+}
+
 /// Unknown ids of one call of `ack_ranges` told to the listeners, at most: a range may name
 /// any number of ids, and finding which were unknown costs a look at each.
 pub(crate) const UNKNOWN_ACKS_TOLD: usize = 1024;
@@ -606,15 +643,60 @@ struct Sub {
     max_in_flight_bytes: usize,
     unacked: Mutex<Unacked>,
     delivered: AtomicU64,
+    /// The deliveries it may hold un-acked now: [`BASE_WINDOW`] (or less, per its options) to
+    /// start with, following its ack rate up to `max_in_flight` ([`Sub::paced`]).
+    window: AtomicUsize,
+    /// Acks since the window last followed the ack rate.
+    pace_acks: AtomicUsize,
+    /// When the window last followed the ack rate.
+    paced_at: Mutex<Instant>,
     /// The broker, for runs handed to the handler's executor.
     shared: Weak<Shared>,
 }
 
 impl Sub {
     fn blocked(&self) -> bool {
-        self.manual
-            && (self.in_flight.load(Ordering::Acquire) >= self.options.max_in_flight
-                || self.in_flight_bytes.load(Ordering::Acquire) >= self.max_in_flight_bytes)
+        if !self.manual {
+            return false;
+        }
+        let (in_flight, bytes) = (
+            self.in_flight.load(Ordering::Acquire),
+            self.in_flight_bytes.load(Ordering::Acquire),
+        );
+        in_flight >= self.window.load(Ordering::Relaxed)
+            || bytes >= self.max_in_flight_bytes
+            || (in_flight >= BASE_WINDOW && bytes >= GROWN_WINDOW_BYTES)
+    }
+
+    /// `acked` deliveries were acked: every [`PACE_TICK`] or more, the window follows the rate
+    /// at which acks came since the last time ([`paced_window`]).
+    fn paced(&self, acked: usize) {
+        if self.options.max_in_flight <= BASE_WINDOW || acked == 0 {
+            return;
+        }
+        // A look once per PACE_ACKS acks.
+        let before = self.pace_acks.fetch_add(acked, Ordering::Relaxed);
+        if before / PACE_ACKS == (before + acked) / PACE_ACKS {
+            return;
+        }
+        let Ok(mut at) = self.paced_at.try_lock() else {
+            // Another thread is looking.
+            return;
+        };
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(*at);
+        if elapsed < PACE_TICK {
+            return;
+        }
+        let acks = self.pace_acks.swap(0, Ordering::Relaxed);
+        let window = paced_window(
+            acks,
+            elapsed,
+            self.options.ack_wait,
+            self.options.max_in_flight,
+        );
+        self.window.store(window, Ordering::Relaxed);
+        *at = now;
     }
 
     /// `msgs` left the in-flight count.
@@ -1200,6 +1282,7 @@ impl Shared {
                 ack_mode: options.ack_mode,
                 queue: inbox.name.clone(),
             };
+            let options_window = options.max_in_flight.min(BASE_WINDOW);
             let sub = Arc::new(Sub {
                 info,
                 options,
@@ -1213,6 +1296,9 @@ impl Shared {
                 max_in_flight_bytes: self.config.max_in_flight_bytes,
                 unacked: Mutex::new(Unacked::default()),
                 delivered: AtomicU64::new(0),
+                window: AtomicUsize::new(options_window),
+                pace_acks: AtomicUsize::new(0),
+                paced_at: Mutex::new(Instant::now()),
                 shared: Arc::downgrade(self),
             });
             write(&inbox.members).push(sub.clone());
@@ -1389,6 +1475,7 @@ impl Shared {
     /// again if they held it.
     fn settled(&self, sub: &Arc<Sub>, acked: Vec<Message>, notifier: &Notifier) {
         sub.landed(&acked);
+        sub.paced(acked.len());
         if !acked.is_empty() {
             notifier.each("acked", |l| l.acked_all(&acked, &sub.info));
         }
@@ -1552,7 +1639,8 @@ impl Shared {
             }
             let room = if sub.manual {
                 let in_flight = sub.in_flight.load(Ordering::Acquire);
-                sub.options.max_in_flight.saturating_sub(in_flight).max(1)
+                let window = sub.window.load(Ordering::Relaxed);
+                window.saturating_sub(in_flight).max(1)
             } else {
                 usize::MAX
             };
@@ -1959,6 +2047,25 @@ mod tests {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    #[test]
+    fn the_window_is_what_the_ack_rate_drains_in_a_quarter_of_the_ack_wait() {
+        let second = Duration::from_secs(1);
+        let wait = Duration::from_secs(4);
+        // 10,000 acks a second drain 10,000 in a quarter of 4 s.
+        assert_eq!(paced_window(10_000, second, wait, 32_768), 10_000);
+        // Fast: up to the subscription's limit.
+        assert_eq!(paced_window(1_000_000, second, wait, 32_768), 32_768);
+        // Slow: never below the base window, unless the limit is lower.
+        assert_eq!(paced_window(100, second, wait, 32_768), BASE_WINDOW);
+        assert_eq!(paced_window(100, second, wait, 10), 10);
+        // No time at all, or a rate past any count: the limit.
+        assert_eq!(paced_window(5, Duration::ZERO, wait, 32_768), 32_768);
+        assert_eq!(
+            paced_window(usize::MAX, second, Duration::MAX, 50_000),
+            50_000
+        );
     }
 
     #[test]

@@ -4,12 +4,13 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mixbus_bus::{
-    Backoff, Broker, DeliveryId, Message, MessageId, SubscribeOptions, SubscriptionId,
+    Backoff, Broker, DeliveryId, Handler, Message, MessageId, SubscribeOptions, SubscriptionId,
 };
-use support::{Recorder, broker, collector, recv};
+use support::{Recorder, broker, collector, recv, wait_until};
 
 #[test]
 fn smoke() {
@@ -228,4 +229,35 @@ fn max_in_flight_bytes_limits_unacked_payload() {
         broker.ack(m.delivery_id().unwrap()).unwrap();
     }
     assert_eq!(broker.queue_depth(&format!("big#{}", sub.id())), Some(0));
+}
+
+#[test]
+fn the_window_follows_fast_acks_up_to_max_in_flight() {
+    // A handler that acks at once, for the first ACKED messages: the window grows past its base
+    // of 8,192 to max_in_flight (32,768 by default) as the acks come, so when they stop the
+    // subscription holds 32,768, and the rest wait in its queue.
+    const ACKED: usize = 100_000;
+    const MORE: usize = 40_000;
+    let broker = Arc::new(broker(1));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (weak, count) = (Arc::downgrade(&broker), seen.clone());
+    let handler = Handler::new(move |m: &Message| {
+        if count.fetch_add(1, Ordering::SeqCst) < ACKED
+            && let Some(broker) = weak.upgrade()
+        {
+            broker.ack(m.delivery_id().unwrap()).unwrap();
+        }
+        Ok(())
+    });
+    let opts = SubscribeOptions::default().manual_ack();
+    assert_eq!(opts.max_in_flight, 32_768);
+    let sub = broker.subscribe("pace", opts, handler).unwrap();
+    for _ in 0..ACKED + MORE {
+        broker.publish(Message::new("pace", "x")).unwrap();
+    }
+    let queue = format!("pace#{}", sub.id());
+    wait_until("32,768 held un-acked, the rest queued", || {
+        seen.load(Ordering::SeqCst) == ACKED + 32_768
+            && broker.queue_depth(&queue) == Some(MORE - 32_768)
+    });
 }
