@@ -534,13 +534,7 @@ impl InFlight {
     fn remove(&mut self, id: &MessageId) -> Option<Message> {
         if let Some(msg) = self.position(*id).and_then(|i| self.seq[i].1.take()) {
             self.live -= 1;
-            while self.seq.front().is_some_and(|e| e.1.is_none()) {
-                self.seq.pop_front();
-            }
-            // Removed entries behind a message still un-acked would pile up while it waits.
-            if self.seq.len() >= Self::COMPACT_AT && self.seq.len() > 2 * self.live {
-                self.seq.retain(|e| e.1.is_some());
-            }
+            self.tidy();
             return Some(msg);
         }
         // A removed entry in `seq` may have been delivered again since, into `late`.
@@ -564,12 +558,7 @@ impl InFlight {
             }
             at += 1;
         }
-        while self.seq.front().is_some_and(|e| e.1.is_none()) {
-            self.seq.pop_front();
-        }
-        if self.seq.len() >= Self::COMPACT_AT && self.seq.len() > 2 * self.live {
-            self.seq.retain(|e| e.1.is_some());
-        }
+        self.tidy();
         if self.late.is_empty() {
             return;
         }
@@ -580,13 +569,19 @@ impl InFlight {
                 out.extend(self.late.remove(&MessageId(id)));
             }
         } else {
-            self.late.retain(|id, msg| {
-                let keep = *id < first || *id >= end;
-                if !keep {
-                    out.push(msg.clone());
-                }
-                keep
-            });
+            let taken = self.late.extract_if(|id, _| (first..end).contains(id));
+            out.extend(taken.map(|(_, msg)| msg));
+        }
+    }
+
+    /// Drops the removed entries at the front of `seq`, and compacts it when removed entries
+    /// behind a message still un-acked (which would pile up while it waits) outnumber the live.
+    fn tidy(&mut self) {
+        while self.seq.front().is_some_and(|e| e.1.is_none()) {
+            self.seq.pop_front();
+        }
+        if self.seq.len() >= Self::COMPACT_AT && self.seq.len() > 2 * self.live {
+            self.seq.retain(|e| e.1.is_some());
         }
     }
 

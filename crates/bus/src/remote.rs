@@ -328,6 +328,24 @@ impl Client {
     /// [`try_send`](Self::try_send) for a frame the caller keeps, in parts: queued as one copy
     /// (see [`MessageQueue::send_copy_gathered`]), with no handle made for it; false if it was
     /// not queued.
+    /// Copies an unconfirmed publish of a payload under [`COPY_PUBLISH_BELOW`] bytes straight
+    /// into the connection's outbound runs: its head encoded into this thread's scratch buffer,
+    /// then head and payload copied, with no allocation. False if it must go the long way (too
+    /// large, not connected, or no room).
+    fn try_send_small_publish(
+        &self,
+        topic: &str,
+        headers: &[(String, String)],
+        payload: &[u8],
+    ) -> bool {
+        payload.len() < COPY_PUBLISH_BELOW
+            && PUBLISH_SCRATCH.with_borrow_mut(|buf| {
+                buf.clear();
+                protocol::put_publish_head(buf, 0, topic, headers, payload.len());
+                self.try_send_copy(&[buf, payload])
+            })
+    }
+
     fn try_send_copy(&self, parts: &[&[u8]]) -> bool {
         let link = lock(&self.link);
         match &link.queue {
@@ -1378,18 +1396,8 @@ impl Broker for RemoteBroker {
             // The common case: connected, with room. One lock, no handle cloned; a small
             // frame's head is encoded into this thread's scratch buffer, and head and payload
             // are copied straight into the connection's outbound runs, with no allocation.
-            let sent = message.payload().len() < COPY_PUBLISH_BELOW
-                && PUBLISH_SCRATCH.with_borrow_mut(|buf| {
-                    buf.clear();
-                    protocol::put_publish_head(
-                        buf,
-                        0,
-                        message.topic(),
-                        message.headers(),
-                        message.payload().len(),
-                    );
-                    c.try_send_copy(&[buf, message.payload()])
-                });
+            let sent =
+                c.try_send_small_publish(message.topic(), message.headers(), message.payload());
             if !sent && let Err(frame) = c.try_send(publish_frame(&message, 0)) {
                 let queue = c.queue(timeout)?;
                 c.send_frame(&queue, frame, None)?;
@@ -1425,15 +1433,10 @@ impl Broker for RemoteBroker {
     /// there are any); anything else is [`publish`](Self::publish).
     fn publish_slice(&self, topic: &str, payload: &[u8]) -> Result<MessageId> {
         let c = &self.client;
-        if !c.config.confirm && payload.len() < COPY_PUBLISH_BELOW {
+        if !c.config.confirm {
             validate_topic_str_cached(topic)?;
             c.flush_manual_acks();
-            let sent = PUBLISH_SCRATCH.with_borrow_mut(|buf| {
-                buf.clear();
-                protocol::put_publish_head(buf, 0, topic, &[], payload.len());
-                c.try_send_copy(&[buf, payload])
-            });
-            if sent {
+            if c.try_send_small_publish(topic, &[], payload) {
                 let notifier = c.listeners.snapshot();
                 if !notifier.is_empty() {
                     let message = Message::new(topic, Bytes::copy_from_slice(payload));
