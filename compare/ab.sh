@@ -8,12 +8,13 @@
 #   with its own CARGO_TARGET_DIR gives the old one).
 #   NATS_ADDR: a running nats-server (`nats-server -a 127.0.0.1 -p 14222`); leave it out to
 #   compare the two builds only. compare/nats-official is built on first use.
+# NATS_BIN=compare/nats-go/nats-go picks NATS's Go client instead (see compare/nats-go).
 # CASES="pubsub:16:1 group:256:2" picks the cases (workload:size:subscribers).
 set -euo pipefail
 ROUNDS=${1:?rounds}; OLD=${2:?old mixbus}; NEW=${3:?new mixbus}; NATS_ADDR=${4:-}
 CASES=${CASES:-"pubsub:16:1 pubsub:256:1 pubsub:4096:1 fanout:256:4 fanout:4096:4 group:256:2"}
 HERE=$(cd "$(dirname "$0")" && pwd)
-NATS_BIN=$HERE/nats-official/target/release/nats-official
+NATS_BIN=${NATS_BIN:-$HERE/nats-official/target/release/nats-official}
 if [ -n "$NATS_ADDR" ] && [ ! -x "$NATS_BIN" ]; then
   cargo build --release --manifest-path "$HERE/nats-official/Cargo.toml" >&2
 fi
