@@ -375,7 +375,9 @@ impl Op {
 
     /// Encodes the operation into a fresh buffer (see [`encode`]).
     pub fn to_bytes(&self) -> Bytes {
-        let mut buf = BytesMut::new();
+        // Room for the small ops (acks, pings, subscribes, errors) at once: grown from empty,
+        // an ack frame cost a chain of reallocations. The large ones reserve what they need.
+        let mut buf = BytesMut::with_capacity(64);
         encode(self, &mut buf);
         buf.freeze()
     }
