@@ -1675,10 +1675,7 @@ impl Shared {
     /// its un-acked ones (to another group member, or counted as dropped), not delivered.
     fn track(&self, sub: &Sub, taken: &mut Vec<Message>, now: Option<Instant>, ctx: &Ctx) -> bool {
         for msg in taken.iter_mut() {
-            msg.set_delivery(DeliveryId {
-                subscription: sub.info.id,
-                message: msg.id(),
-            });
+            msg.set_delivered_to(sub.info.id);
         }
         sub.delivered
             .fetch_add(taken.len() as u64, Ordering::Relaxed);

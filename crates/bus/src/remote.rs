@@ -1061,13 +1061,14 @@ fn publish_frame(message: &Message, request: u64) -> Outgoing {
 /// The message a delivery to subscription `sub` carries.
 fn delivered_message(sub: u64, d: WireDelivery) -> Message {
     let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
-    let id = MessageId(d.message);
-    let delivery = DeliveryId {
-        subscription: SubscriptionId(sub),
-        message: id,
-    };
     Message::delivered(
-        d.topic, d.payload, d.headers, id, published, d.attempt, delivery,
+        d.topic,
+        d.payload,
+        d.headers,
+        MessageId(d.message),
+        published,
+        d.attempt,
+        SubscriptionId(sub),
     )
 }
 
