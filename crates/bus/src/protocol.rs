@@ -1217,10 +1217,7 @@ pub(crate) fn decode_publish(
     *last_topic = r.last_topic.take();
     let extra = r.remaining();
     Some(match publish {
-        Ok(_) if extra > 0 => Err(ProtocolError::TrailingBytes {
-            op: if short { "PUB" } else { "PUBLISH" },
-            extra,
-        }),
+        Ok(_) if extra > 0 => Err(ProtocolError::TrailingBytes { op: r.op, extra }),
         other => other,
     })
 }
@@ -1426,6 +1423,15 @@ pub(crate) fn decode_delivers<T>(
 mod tests {
     use super::*;
 
+    /// One header, or none.
+    fn sample_headers(on: bool) -> Vec<(String, String)> {
+        if on {
+            vec![("k".into(), "v".into())]
+        } else {
+            Vec::new()
+        }
+    }
+
     pub(super) fn samples() -> Vec<Op> {
         let opts = SubscribeOptions::group("workers")
             .manual_ack()
@@ -1531,11 +1537,7 @@ mod tests {
                         attempt,
                         published_us,
                         topic: topic.into(),
-                        headers: if headers {
-                            vec![("k".into(), "v".into())]
-                        } else {
-                            Vec::new()
-                        },
+                        headers: sample_headers(headers),
                         payload: Bytes::from_static(payload),
                     },
                 )
@@ -1704,11 +1706,7 @@ mod tests {
         let publish = |request, topic: &str, headers: bool| Op::Publish {
             request,
             topic: topic.into(),
-            headers: if headers {
-                vec![("k".into(), "v".into())]
-            } else {
-                Vec::new()
-            },
+            headers: sample_headers(headers),
             payload: Bytes::from_static(&[7; 16]),
         };
         let long = "t".repeat(PUB_TOPIC_MAX + 1);

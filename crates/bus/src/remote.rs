@@ -325,9 +325,6 @@ impl Client {
         }
     }
 
-    /// [`try_send`](Self::try_send) for a frame the caller keeps, in parts: queued as one copy
-    /// (see [`MessageQueue::send_copy_gathered`]), with no handle made for it; false if it was
-    /// not queued.
     /// Copies an unconfirmed publish of a payload under [`COPY_PUBLISH_BELOW`] bytes straight
     /// into the connection's outbound runs: its head encoded into this thread's scratch buffer,
     /// then head and payload copied, with no allocation. False if it must go the long way (too
@@ -346,6 +343,9 @@ impl Client {
             })
     }
 
+    /// [`try_send`](Self::try_send) for a frame the caller keeps, in parts: queued as one copy
+    /// (see [`MessageQueue::send_copy_gathered`]), with no handle made for it; false if it was
+    /// not queued.
     fn try_send_copy(&self, parts: &[&[u8]]) -> bool {
         let link = lock(&self.link);
         match &link.queue {
