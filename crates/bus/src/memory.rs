@@ -944,6 +944,8 @@ impl InMemoryBroker {
     ///
     /// Queues left holding more than `watch.above` messages after it are added to
     /// `watch.deep`.
+    ///
+    /// The messages come with their ids (from [`take_ids`](Self::take_ids)) and publish time.
     pub(crate) fn publish_many(
         &self,
         messages: impl IntoIterator<Item = Message>,
@@ -951,6 +953,17 @@ impl InMemoryBroker {
         watch: &mut Watch,
     ) {
         self.shared.publish_many(messages, result, watch);
+    }
+
+    /// Takes `n` message ids in one step, for messages stamped before they are published
+    /// ([`publish_many`](Self::publish_many)): the first of them (the others follow it).
+    pub(crate) fn take_ids(&self, n: usize) -> MessageId {
+        MessageId(
+            self.shared
+                .next_message
+                .fetch_add(n as u64, Ordering::Relaxed)
+                + 1,
+        )
     }
 
     /// Acks several deliveries of one subscription at once (what the bus server does for an ACKS
@@ -1046,7 +1059,8 @@ impl Shared {
         }
         let targets = self.route(message.topic())?;
         let notifier = self.listeners.snapshot();
-        let message = self.admit(message, &targets, SystemTime::now(), &notifier, true)?;
+        let message = self.stamp(message, SystemTime::now());
+        let message = self.admit(message, &targets, &notifier, true)?;
         let id = message.id();
         for target in targets.iter().filter(|t| !t.is_cut()) {
             target.fresh.push(message.clone());
@@ -1055,7 +1069,8 @@ impl Shared {
         Ok(id)
     }
 
-    /// [`publish`](Self::publish) for a burst: the same outcome for each message, in order.
+    /// [`publish`](Self::publish) for a burst of stamped messages: the same outcome for each
+    /// message, in order.
     fn publish_many(
         &self,
         messages: impl IntoIterator<Item = Message>,
@@ -1063,7 +1078,6 @@ impl Shared {
         watch: &mut Watch,
     ) {
         let closed = self.closed.load(Ordering::Acquire);
-        let now = SystemTime::now();
         let notifier = self.listeners.snapshot();
         // The route of the current run of one topic, and the run's admitted messages.
         let mut route: Option<(Arc<str>, Targets)> = None;
@@ -1093,7 +1107,7 @@ impl Shared {
             }
             let Some((_, targets)) = &route else { continue };
             // A run with targets is told to the listeners as a run, when it is queued.
-            match self.admit(message, targets, now, &notifier, targets.is_empty()) {
+            match self.admit(message, targets, &notifier, targets.is_empty()) {
                 Ok(message) => {
                     result(Ok(message.id()));
                     if !targets.is_empty() {
@@ -1158,9 +1172,15 @@ impl Shared {
         }
     }
 
-    /// Gives `message` its id, publish time and first attempt and reserves room for it in each
-    /// of `targets` (the caller pushes it), telling the listeners if `notify` (else the caller
-    /// tells them, as [`enqueue_run`](Self::enqueue_run) does).
+    /// Gives `message` its id, publish time `now` and first attempt.
+    fn stamp(&self, message: Message, now: SystemTime) -> Message {
+        let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
+        message.stamped(id, now)
+    }
+
+    /// Reserves room for a stamped `message` in each of `targets` (the caller pushes it),
+    /// telling the listeners if `notify` (else the caller tells them, as
+    /// [`enqueue_run`](Self::enqueue_run) does).
     ///
     /// # Errors
     ///
@@ -1169,12 +1189,10 @@ impl Shared {
         &self,
         message: Message,
         targets: &[Arc<Inbox>],
-        now: SystemTime,
         notifier: &Notifier,
         notify: bool,
     ) -> Result<Message> {
-        let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
-        let message = message.stamped(id, now);
+        let id = message.id();
         for (i, target) in targets.iter().enumerate() {
             if let Room::Full = target.try_reserve() {
                 // A queue cut off meanwhile leaks its reservation: it is going away.

@@ -15,7 +15,7 @@ use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
 use crate::error::{Error, Result};
 use crate::idhash::IdSet;
 use crate::listener::{BrokerListener, Listeners, Notifier, SubscriptionInfo};
-use crate::message::{DeliveryId, Message, MessageId, SubscriptionId};
+use crate::message::{DeliveryId, Draft, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
 use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::Frames;
@@ -1059,17 +1059,16 @@ fn publish_frame(message: &Message, request: u64) -> Outgoing {
 }
 
 /// The message a delivery to subscription `sub` carries.
-fn delivered_message(sub: u64, d: WireDelivery) -> Message {
-    let published = UNIX_EPOCH + Duration::from_micros(d.published_us);
-    Message::delivered(
-        d.topic,
-        d.payload,
-        d.headers,
-        MessageId(d.message),
-        published,
-        d.attempt,
-        SubscriptionId(sub),
-    )
+fn delivered_draft(sub: u64, d: WireDelivery) -> Draft {
+    Draft {
+        topic: d.topic,
+        payload: d.payload,
+        headers: d.headers,
+        id: MessageId(d.message),
+        published_at: UNIX_EPOCH + Duration::from_micros(d.published_us),
+        attempt: d.attempt,
+        delivered_to: Some(SubscriptionId(sub)),
+    }
 }
 
 thread_local! {
@@ -1096,17 +1095,19 @@ impl QueueListener for ClientListener {
         };
         let mut pending: Option<(u64, Vec<Message>)> = None;
         for (i, frame) in frames.iter_bytes().enumerate() {
-            match protocol::decode_delivers(&frame, delivered_message) {
-                Some(Ok((sub, batch))) => match &mut pending {
+            match protocol::decode_delivers(&frame, delivered_draft) {
+                Some(Ok((sub, drafts))) => match &mut pending {
                     Some((last, held)) if *last == sub => {
-                        if held.capacity() - held.len() < batch.len() {
+                        if held.capacity() - held.len() < drafts.len() {
                             // Room for as many more frames like this one as the read holds,
                             // rather than a copy of the batch at every doubling.
-                            held.reserve(batch.len() * (frames.len() - i));
+                            held.reserve(drafts.len() * (frames.len() - i));
                         }
-                        held.extend(batch);
+                        Message::from_drafts(drafts.into_iter(), held);
                     }
                     _ => {
+                        let mut batch = Vec::new();
+                        Message::from_drafts(drafts.into_iter(), &mut batch);
                         if let Some((last, held)) = pending.replace((sub, batch)) {
                             client.deliver_batch(last, held);
                         }
@@ -1136,9 +1137,11 @@ impl QueueListener for ClientListener {
         };
         // PACKED (DELIVERS from an older server), by far the most frequent: straight into
         // messages.
-        let decoded = protocol::decode_delivers(&msg, delivered_message);
+        let decoded = protocol::decode_delivers(&msg, delivered_draft);
         let op = match decoded {
-            Some(Ok((sub, batch))) => {
+            Some(Ok((sub, drafts))) => {
+                let mut batch = Vec::new();
+                Message::from_drafts(drafts.into_iter(), &mut batch);
                 client.deliver_batch(sub, batch);
                 return;
             }
@@ -1163,13 +1166,14 @@ impl QueueListener for ClientListener {
         };
         match op {
             Op::Deliver { sub, delivery } => {
-                client.deliver_batch(sub, vec![delivered_message(sub, delivery)]);
+                let mut batch = Vec::with_capacity(1);
+                Message::from_drafts(std::iter::once(delivered_draft(sub, delivery)), &mut batch);
+                client.deliver_batch(sub, batch);
             }
             Op::Delivers { sub, messages } | Op::Packed { sub, messages } => {
-                let batch = messages
-                    .into_iter()
-                    .map(|d| delivered_message(sub, d))
-                    .collect();
+                let mut batch = Vec::with_capacity(messages.len());
+                let drafts = messages.into_iter().map(|d| delivered_draft(sub, d));
+                Message::from_drafts(drafts, &mut batch);
                 client.deliver_batch(sub, batch);
             }
             Op::Confirm { request, message } => client.reply(request, Reply::Confirm(message)),

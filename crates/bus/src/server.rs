@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::{Broker, CloseReport, Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::memory::{Depth, InMemoryBroker, InMemoryConfig, Watch};
-use crate::message::{DeliveryId, Message, MessageId};
+use crate::message::{DeliveryId, Draft, Message, MessageId};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, PackState, VERSION};
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig, PumpHandle};
@@ -451,8 +451,10 @@ struct ConnListener {
     conn: Arc<Conn>,
     /// The publishes of the batch being read, published together ([`InMemoryBroker::publish_many`]),
     /// and their request ids.
-    burst: Vec<Message>,
+    burst: Vec<Draft>,
     requests: Vec<u64>,
+    /// The burst made into messages (kept for its room).
+    staged: Vec<Message>,
     /// The topic of the last publish read: the next one on the same topic shares it.
     last_topic: Option<Arc<str>>,
     /// The queues the last burst left deep.
@@ -572,24 +574,33 @@ impl ConnListener {
         }
     }
 
-    /// Publishes the burst read so far, in order, and answers each publish.
+    /// Publishes the burst read so far, in order, and answers each publish. Its messages get
+    /// their ids and publish time here, and share one allocation ([`Message::from_drafts`]).
     fn publish_burst(&mut self, shared: &Shared) {
         if self.burst.is_empty() {
             return;
         }
-        let mut burst = std::mem::take(&mut self.burst);
+        let first = shared.bus.take_ids(self.burst.len());
+        let now = SystemTime::now();
+        let drafts = self.burst.drain(..).enumerate().map(|(i, mut d)| {
+            d.id = MessageId(first.0 + i as u64);
+            d.published_at = now;
+            d
+        });
+        let mut staged = std::mem::take(&mut self.staged);
+        Message::from_drafts(drafts, &mut staged);
         let mut answers = self.requests.drain(..);
         let conn = &self.conn;
         self.watch.above = shared.config.hold_publishers_above;
         shared.bus.publish_many(
-            burst.drain(..),
+            staged.drain(..),
             |result| {
                 let request = answers.next().unwrap_or(0);
                 conn.published(shared, request, result);
             },
             &mut self.watch,
         );
-        self.burst = burst;
+        self.staged = staged;
         if !self.watch.deep.is_empty() {
             // Holding a connection whose acks drain a queue could wait for ever.
             if lock(&conn.state).subs.is_empty() {
@@ -1055,11 +1066,15 @@ impl QueueListener for ConnListener {
             };
             match publish {
                 Some(Ok(p)) => {
-                    let mut msg = Message::new(p.topic, p.payload);
-                    if !p.headers.is_empty() {
-                        msg = msg.with_headers(p.headers);
-                    }
-                    self.burst.push(msg);
+                    self.burst.push(Draft {
+                        topic: p.topic,
+                        payload: p.payload,
+                        headers: p.headers,
+                        id: MessageId(0),
+                        published_at: UNIX_EPOCH,
+                        attempt: 1,
+                        delivered_to: None,
+                    });
                     self.requests.push(p.request);
                 }
                 // Anything else (a malformed PUBLISH too) goes the one-frame way, in order.
@@ -1370,6 +1385,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
         conn,
         burst: Vec::new(),
         requests: Vec::new(),
+        staged: Vec::new(),
         last_topic: None,
         watch: Watch::default(),
         held_by: Vec::new(),
