@@ -57,8 +57,22 @@ struct Inner {
 
 /// The records of messages made together, in one allocation: a server decoding a read's burst
 /// of publishes, or a client a frame of deliveries, allocates once for all of them rather than
-/// once per message, and the thread that drops the last of them frees them at once.
-struct Block(Vec<Inner>);
+/// once per message, and the thread that drops the last of them frees them at once. A message
+/// made alone has its record inline (one allocation, as before blocks).
+enum Block {
+    One(Inner),
+    Many(Vec<Inner>),
+}
+
+impl Block {
+    #[inline]
+    fn get(&self, i: usize) -> &Inner {
+        match self {
+            Block::One(inner) => inner,
+            Block::Many(records) => &records[i],
+        }
+    }
+}
 
 /// Set in [`Message::slot`] once the message is delivered to a subscription.
 const DELIVERED: u32 = 1 << 31;
@@ -138,9 +152,10 @@ impl Message {
         })
     }
 
+    #[inline]
     fn alone(inner: Inner) -> Self {
         Self {
-            block: Arc::new(Block(vec![inner])),
+            block: Arc::new(Block::One(inner)),
             subscription: SubscriptionId(0),
             attempt: 1,
             slot: 0,
@@ -169,7 +184,7 @@ impl Message {
                 });
                 heads.push((d.delivered_to, d.attempt));
             }
-            let block = Arc::new(Block(records));
+            let block = Arc::new(Block::Many(records));
             out.extend(
                 heads
                     .into_iter()
@@ -184,11 +199,13 @@ impl Message {
         }
     }
 
+    #[inline]
     fn inner(&self) -> &Inner {
-        &self.block.0[(self.slot & !DELIVERED) as usize]
+        self.block.get((self.slot & !DELIVERED) as usize)
     }
 
     /// Names the delivery in place: this message, to `subscription`.
+    #[inline]
     pub(crate) fn set_delivered_to(&mut self, subscription: SubscriptionId) {
         self.subscription = subscription;
         self.slot |= DELIVERED;
@@ -206,16 +223,18 @@ impl Message {
 
     /// Its record, made its own first if it shares it (or its block) with another message.
     fn inner_mut(&mut self) -> &mut Inner {
-        let alone = self.block.0.len() == 1;
-        if !alone || Arc::get_mut(&mut self.block).is_none() {
+        let own = matches!(Arc::get_mut(&mut self.block), Some(Block::One(_)));
+        if !own {
             *self = Message {
-                block: Arc::new(Block(vec![self.inner().clone()])),
+                block: Arc::new(Block::One(self.inner().clone())),
                 slot: self.slot & DELIVERED,
                 ..*self
             };
         }
-        let block = Arc::get_mut(&mut self.block).expect("a record of its own");
-        &mut block.0[0]
+        match Arc::get_mut(&mut self.block) {
+            Some(Block::One(inner)) => inner,
+            _ => unreachable!("a record of its own"),
+        }
     }
 
     /// Adds a header (a later header with the same name hides an earlier one in [`header`](Self::header)).
@@ -273,21 +292,25 @@ impl Message {
     }
 
     /// The topic it was published on.
+    #[inline]
     pub fn topic(&self) -> &str {
         &self.inner().topic
     }
 
     /// The topic as the shared string it is kept in.
+    #[inline]
     pub(crate) fn shared_topic(&self) -> &Arc<str> {
         &self.inner().topic
     }
 
     /// The payload, shared without copying between every copy of the message.
+    #[inline]
     pub fn payload(&self) -> &Bytes {
         &self.inner().payload
     }
 
     /// All headers, in the order they were added.
+    #[inline]
     pub fn headers(&self) -> &[(String, String)] {
         &self.inner().headers
     }
@@ -303,22 +326,26 @@ impl Message {
     }
 
     /// The id the broker gave it (`MessageId(0)` before it is published).
+    #[inline]
     pub fn id(&self) -> MessageId {
         self.inner().id
     }
 
     /// The delivery attempt: 1 on first delivery, raised by one for each re-delivery.
+    #[inline]
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
     /// When the broker took it (`UNIX_EPOCH` before it is published).
+    #[inline]
     pub fn published_at(&self) -> SystemTime {
         self.inner().published_at
     }
 
     /// The id to pass to [`ack`](crate::Broker::ack) or [`nack`](crate::Broker::nack); `None`
     /// until a broker delivers the message to a subscription.
+    #[inline]
     pub fn delivery_id(&self) -> Option<DeliveryId> {
         (self.slot & DELIVERED != 0).then(|| DeliveryId {
             subscription: self.subscription,
