@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -45,31 +45,66 @@ impl fmt::Display for DeliveryId {
     }
 }
 
+/// What each message of a block keeps of its own: 56 bytes. Its topic and headers are kept
+/// once per block (a burst on one topic has one), found by index.
 #[derive(Clone, Debug)]
-struct Inner {
-    /// Shared: a server decoding a burst of publishes on one topic allocates it once.
-    topic: Arc<str>,
+struct Record {
     payload: Bytes,
-    headers: Vec<(String, String)>,
     id: MessageId,
-    published_at: SystemTime,
+    /// Nanoseconds since the Unix epoch.
+    published_ns: u64,
+    /// Index into the block's topics.
+    topic: u32,
+    /// Index into the block's header sets, plus one; 0 for none.
+    headers: u32,
 }
 
 /// The records of messages made together, in one allocation: a server decoding a read's burst
 /// of publishes, or a client a frame of deliveries, allocates once for all of them rather than
 /// once per message, and the thread that drops the last of them frees them at once. A message
-/// made alone has its record inline (one allocation, as before blocks).
+/// made alone has its fields inline (one allocation, as before blocks).
 enum Block {
-    One(Inner),
-    Many(Vec<Inner>),
+    One {
+        topic: Arc<str>,
+        headers: Vec<(String, String)>,
+        record: Record,
+    },
+    Many {
+        topics: Vec<Arc<str>>,
+        headers: Vec<Vec<(String, String)>>,
+        records: Vec<Record>,
+    },
 }
 
 impl Block {
     #[inline]
-    fn get(&self, i: usize) -> &Inner {
+    fn record(&self, i: usize) -> &Record {
         match self {
-            Block::One(inner) => inner,
-            Block::Many(records) => &records[i],
+            Block::One { record, .. } => record,
+            Block::Many { records, .. } => &records[i],
+        }
+    }
+
+    #[inline]
+    fn topic(&self, i: usize) -> &Arc<str> {
+        match self {
+            Block::One { topic, .. } => topic,
+            Block::Many {
+                topics, records, ..
+            } => &topics[records[i].topic as usize],
+        }
+    }
+
+    #[inline]
+    fn headers(&self, i: usize) -> &[(String, String)] {
+        match self {
+            Block::One { headers, .. } => headers,
+            Block::Many {
+                headers, records, ..
+            } => match records[i].headers {
+                0 => &[],
+                h => &headers[h as usize - 1],
+            },
         }
     }
 }
@@ -80,13 +115,21 @@ const DELIVERED: u32 = 1 << 31;
 /// Records per [`Block`] at most: an index fits beside the delivered flag.
 const BLOCK_MAX: usize = 1 << 16;
 
+/// `at` in nanoseconds since the Unix epoch; times before it count as the epoch, and times past
+/// the year 2554 as then.
+pub(crate) fn nanos_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// The fields of a message made in a block with others ([`Message::from_drafts`]).
 pub(crate) struct Draft {
     pub(crate) topic: Arc<str>,
     pub(crate) payload: Bytes,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) id: MessageId,
-    pub(crate) published_at: SystemTime,
+    /// Nanoseconds since the Unix epoch ([`nanos_since_epoch`]).
+    pub(crate) published_ns: u64,
     pub(crate) attempt: u32,
     /// The subscription it is delivered to, if it is a delivery.
     pub(crate) delivered_to: Option<SubscriptionId>,
@@ -126,13 +169,12 @@ pub struct Message {
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = self.inner();
         f.debug_struct("Message")
-            .field("topic", &inner.topic)
-            .field("payload", &inner.payload)
-            .field("headers", &inner.headers)
-            .field("id", &inner.id)
-            .field("published_at", &inner.published_at)
+            .field("topic", &self.topic())
+            .field("payload", self.payload())
+            .field("headers", &self.headers())
+            .field("id", &self.id())
+            .field("published_at", &self.published_at())
             .field("attempt", &self.attempt)
             .field("delivery", &self.delivery_id())
             .finish()
@@ -143,19 +185,18 @@ impl Message {
     /// A message on `topic` carrying `payload` (anything that converts into [`Bytes`]:
     /// `&'static str`, `&'static [u8]`, `String`, `Vec<u8>`, `Bytes`).
     pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
-        Self::alone(Inner {
-            topic: topic.into(),
-            payload: payload.into(),
-            headers: Vec::new(),
-            id: MessageId(0),
-            published_at: SystemTime::UNIX_EPOCH,
-        })
-    }
-
-    #[inline]
-    fn alone(inner: Inner) -> Self {
         Self {
-            block: Arc::new(Block::One(inner)),
+            block: Arc::new(Block::One {
+                topic: topic.into(),
+                headers: Vec::new(),
+                record: Record {
+                    payload: payload.into(),
+                    id: MessageId(0),
+                    published_ns: 0,
+                    topic: 0,
+                    headers: 0,
+                },
+            }),
             subscription: SubscriptionId(0),
             attempt: 1,
             slot: 0,
@@ -174,17 +215,35 @@ impl Message {
             let n = drafts.len().min(BLOCK_MAX);
             let mut records = Vec::with_capacity(n);
             let mut heads = Vec::with_capacity(n);
+            let mut topics: Vec<Arc<str>> = Vec::new();
+            let mut headers = Vec::new();
             for d in drafts.by_ref().take(n) {
-                records.push(Inner {
-                    topic: d.topic,
+                let same = topics
+                    .last()
+                    .is_some_and(|t| Arc::ptr_eq(t, &d.topic) || **t == *d.topic);
+                if !same {
+                    topics.push(d.topic);
+                }
+                let header_set = if d.headers.is_empty() {
+                    0
+                } else {
+                    headers.push(d.headers);
+                    headers.len() as u32
+                };
+                records.push(Record {
                     payload: d.payload,
-                    headers: d.headers,
                     id: d.id,
-                    published_at: d.published_at,
+                    published_ns: d.published_ns,
+                    topic: topics.len() as u32 - 1,
+                    headers: header_set,
                 });
                 heads.push((d.delivered_to, d.attempt));
             }
-            let block = Arc::new(Block::Many(records));
+            let block = Arc::new(Block::Many {
+                topics,
+                headers,
+                records,
+            });
             out.extend(
                 heads
                     .into_iter()
@@ -199,9 +258,15 @@ impl Message {
         }
     }
 
+    /// Its record's index in its block.
     #[inline]
-    fn inner(&self) -> &Inner {
-        self.block.get((self.slot & !DELIVERED) as usize)
+    fn index(&self) -> usize {
+        (self.slot & !DELIVERED) as usize
+    }
+
+    #[inline]
+    fn record(&self) -> &Record {
+        self.block.record(self.index())
     }
 
     /// Names the delivery in place: this message, to `subscription`.
@@ -214,32 +279,46 @@ impl Message {
     /// Sets the id and publish time in one step, and the attempt to the first (what a broker
     /// does when it takes a message).
     pub(crate) fn stamped(mut self, id: MessageId, at: SystemTime) -> Self {
-        let inner = self.inner_mut();
-        inner.id = id;
-        inner.published_at = at;
+        let (_, _, record) = self.own();
+        record.id = id;
+        record.published_ns = nanos_since_epoch(at);
         self.attempt = 1;
         self
     }
 
-    /// Its record, made its own first if it shares it (or its block) with another message.
-    fn inner_mut(&mut self) -> &mut Inner {
-        let own = matches!(Arc::get_mut(&mut self.block), Some(Block::One(_)));
-        if !own {
+    /// Its topic, headers and record, made its own first if it shares them (or its block) with
+    /// another message.
+    fn own(&mut self) -> (&mut Arc<str>, &mut Vec<(String, String)>, &mut Record) {
+        if !matches!(Arc::get_mut(&mut self.block), Some(Block::One { .. })) {
+            let record = Record {
+                topic: 0,
+                headers: 0,
+                ..self.record().clone()
+            };
             *self = Message {
-                block: Arc::new(Block::One(self.inner().clone())),
+                block: Arc::new(Block::One {
+                    topic: self.shared_topic().clone(),
+                    headers: self.headers().to_vec(),
+                    record,
+                }),
                 slot: self.slot & DELIVERED,
                 ..*self
             };
         }
         match Arc::get_mut(&mut self.block) {
-            Some(Block::One(inner)) => inner,
-            _ => unreachable!("a record of its own"),
+            Some(Block::One {
+                topic,
+                headers,
+                record,
+            }) => (topic, headers, record),
+            // Made just above, and not shared since.
+            _ => unreachable!("a block of its own"),
         }
     }
 
     /// Adds a header (a later header with the same name hides an earlier one in [`header`](Self::header)).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.inner_mut().headers.push((name.into(), value.into()));
+        self.own().1.push((name.into(), value.into()));
         self
     }
 
@@ -249,28 +328,27 @@ impl Message {
         K: Into<String>,
         V: Into<String>,
     {
-        let inner = self.inner_mut();
-        inner
-            .headers
+        self.own()
+            .1
             .extend(headers.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 
     /// Replaces the topic (used by backends, for example to dead-letter a message).
     pub fn with_topic(mut self, topic: impl Into<Arc<str>>) -> Self {
-        self.inner_mut().topic = topic.into();
+        *self.own().0 = topic.into();
         self
     }
 
     /// Sets the id (for backends: the broker assigns ids when it takes a message).
     pub fn with_id(mut self, id: MessageId) -> Self {
-        self.inner_mut().id = id;
+        self.own().2.id = id;
         self
     }
 
     /// Sets the publish time (for backends).
     pub fn with_published_at(mut self, at: SystemTime) -> Self {
-        self.inner_mut().published_at = at;
+        self.own().2.published_ns = nanos_since_epoch(at);
         self
     }
 
@@ -294,31 +372,30 @@ impl Message {
     /// The topic it was published on.
     #[inline]
     pub fn topic(&self) -> &str {
-        &self.inner().topic
+        self.shared_topic()
     }
 
     /// The topic as the shared string it is kept in.
     #[inline]
     pub(crate) fn shared_topic(&self) -> &Arc<str> {
-        &self.inner().topic
+        self.block.topic(self.index())
     }
 
     /// The payload, shared without copying between every copy of the message.
     #[inline]
     pub fn payload(&self) -> &Bytes {
-        &self.inner().payload
+        &self.record().payload
     }
 
     /// All headers, in the order they were added.
     #[inline]
     pub fn headers(&self) -> &[(String, String)] {
-        &self.inner().headers
+        self.block.headers(self.index())
     }
 
     /// The value of the last header called `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.inner()
-            .headers
+        self.headers()
             .iter()
             .rev()
             .find(|(k, _)| k == name)
@@ -328,7 +405,7 @@ impl Message {
     /// The id the broker gave it (`MessageId(0)` before it is published).
     #[inline]
     pub fn id(&self) -> MessageId {
-        self.inner().id
+        self.record().id
     }
 
     /// The delivery attempt: 1 on first delivery, raised by one for each re-delivery.
@@ -340,7 +417,13 @@ impl Message {
     /// When the broker took it (`UNIX_EPOCH` before it is published).
     #[inline]
     pub fn published_at(&self) -> SystemTime {
-        self.inner().published_at
+        UNIX_EPOCH + Duration::from_nanos(self.record().published_ns)
+    }
+
+    /// [`published_at`](Self::published_at) in nanoseconds since the Unix epoch.
+    #[inline]
+    pub(crate) fn published_ns(&self) -> u64 {
+        self.record().published_ns
     }
 
     /// The id to pass to [`ack`](crate::Broker::ack) or [`nack`](crate::Broker::nack); `None`
@@ -349,7 +432,7 @@ impl Message {
     pub fn delivery_id(&self) -> Option<DeliveryId> {
         (self.slot & DELIVERED != 0).then(|| DeliveryId {
             subscription: self.subscription,
-            message: self.inner().id,
+            message: self.record().id,
         })
     }
 
@@ -364,14 +447,79 @@ impl Message {
 mod tests {
     use super::*;
 
+    fn assert_at_most<T>(bytes: usize) {
+        let size = std::mem::size_of::<T>();
+        assert!(
+            size <= bytes,
+            "{} is {size} bytes",
+            std::any::type_name::<T>()
+        );
+    }
+
     #[test]
     fn a_message_is_three_words() {
         // A broker moves every message through several queues: its size is per-message work.
-        assert!(
-            std::mem::size_of::<Message>() <= 24,
-            "{} bytes",
-            std::mem::size_of::<Message>()
+        assert_at_most::<Message>(24);
+    }
+
+    #[test]
+    fn a_record_in_a_block_is_under_a_cache_line() {
+        // Every message decoded from the network writes one, in memory another thread frees.
+        assert_at_most::<Record>(56);
+    }
+
+    #[test]
+    fn the_publish_time_keeps_its_nanoseconds() {
+        let at = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let msg = Message::new("t", "x").with_published_at(at);
+        assert_eq!(msg.published_at(), at);
+        assert_eq!(msg.published_ns(), 1_700_000_000_123_456_789);
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            Message::new("t", "x")
+                .with_published_at(before)
+                .published_at(),
+            UNIX_EPOCH,
+            "times before the epoch count as the epoch"
         );
+    }
+
+    #[test]
+    fn messages_of_a_block_keep_their_own_topics_and_headers() {
+        let topics: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
+        let drafts = (0..6u32).map(|i| Draft {
+            // a, a, b, b, a, a: three runs, and the same topic again after another.
+            topic: topics[(i as usize / 2) % 2].clone(),
+            payload: Bytes::new(),
+            headers: if i == 3 {
+                vec![("k".into(), format!("v{i}"))]
+            } else {
+                Vec::new()
+            },
+            id: MessageId(u64::from(i)),
+            published_ns: 0,
+            attempt: 1,
+            delivered_to: None,
+        });
+        let mut out = Vec::new();
+        Message::from_drafts(drafts, &mut out);
+        let got: Vec<&str> = out.iter().map(Message::topic).collect();
+        assert_eq!(got, ["a", "a", "b", "b", "a", "a"]);
+        assert!(
+            Arc::ptr_eq(out[0].shared_topic(), &topics[0]),
+            "shared, not copied"
+        );
+        assert_eq!(out[3].header("k"), Some("v3"));
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, m)| i == 3 || m.headers().is_empty())
+        );
+        // Changing one copies its topic and headers out with it.
+        let changed = out[3].clone().with_header("k2", "w");
+        assert_eq!(changed.topic(), "b");
+        assert_eq!(changed.headers().len(), 2);
+        assert_eq!(out[3].headers().len(), 1);
     }
 
     #[test]
@@ -402,7 +550,7 @@ mod tests {
             payload: Bytes::from(format!("p{i}")),
             headers: Vec::new(),
             id: MessageId(i),
-            published_at: SystemTime::UNIX_EPOCH,
+            published_ns: i,
             attempt: 1 + i as u32 % 3,
             delivered_to: to.map(SubscriptionId),
         }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
@@ -1065,7 +1065,7 @@ fn delivered_draft(sub: u64, d: WireDelivery) -> Draft {
         payload: d.payload,
         headers: d.headers,
         id: MessageId(d.message),
-        published_at: UNIX_EPOCH + Duration::from_micros(d.published_us),
+        published_ns: d.published_us.saturating_mul(1000),
         attempt: d.attempt,
         delivered_to: Some(SubscriptionId(sub)),
     }

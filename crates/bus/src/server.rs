@@ -6,14 +6,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::{Broker, CloseReport, Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::memory::{Depth, InMemoryBroker, InMemoryConfig, Watch};
-use crate::message::{DeliveryId, Draft, Message, MessageId};
+use crate::message::{DeliveryId, Draft, Message, MessageId, nanos_since_epoch};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, PackState, VERSION};
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig, PumpHandle};
@@ -327,11 +327,6 @@ pub(crate) fn token_matches(expected: &[u8], given: &[u8]) -> bool {
     diff == 0
 }
 
-pub(crate) fn micros_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 fn error_code(err: &Error) -> ErrorCode {
     match err {
         Error::Closed => ErrorCode::Closed,
@@ -581,10 +576,10 @@ impl ConnListener {
             return;
         }
         let first = shared.bus.take_ids(self.burst.len());
-        let now = SystemTime::now();
+        let now = nanos_since_epoch(SystemTime::now());
         let drafts = self.burst.drain(..).enumerate().map(|(i, mut d)| {
             d.id = MessageId(first.0 + i as u64);
-            d.published_at = now;
+            d.published_ns = now;
             d
         });
         let mut staged = std::mem::take(&mut self.staged);
@@ -757,8 +752,6 @@ struct Outgoing {
     /// The connection, held from the first delivery of a run to its flush, so that a run
     /// upgrades its weak reference once rather than once per delivery.
     conn: Option<Arc<Conn>>,
-    /// The last publish time encoded and its microseconds: the messages of one burst share it.
-    published: (SystemTime, u64),
     /// What the open PACKED frame's last delivery carried.
     pack: PackState,
 }
@@ -822,7 +815,6 @@ impl Forwarder {
                 shared: Vec::new(),
                 pieces_len: 0,
                 conn: None,
-                published: (UNIX_EPOCH, 0),
                 pack: PackState::default(),
             }),
         });
@@ -886,10 +878,7 @@ impl Forwarder {
     }
 
     fn push_one(&self, out: &mut Outgoing, framing: Framing, msg: &Message) {
-        let at = msg.published_at();
-        if out.published.0 != at {
-            out.published = (at, micros_since_epoch(at));
-        }
+        let published_us = msg.published_ns() / 1000;
         let payload = msg.payload();
         let batched = framing != Framing::One;
         let share = batched && payload.len() >= SHARE_PAYLOAD_AT;
@@ -925,7 +914,7 @@ impl Forwarder {
                 &mut out.pack,
                 msg.id().0,
                 msg.attempt(),
-                out.published.1,
+                published_us,
                 msg.shared_topic(),
                 msg.headers(),
                 payload.len(),
@@ -935,7 +924,7 @@ impl Forwarder {
                 &mut out.buf,
                 msg.id().0,
                 msg.attempt(),
-                out.published.1,
+                published_us,
                 msg.topic(),
                 msg.headers(),
                 payload.len(),
@@ -1071,7 +1060,7 @@ impl QueueListener for ConnListener {
                         payload: p.payload,
                         headers: p.headers,
                         id: MessageId(0),
-                        published_at: UNIX_EPOCH,
+                        published_ns: 0,
                         attempt: 1,
                         delivered_to: None,
                     });
