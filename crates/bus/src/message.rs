@@ -122,17 +122,152 @@ pub(crate) fn nanos_since_epoch(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The fields of a message made in a block with others ([`Message::from_drafts`]).
-pub(crate) struct Draft {
-    pub(crate) topic: Arc<str>,
-    pub(crate) payload: Bytes,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) id: MessageId,
-    /// Nanoseconds since the Unix epoch ([`nanos_since_epoch`]).
-    pub(crate) published_ns: u64,
-    pub(crate) attempt: u32,
-    /// The subscription it is delivered to, if it is a delivery.
-    pub(crate) delivered_to: Option<SubscriptionId>,
+/// Messages being made together, added one at a time as they are decoded, then shared out in
+/// blocks ([`finish`](Self::finish)): what a server fills with a read's publishes, or a client
+/// with a read's deliveries, with no vector of drafts in between.
+#[derive(Default)]
+pub(crate) struct Drafts {
+    topics: Vec<Arc<str>>,
+    headers: Vec<Vec<(String, String)>>,
+    records: Vec<Record>,
+    attempts: Vec<u32>,
+    /// How many the last block held: room for as many is made for the next.
+    hint: usize,
+}
+
+/// Where [`Drafts`] stood, to go back to ([`Drafts::truncate`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Mark {
+    topics: usize,
+    headers: usize,
+    records: usize,
+}
+
+impl Drafts {
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Adds a message; `published_ns` in nanoseconds since the Unix epoch
+    /// ([`nanos_since_epoch`]).
+    #[inline]
+    pub(crate) fn push(
+        &mut self,
+        topic: &Arc<str>,
+        payload: Bytes,
+        headers: Vec<(String, String)>,
+        id: MessageId,
+        published_ns: u64,
+        attempt: u32,
+    ) {
+        if self.records.capacity() == 0 {
+            self.records.reserve(self.hint.max(16));
+        }
+        let same = self
+            .topics
+            .last()
+            .is_some_and(|t| Arc::ptr_eq(t, topic) || **t == **topic);
+        if !same {
+            self.topics.push(topic.clone());
+        }
+        let header_set = if headers.is_empty() {
+            0
+        } else {
+            self.headers.push(headers);
+            self.headers.len() as u32
+        };
+        self.records.push(Record {
+            payload,
+            id,
+            published_ns,
+            topic: self.topics.len() as u32 - 1,
+            headers: header_set,
+        });
+        self.attempts.push(attempt);
+    }
+
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            topics: self.topics.len(),
+            headers: self.headers.len(),
+            records: self.records.len(),
+        }
+    }
+
+    /// Drops what was added since `mark` (a frame that turned out malformed).
+    pub(crate) fn truncate(&mut self, mark: Mark) {
+        self.topics.truncate(mark.topics);
+        self.headers.truncate(mark.headers);
+        self.records.truncate(mark.records);
+        self.attempts.truncate(mark.records);
+    }
+
+    /// Gives the messages, in order, the ids from `first` up and the publish time
+    /// `published_ns`.
+    pub(crate) fn stamp(&mut self, first: MessageId, published_ns: u64) {
+        for (record, id) in self.records.iter_mut().zip(first.0..) {
+            record.id = MessageId(id);
+            record.published_ns = published_ns;
+        }
+    }
+
+    /// Makes the messages added so far, in order, into `out`, as deliveries to `to` if it is
+    /// given: one allocation for up to [`BLOCK_MAX`] of them. Leaves this empty.
+    pub(crate) fn finish(&mut self, to: Option<SubscriptionId>, out: &mut Vec<Message>) {
+        let n = self.records.len();
+        if n == 0 {
+            return;
+        }
+        self.hint = n;
+        out.reserve(n);
+        let flag = if to.is_some() { DELIVERED } else { 0 };
+        let mut attempts = self.attempts.drain(..);
+        let mut records = std::mem::take(&mut self.records);
+        let (topics, headers) = (
+            std::mem::take(&mut self.topics),
+            std::mem::take(&mut self.headers),
+        );
+        // More than a block holds (never from one read): each block gets the whole lists of
+        // topics and headers, so that the indexes hold.
+        let mut chunks = Vec::new();
+        while records.len() > BLOCK_MAX {
+            chunks.push(records.split_off(records.len() - BLOCK_MAX));
+        }
+        chunks.push(records);
+        chunks.reverse();
+        let last = chunks.len() - 1;
+        let mut lists = Some((topics, headers));
+        for (k, records) in chunks.into_iter().enumerate() {
+            let count = records.len();
+            let (topics, headers) = if k == last {
+                lists.take()
+            } else {
+                lists.clone()
+            }
+            .unwrap_or_default();
+            let block = Arc::new(Block::Many {
+                topics,
+                headers,
+                records,
+            });
+            out.extend(
+                attempts
+                    .by_ref()
+                    .take(count)
+                    .zip(0u32..)
+                    .map(|(attempt, i)| Message {
+                        block: block.clone(),
+                        subscription: to.unwrap_or_default(),
+                        attempt,
+                        slot: i | flag,
+                    }),
+            );
+        }
+    }
 }
 
 /// A message: topic, payload, headers, id, delivery attempt and publish time.
@@ -200,61 +335,6 @@ impl Message {
             subscription: SubscriptionId(0),
             attempt: 1,
             slot: 0,
-        }
-    }
-
-    /// Messages made from `drafts`, in order, into `out`: one allocation for up to
-    /// [`BLOCK_MAX`] of them.
-    pub(crate) fn from_drafts(
-        drafts: impl ExactSizeIterator<Item = Draft>,
-        out: &mut Vec<Message>,
-    ) {
-        let mut drafts = drafts.peekable();
-        out.reserve(drafts.len());
-        while drafts.peek().is_some() {
-            let n = drafts.len().min(BLOCK_MAX);
-            let mut records = Vec::with_capacity(n);
-            let mut heads = Vec::with_capacity(n);
-            let mut topics: Vec<Arc<str>> = Vec::new();
-            let mut headers = Vec::new();
-            for d in drafts.by_ref().take(n) {
-                let same = topics
-                    .last()
-                    .is_some_and(|t| Arc::ptr_eq(t, &d.topic) || **t == *d.topic);
-                if !same {
-                    topics.push(d.topic);
-                }
-                let header_set = if d.headers.is_empty() {
-                    0
-                } else {
-                    headers.push(d.headers);
-                    headers.len() as u32
-                };
-                records.push(Record {
-                    payload: d.payload,
-                    id: d.id,
-                    published_ns: d.published_ns,
-                    topic: topics.len() as u32 - 1,
-                    headers: header_set,
-                });
-                heads.push((d.delivered_to, d.attempt));
-            }
-            let block = Arc::new(Block::Many {
-                topics,
-                headers,
-                records,
-            });
-            out.extend(
-                heads
-                    .into_iter()
-                    .zip(0u32..)
-                    .map(|((to, attempt), i)| Message {
-                        block: block.clone(),
-                        subscription: to.unwrap_or_default(),
-                        attempt,
-                        slot: if to.is_some() { i | DELIVERED } else { i },
-                    }),
-            );
         }
     }
 
@@ -487,22 +567,19 @@ mod tests {
     #[test]
     fn messages_of_a_block_keep_their_own_topics_and_headers() {
         let topics: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
-        let drafts = (0..6u32).map(|i| Draft {
+        let mut drafts = Drafts::default();
+        for i in 0..6u32 {
             // a, a, b, b, a, a: three runs, and the same topic again after another.
-            topic: topics[(i as usize / 2) % 2].clone(),
-            payload: Bytes::new(),
-            headers: if i == 3 {
+            let topic = &topics[(i as usize / 2) % 2];
+            let headers = if i == 3 {
                 vec![("k".into(), format!("v{i}"))]
             } else {
                 Vec::new()
-            },
-            id: MessageId(u64::from(i)),
-            published_ns: 0,
-            attempt: 1,
-            delivered_to: None,
-        });
+            };
+            drafts.push(topic, Bytes::new(), headers, MessageId(0), 0, 1);
+        }
         let mut out = Vec::new();
-        Message::from_drafts(drafts, &mut out);
+        drafts.finish(None, &mut out);
         let got: Vec<&str> = out.iter().map(Message::topic).collect();
         assert_eq!(got, ["a", "a", "b", "b", "a", "a"]);
         assert!(
@@ -544,44 +621,86 @@ mod tests {
         assert_eq!(msg.id(), MessageId(7), "the original keeps its id");
     }
 
-    fn draft(i: u64, to: Option<u64>) -> Draft {
-        Draft {
-            topic: Arc::from("t"),
-            payload: Bytes::from(format!("p{i}")),
-            headers: Vec::new(),
-            id: MessageId(i),
-            published_ns: i,
-            attempt: 1 + i as u32 % 3,
-            delivered_to: to.map(SubscriptionId),
+    /// `n` messages on topic "t", the i-th with payload "p{i}", id and publish time i, and
+    /// attempt 1 + i % 3.
+    fn drafts(n: u32) -> Drafts {
+        let topic: Arc<str> = Arc::from("t");
+        let mut drafts = Drafts::default();
+        for i in (0..n).map(u64::from) {
+            let payload = Bytes::from(format!("p{i}"));
+            drafts.push(
+                &topic,
+                payload,
+                Vec::new(),
+                MessageId(i),
+                i,
+                1 + i as u32 % 3,
+            );
         }
+        drafts
     }
 
     #[test]
     fn messages_made_together_keep_their_own_fields() {
         let mut out = vec![Message::new("before", "x")];
-        let drafts = (0..5u32)
-            .map(u64::from)
-            .map(|i| draft(i, i.is_multiple_of(2).then_some(u64::MAX - i)));
-        Message::from_drafts(drafts, &mut out);
+        let mut made = drafts(5);
+        made.finish(Some(SubscriptionId(u64::MAX)), &mut out);
+        assert!(made.is_empty());
         assert_eq!(out.len(), 6);
         assert_eq!(out[0].topic(), "before");
         for (i, msg) in out[1..].iter().enumerate() {
             let i = i as u64;
             assert_eq!(msg.id(), MessageId(i));
+            assert_eq!(msg.published_ns(), i);
             assert_eq!(&msg.payload()[..], format!("p{i}").as_bytes());
             assert_eq!(msg.attempt(), 1 + i as u32 % 3);
-            let delivery = i.is_multiple_of(2).then_some(DeliveryId {
-                subscription: SubscriptionId(u64::MAX - i),
+            let delivery = DeliveryId {
+                subscription: SubscriptionId(u64::MAX),
                 message: MessageId(i),
-            });
-            assert_eq!(msg.delivery_id(), delivery);
+            };
+            assert_eq!(msg.delivery_id(), Some(delivery));
         }
+        // Undelivered, and stamped with ids from 10 up.
+        let mut made = drafts(3);
+        made.stamp(MessageId(10), 99);
+        let mut out = Vec::new();
+        made.finish(None, &mut out);
+        let ids: Vec<u64> = out.iter().map(|m| m.id().0).collect();
+        assert_eq!(ids, [10, 11, 12]);
+        assert!(
+            out.iter()
+                .all(|m| m.published_ns() == 99 && m.delivery_id().is_none())
+        );
+    }
+
+    #[test]
+    fn what_a_malformed_frame_added_is_taken_back() {
+        let mut made = drafts(2);
+        let mark = made.mark();
+        let other: Arc<str> = Arc::from("other");
+        let headers = vec![("k".to_owned(), "v".to_owned())];
+        made.push(&other, Bytes::new(), headers, MessageId(7), 0, 1);
+        made.truncate(mark);
+        let mut out = Vec::new();
+        made.finish(None, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|m| m.topic() == "t" && m.headers().is_empty())
+        );
+        let Block::Many {
+            topics, headers, ..
+        } = &*out[0].block
+        else {
+            panic!("a block of two")
+        };
+        assert_eq!((topics.len(), headers.len()), (1, 0));
     }
 
     #[test]
     fn changing_a_message_made_with_others_leaves_them_alone() {
         let mut out = Vec::new();
-        Message::from_drafts((0..3u32).map(|i| draft(u64::from(i), Some(7))), &mut out);
+        drafts(3).finish(Some(SubscriptionId(7)), &mut out);
         let changed = out[1].clone().with_header("k", "v").with_topic("other");
         assert_eq!(changed.topic(), "other");
         assert_eq!(changed.header("k"), Some("v"));
@@ -608,22 +727,27 @@ mod tests {
 
     #[test]
     fn more_messages_than_a_block_holds_are_made_in_several() {
-        let n = BLOCK_MAX as u32 + 3;
+        let n = BLOCK_MAX * 2 + 3;
         let mut out = Vec::new();
-        Message::from_drafts((0..n).map(u64::from).map(|i| draft(i, Some(i))), &mut out);
-        assert_eq!(out.len(), n as usize);
-        for (i, msg) in out.iter().enumerate().skip(BLOCK_MAX - 2) {
-            let i = i as u64;
-            assert_eq!(msg.id(), MessageId(i));
+        drafts(n as u32).finish(Some(SubscriptionId(5)), &mut out);
+        assert_eq!(out.len(), n);
+        for (i, msg) in out.iter().enumerate() {
+            assert_eq!(msg.id(), MessageId(i as u64));
+            assert_eq!(msg.topic(), "t");
             assert_eq!(
                 msg.delivery_id().map(|d| d.subscription),
-                Some(SubscriptionId(i))
+                Some(SubscriptionId(5))
             );
         }
-        assert!(!Arc::ptr_eq(&out[0].block, &out[BLOCK_MAX].block));
-        assert!(Arc::ptr_eq(
-            &out[BLOCK_MAX].block,
-            &out[BLOCK_MAX + 2].block
+        assert!(Arc::ptr_eq(&out[0].block, &out[2].block));
+        assert!(
+            !Arc::ptr_eq(&out[2].block, &out[3].block),
+            "the first block has the rest"
+        );
+        assert!(Arc::ptr_eq(&out[3].block, &out[BLOCK_MAX + 2].block));
+        assert!(!Arc::ptr_eq(
+            &out[BLOCK_MAX + 2].block,
+            &out[BLOCK_MAX + 3].block
         ));
     }
 }

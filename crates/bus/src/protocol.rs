@@ -1383,14 +1383,14 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
     r.finish(decoded)
 }
 
-/// Decodes `frame` if it is a DELIVERS or a PACKED, as [`decode`] would, but hands each delivery to `each`
-/// as it is read and gathers what that returns: the client turns deliveries into messages
-/// with no vector of them in between. Returns the subscription and the results; `None` for
-/// any other op.
-pub(crate) fn decode_delivers<T>(
+/// Decodes `frame` if it is a DELIVERS or a PACKED, as [`decode`] would, but hands each delivery
+/// to `each` (with the subscription) as it is read: the client turns deliveries into messages
+/// with no vector of them in between. Returns the subscription; `None` for any other op. On an
+/// error, `each` may have had some of the frame's deliveries.
+pub(crate) fn decode_delivers(
     frame: &Bytes,
-    mut each: impl FnMut(u64, WireDelivery) -> T,
-) -> Option<Result<(u64, Vec<T>), ProtocolError>> {
+    mut each: impl FnMut(u64, WireDelivery),
+) -> Option<Result<u64, ProtocolError>> {
     let packed = match frame.first() {
         Some(&code::DELIVERS) => false,
         Some(&code::PACKED) => true,
@@ -1400,10 +1400,6 @@ pub(crate) fn decode_delivers<T>(
     let mut read = || {
         let sub = r.u64("sub")?;
         let count = r.count("count")?;
-        // A delivery takes at least 38 bytes (5 packed): never reserve more than the frame
-        // can hold.
-        let least = if packed { 5 } else { 38 };
-        let mut out = Vec::with_capacity(count.min(r.remaining() / least));
         let mut prev = (0, 0);
         for _ in 0..count {
             let delivery = if packed {
@@ -1411,9 +1407,9 @@ pub(crate) fn decode_delivers<T>(
             } else {
                 r.delivery()?
             };
-            out.push(each(sub, delivery));
+            each(sub, delivery);
         }
-        Ok((sub, out))
+        Ok(sub)
     };
     let decoded = read();
     Some(decoded.and_then(|decoded| r.finish(decoded)))
@@ -1612,11 +1608,13 @@ mod tests {
             extra.put_u8(0);
             frames.push(extra.freeze());
             for frame in frames {
-                let fast = decode_delivers(&frame, |sub, d| (sub, d));
+                let mut got = Vec::new();
+                let fast = decode_delivers(&frame, |sub, d| got.push((sub, d)));
                 match decode(frame.clone()) {
                     Ok(Op::Delivers { sub, messages } | Op::Packed { sub, messages }) => {
                         let expected: Vec<_> = messages.into_iter().map(|d| (sub, d)).collect();
-                        assert_eq!(fast, Some(Ok((sub, expected))));
+                        assert_eq!(fast, Some(Ok(sub)));
+                        assert_eq!(got, expected);
                     }
                     Err(err) if matches!(frame.first(), Some(&code::DELIVERS | &code::PACKED)) => {
                         assert_eq!(fast, Some(Err(err)), "{} bytes", frame.len());

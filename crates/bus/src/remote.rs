@@ -15,7 +15,7 @@ use crate::broker::{Broker, CloseReport, Handler, ListenerId, Subscription};
 use crate::error::{Error, Result};
 use crate::idhash::IdSet;
 use crate::listener::{BrokerListener, Listeners, Notifier, SubscriptionInfo};
-use crate::message::{DeliveryId, Draft, Message, MessageId, SubscriptionId};
+use crate::message::{DeliveryId, Drafts, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
 use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::Frames;
@@ -477,6 +477,7 @@ impl Client {
             generation,
             hello: Some(hello_tx),
             server_error: None,
+            drafts: Drafts::default(),
         })?;
         let timeout = self.config.request_timeout;
         let hello = Op::Hello {
@@ -1058,17 +1059,21 @@ fn publish_frame(message: &Message, request: u64) -> Outgoing {
     Outgoing::Parts(vec![buf.freeze(), payload.clone()])
 }
 
-/// The message a delivery to subscription `sub` carries.
-fn delivered_draft(sub: u64, d: WireDelivery) -> Draft {
-    Draft {
-        topic: d.topic,
-        payload: d.payload,
-        headers: d.headers,
-        id: MessageId(d.message),
-        published_ns: d.published_us.saturating_mul(1000),
-        attempt: d.attempt,
-        delivered_to: Some(SubscriptionId(sub)),
+/// Adds the message a delivery carries to `drafts`.
+fn push_delivery(drafts: &mut Drafts, d: WireDelivery) {
+    let published_ns = d.published_us.saturating_mul(1000);
+    let id = MessageId(d.message);
+    drafts.push(&d.topic, d.payload, d.headers, id, published_ns, d.attempt);
+}
+
+/// Hands the messages of `drafts` to subscription `sub` as one batch.
+fn deliver_drafts(client: &Client, sub: u64, drafts: &mut Drafts) {
+    if drafts.is_empty() {
+        return;
     }
+    let mut batch = Vec::new();
+    drafts.finish(Some(SubscriptionId(sub)), &mut batch);
+    client.deliver_batch(sub, batch);
 }
 
 thread_local! {
@@ -1083,6 +1088,8 @@ struct ClientListener {
     /// The error the server sent before closing, if it did: part of the reason the listeners
     /// hear (`BrokerListener::disconnected`).
     server_error: Option<String>,
+    /// The deliveries of the read being decoded (kept for its room).
+    drafts: Drafts,
 }
 
 impl QueueListener for ClientListener {
@@ -1093,42 +1100,45 @@ impl QueueListener for ClientListener {
         let Some(client) = self.client.upgrade() else {
             return;
         };
-        let mut pending: Option<(u64, Vec<Message>)> = None;
-        for (i, frame) in frames.iter_bytes().enumerate() {
-            match protocol::decode_delivers(&frame, delivered_draft) {
-                Some(Ok((sub, drafts))) => match &mut pending {
-                    Some((last, held)) if *last == sub => {
-                        if held.capacity() - held.len() < drafts.len() {
-                            // Room for as many more frames like this one as the read holds,
-                            // rather than a copy of the batch at every doubling.
-                            held.reserve(drafts.len() * (frames.len() - i));
-                        }
-                        Message::from_drafts(drafts.into_iter(), held);
+        let mut drafts = std::mem::take(&mut self.drafts);
+        // The subscription whose deliveries `drafts` holds.
+        let mut pending: Option<u64> = None;
+        for frame in frames.iter_bytes() {
+            // Where this frame's deliveries start, once its first one is read.
+            let mut mark = None;
+            let decoded = protocol::decode_delivers(&frame, |sub, delivery| {
+                if mark.is_none() {
+                    if pending.is_some_and(|last| last != sub) {
+                        deliver_drafts(&client, pending.unwrap_or(sub), &mut drafts);
                     }
-                    _ => {
-                        let mut batch = Vec::new();
-                        Message::from_drafts(drafts.into_iter(), &mut batch);
-                        if let Some((last, held)) = pending.replace((sub, batch)) {
-                            client.deliver_batch(last, held);
-                        }
-                    }
-                },
+                    pending = Some(sub);
+                    mark = Some(drafts.mark());
+                }
+                push_delivery(&mut drafts, delivery);
+            });
+            match decoded {
+                Some(Ok(_)) => {}
                 other => {
-                    if let Some((last, held)) = pending.take() {
-                        client.deliver_batch(last, held);
+                    if let Some(mark) = mark {
+                        drafts.truncate(mark);
+                    }
+                    if let Some(last) = pending.take() {
+                        deliver_drafts(&client, last, &mut drafts);
                     }
                     let malformed = matches!(other, Some(Err(_)));
                     self.received(queue, frame);
                     if malformed {
                         // `received` closed the connection: the rest of the read is not read.
+                        self.drafts = drafts;
                         return;
                     }
                 }
             }
         }
-        if let Some((last, held)) = pending {
-            client.deliver_batch(last, held);
+        if let Some(last) = pending {
+            deliver_drafts(&client, last, &mut drafts);
         }
+        self.drafts = drafts;
     }
 
     fn received(&mut self, queue: &MessageQueue, msg: Bytes) {
@@ -1137,12 +1147,12 @@ impl QueueListener for ClientListener {
         };
         // PACKED (DELIVERS from an older server), by far the most frequent: straight into
         // messages.
-        let decoded = protocol::decode_delivers(&msg, delivered_draft);
+        let mut drafts = Drafts::default();
+        let decoded =
+            protocol::decode_delivers(&msg, |_, delivery| push_delivery(&mut drafts, delivery));
         let op = match decoded {
-            Some(Ok((sub, drafts))) => {
-                let mut batch = Vec::new();
-                Message::from_drafts(drafts.into_iter(), &mut batch);
-                client.deliver_batch(sub, batch);
+            Some(Ok(sub)) => {
+                deliver_drafts(&client, sub, &mut drafts);
                 return;
             }
             Some(Err(err)) => Err(err),
@@ -1166,15 +1176,16 @@ impl QueueListener for ClientListener {
         };
         match op {
             Op::Deliver { sub, delivery } => {
-                let mut batch = Vec::with_capacity(1);
-                Message::from_drafts(std::iter::once(delivered_draft(sub, delivery)), &mut batch);
-                client.deliver_batch(sub, batch);
+                let mut drafts = Drafts::default();
+                push_delivery(&mut drafts, delivery);
+                deliver_drafts(&client, sub, &mut drafts);
             }
             Op::Delivers { sub, messages } | Op::Packed { sub, messages } => {
-                let mut batch = Vec::with_capacity(messages.len());
-                let drafts = messages.into_iter().map(|d| delivered_draft(sub, d));
-                Message::from_drafts(drafts, &mut batch);
-                client.deliver_batch(sub, batch);
+                let mut drafts = Drafts::default();
+                for delivery in messages {
+                    push_delivery(&mut drafts, delivery);
+                }
+                deliver_drafts(&client, sub, &mut drafts);
             }
             Op::Confirm { request, message } => client.reply(request, Reply::Confirm(message)),
             Op::Subscribed { sub } => client.reply(sub, Reply::Subscribed),

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::{Broker, CloseReport, Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::memory::{Depth, InMemoryBroker, InMemoryConfig, Watch};
-use crate::message::{DeliveryId, Draft, Message, MessageId, nanos_since_epoch};
+use crate::message::{DeliveryId, Drafts, Message, MessageId, nanos_since_epoch};
 use crate::options::AckMode;
 use crate::protocol::{self, ErrorCode, MIN_VERSION, Op, PackState, VERSION};
 use crate::queue::task::pump::{EventPump, OnceTask, PumpConfig, PumpHandle};
@@ -446,7 +446,7 @@ struct ConnListener {
     conn: Arc<Conn>,
     /// The publishes of the batch being read, published together ([`InMemoryBroker::publish_many`]),
     /// and their request ids.
-    burst: Vec<Draft>,
+    burst: Drafts,
     requests: Vec<u64>,
     /// The burst made into messages (kept for its room).
     staged: Vec<Message>,
@@ -570,20 +570,15 @@ impl ConnListener {
     }
 
     /// Publishes the burst read so far, in order, and answers each publish. Its messages get
-    /// their ids and publish time here, and share one allocation ([`Message::from_drafts`]).
+    /// their ids and publish time here, and share one allocation ([`Drafts::finish`]).
     fn publish_burst(&mut self, shared: &Shared) {
         if self.burst.is_empty() {
             return;
         }
         let first = shared.bus.take_ids(self.burst.len());
-        let now = nanos_since_epoch(SystemTime::now());
-        let drafts = self.burst.drain(..).enumerate().map(|(i, mut d)| {
-            d.id = MessageId(first.0 + i as u64);
-            d.published_ns = now;
-            d
-        });
+        (self.burst).stamp(first, nanos_since_epoch(SystemTime::now()));
         let mut staged = std::mem::take(&mut self.staged);
-        Message::from_drafts(drafts, &mut staged);
+        self.burst.finish(None, &mut staged);
         let mut answers = self.requests.drain(..);
         let conn = &self.conn;
         self.watch.above = shared.config.hold_publishers_above;
@@ -1055,15 +1050,8 @@ impl QueueListener for ConnListener {
             };
             match publish {
                 Some(Ok(p)) => {
-                    self.burst.push(Draft {
-                        topic: p.topic,
-                        payload: p.payload,
-                        headers: p.headers,
-                        id: MessageId(0),
-                        published_ns: 0,
-                        attempt: 1,
-                        delivered_to: None,
-                    });
+                    let id = MessageId(0);
+                    (self.burst).push(&p.topic, p.payload, p.headers, id, 0, 1);
                     self.requests.push(p.request);
                 }
                 // Anything else (a malformed PUBLISH too) goes the one-frame way, in order.
@@ -1372,7 +1360,7 @@ fn accept(shared: &Weak<Shared>, queue: MessageQueue) {
     let listener = ConnListener {
         shared: Arc::downgrade(&shared),
         conn,
-        burst: Vec::new(),
+        burst: Drafts::default(),
         requests: Vec::new(),
         staged: Vec::new(),
         last_topic: None,
