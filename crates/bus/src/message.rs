@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// A message id, unique per broker. Plain data: it can travel over a wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,9 +131,20 @@ pub(crate) struct Drafts {
     headers: Vec<Vec<(String, String)>>,
     records: Vec<Record>,
     attempts: Vec<u32>,
-    /// How many the last block held: room for as many is made for the next.
-    hint: usize,
+    /// Small payloads copied for this block ([`push_in`](Self::push_in)), and where each goes:
+    /// record, offset, length.
+    small: BytesMut,
+    copied: Vec<(u32, u32, u32)>,
+    /// How many the last block held, and its small payloads' bytes: room for as many is made
+    /// for the next.
+    hint: (usize, usize),
 }
+
+/// Payloads under this many bytes that arrive in a larger buffer are copied into a buffer of
+/// their block's own rather than shared with it: a reference to the read buffer, taken by the
+/// thread that reads and let go by the thread that acks (or handles), kept the two contending
+/// for its count, message by message. It also frees the read buffer sooner.
+pub(crate) const COPY_PAYLOAD_BELOW: usize = 64;
 
 /// Where [`Drafts`] stood, to go back to ([`Drafts::truncate`]).
 #[derive(Clone, Copy)]
@@ -141,6 +152,8 @@ pub(crate) struct Mark {
     topics: usize,
     headers: usize,
     records: usize,
+    small: usize,
+    copied: usize,
 }
 
 impl Drafts {
@@ -165,7 +178,7 @@ impl Drafts {
         attempt: u32,
     ) {
         if self.records.capacity() == 0 {
-            self.records.reserve(self.hint.max(16));
+            self.records.reserve(self.hint.0.max(16));
         }
         let same = self
             .topics
@@ -190,11 +203,42 @@ impl Drafts {
         self.attempts.push(attempt);
     }
 
+    /// [`push`](Self::push) of a payload given as the buffer it lies in and its bytes there:
+    /// copied if it is under [`COPY_PAYLOAD_BELOW`] bytes, else shared with the buffer (no copy).
+    #[inline]
+    pub(crate) fn push_in(
+        &mut self,
+        topic: &Arc<str>,
+        (owner, payload): (&Bytes, &[u8]),
+        headers: Vec<(String, String)>,
+        id: MessageId,
+        published_ns: u64,
+        attempt: u32,
+    ) {
+        let small = payload.len() < COPY_PAYLOAD_BELOW
+            && u32::try_from(self.small.len() + payload.len()).is_ok()
+            && u32::try_from(self.records.len()).is_ok();
+        if !small {
+            let payload = owner.slice_ref(payload);
+            return self.push(topic, payload, headers, id, published_ns, attempt);
+        }
+        if self.small.capacity() == 0 {
+            self.small.reserve(self.hint.1.max(256));
+        }
+        // Checked above: the record's index, the offset and the length fit.
+        let at = (self.records.len() as u32, self.small.len() as u32);
+        self.copied.push((at.0, at.1, payload.len() as u32));
+        self.small.extend_from_slice(payload);
+        self.push(topic, Bytes::new(), headers, id, published_ns, attempt);
+    }
+
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             topics: self.topics.len(),
             headers: self.headers.len(),
             records: self.records.len(),
+            small: self.small.len(),
+            copied: self.copied.len(),
         }
     }
 
@@ -204,6 +248,8 @@ impl Drafts {
         self.headers.truncate(mark.headers);
         self.records.truncate(mark.records);
         self.attempts.truncate(mark.records);
+        self.small.truncate(mark.small);
+        self.copied.truncate(mark.copied);
     }
 
     /// Gives the messages, in order, the ids from `first` up and the publish time
@@ -222,7 +268,17 @@ impl Drafts {
         if n == 0 {
             return;
         }
-        self.hint = n;
+        self.hint = (n, self.small.len());
+        if !self.copied.is_empty() {
+            // A buffer of this block's own: the next block's copies go to another.
+            let small = std::mem::take(&mut self.small).freeze();
+            for (i, at, len) in self.copied.drain(..) {
+                let (at, len) = (at as usize, len as usize);
+                if let Some(record) = self.records.get_mut(i as usize) {
+                    record.payload = small.slice(at..at + len);
+                }
+            }
+        }
         out.reserve(n);
         let flag = if to.is_some() { DELIVERED } else { 0 };
         let mut attempts = self.attempts.drain(..);
@@ -749,5 +805,47 @@ mod tests {
             &out[BLOCK_MAX + 2].block,
             &out[BLOCK_MAX + 3].block
         ));
+    }
+
+    #[test]
+    fn small_payloads_are_copied_and_large_ones_shared() {
+        let owner = Bytes::from(vec![7u8; 4096]);
+        let (small, large) = (&owner[..COPY_PAYLOAD_BELOW - 1], &owner[100..]);
+        let topic: Arc<str> = Arc::from("t");
+        let mut drafts = Drafts::default();
+        drafts.push_in(&topic, (&owner, small), Vec::new(), MessageId(1), 0, 1);
+        let mark = drafts.mark();
+        drafts.push_in(
+            &topic,
+            (&owner, &owner[..3]),
+            Vec::new(),
+            MessageId(9),
+            0,
+            1,
+        );
+        drafts.truncate(mark);
+        drafts.push_in(&topic, (&owner, large), Vec::new(), MessageId(2), 0, 1);
+        drafts.push_in(
+            &topic,
+            (&owner, &owner[1..4]),
+            Vec::new(),
+            MessageId(3),
+            0,
+            1,
+        );
+        let mut out = Vec::new();
+        drafts.finish(None, &mut out);
+        let got: Vec<(u64, usize)> = out.iter().map(|m| (m.id().0, m.payload().len())).collect();
+        assert_eq!(got, [(1, COPY_PAYLOAD_BELOW - 1), (2, 3996), (3, 3)]);
+        assert!(out.iter().all(|m| m.payload().iter().all(|&b| b == 7)));
+        let inside = |p: &Bytes| owner.as_ptr_range().contains(&p.as_ptr());
+        assert!(!inside(out[0].payload()), "a small payload is copied");
+        assert!(inside(out[1].payload()), "a large one is shared");
+        assert!(!inside(out[2].payload()));
+        assert_eq!(
+            out[2].payload().as_ptr(),
+            out[0].payload()[COPY_PAYLOAD_BELOW - 1..].as_ptr(),
+            "the block's copies share one buffer, without what was taken back"
+        );
     }
 }

@@ -948,42 +948,31 @@ impl<'a> Reader<'a> {
 
     /// A topic, shared with the previous one read by this reader if they are equal: a burst on
     /// one topic allocates it once.
-    fn topic(&mut self) -> Result<Arc<str>, ProtocolError> {
-        let n = self.len("topic")?;
-        self.topic_of(n)
-    }
-
-    /// A topic whose length is a `u8` (a PUB's), shared as [`topic`](Self::topic) shares.
-    fn short_topic(&mut self) -> Result<Arc<str>, ProtocolError> {
-        let n = usize::from(self.u8("topic")?);
-        self.topic_of(n)
-    }
-
-    fn topic_of(&mut self, n: usize) -> Result<Arc<str>, ProtocolError> {
+    /// Reads a topic of `n` bytes into `last_topic` (shared with the last one when equal: no
+    /// reference count taken for a topic just seen) and returns it there.
+    fn note_topic(&mut self, n: usize) -> Result<&Arc<str>, ProtocolError> {
         let raw = self.take(n, "topic")?;
         // The same bytes as the last topic are valid UTF-8 already.
-        if let Some(last) = &self.last_topic
-            && last.as_bytes() == raw
+        if self
+            .last_topic
+            .as_ref()
+            .is_none_or(|last| last.as_bytes() != raw)
         {
-            return Ok(last.clone());
+            let op = self.op;
+            let topic = std::str::from_utf8(raw)
+                .map_err(|_| ProtocolError::InvalidUtf8 { op, field: "topic" })?;
+            self.last_topic = Some(Arc::from(topic));
         }
         let op = self.op;
-        let topic = std::str::from_utf8(raw)
-            .map_err(|_| ProtocolError::InvalidUtf8 { op, field: "topic" })?;
-        match &self.last_topic {
-            Some(last) if **last == *topic => Ok(last.clone()),
-            _ => {
-                let topic: Arc<str> = Arc::from(topic);
-                self.last_topic = Some(topic.clone());
-                Ok(topic)
-            }
-        }
+        self.last_topic
+            .as_ref()
+            .ok_or(ProtocolError::Truncated { op, field: "topic" })
     }
 
-    fn blob(&mut self, field: &'static str) -> Result<Bytes, ProtocolError> {
+    /// A blob, in place in the frame.
+    fn blob(&mut self, field: &'static str) -> Result<&'a [u8], ProtocolError> {
         let n = self.len(field)?;
-        let blob = self.take(n, field)?;
-        Ok(self.owner.slice_ref(blob))
+        self.take(n, field)
     }
 
     /// Headers: a `u16` count, then that many key/value strings.
@@ -1076,17 +1065,20 @@ impl<'a> Reader<'a> {
     }
 
     /// The fields of a PUBLISH, after the op byte.
-    fn publish(&mut self) -> Result<Publish, ProtocolError> {
+    /// The fields of a PUBLISH, after the op byte; the topic is left in `last_topic`.
+    fn publish(&mut self) -> Result<Publish<'a>, ProtocolError> {
+        let request = self.u64("request")?;
+        let n = self.len("topic")?;
+        self.note_topic(n)?;
         Ok(Publish {
-            request: self.u64("request")?,
-            topic: self.topic()?,
+            request,
             headers: self.headers()?,
             payload: self.blob("payload")?,
         })
     }
 
-    /// The fields of a PUB, after the op byte.
-    fn short_publish(&mut self) -> Result<Publish, ProtocolError> {
+    /// The fields of a PUB, after the op byte; the topic is left in `last_topic`.
+    fn short_publish(&mut self) -> Result<Publish<'a>, ProtocolError> {
         let flags = self.u8("flags")?;
         if flags & !pub_flags::ALL != 0 {
             return Err(ProtocolError::InvalidValue {
@@ -1100,7 +1092,8 @@ impl<'a> Reader<'a> {
         } else {
             0
         };
-        let topic = self.short_topic()?;
+        let n = usize::from(self.u8("topic")?);
+        self.note_topic(n)?;
         let headers = if flags & pub_flags::HEADERS != 0 {
             self.headers()?
         } else {
@@ -1108,7 +1101,6 @@ impl<'a> Reader<'a> {
         };
         Ok(Publish {
             request,
-            topic,
             headers,
             payload: self.blob("payload")?,
         })
@@ -1116,11 +1108,21 @@ impl<'a> Reader<'a> {
 
     /// The fields of one delivery, after the sub id.
     fn delivery(&mut self) -> Result<WireDelivery, ProtocolError> {
-        Ok(WireDelivery {
-            message: self.u64("message")?,
-            attempt: self.u32("attempt")?,
-            published_us: self.u64("published_us")?,
-            topic: self.topic()?,
+        let raw = self.delivery_raw()?;
+        self.owned(raw)
+    }
+
+    /// [`delivery`](Self::delivery) read in place: the topic is left in `last_topic`.
+    fn delivery_raw(&mut self) -> Result<RawDelivery<'a>, ProtocolError> {
+        let message = self.u64("message")?;
+        let attempt = self.u32("attempt")?;
+        let published_us = self.u64("published_us")?;
+        let n = self.len("topic")?;
+        self.note_topic(n)?;
+        Ok(RawDelivery {
+            message,
+            attempt,
+            published_us,
             headers: self.headers()?,
             payload: self.blob("payload")?,
         })
@@ -1129,6 +1131,12 @@ impl<'a> Reader<'a> {
     /// The fields of one delivery of a PACKED frame; `prev` holds the previous delivery's id
     /// and publish time (0 and 0 before the first), and `last_topic` its topic.
     fn packed(&mut self, prev: &mut (u64, u64)) -> Result<WireDelivery, ProtocolError> {
+        let raw = self.packed_raw(prev)?;
+        self.owned(raw)
+    }
+
+    /// [`packed`](Self::packed) read in place: the topic is left in `last_topic`.
+    fn packed_raw(&mut self, prev: &mut (u64, u64)) -> Result<RawDelivery<'a>, ProtocolError> {
         let flags = self.u8("flags")?;
         let invalid = |op, field| ProtocolError::InvalidValue {
             op,
@@ -1153,11 +1161,14 @@ impl<'a> Reader<'a> {
         } else {
             self.u64("published_us")?
         };
-        let topic = if flags & packed::SAME_TOPIC != 0 {
-            self.last_topic.clone().ok_or(invalid(self.op, "flags"))?
+        if flags & packed::SAME_TOPIC != 0 {
+            if self.last_topic.is_none() {
+                return Err(invalid(self.op, "flags"));
+            }
         } else {
-            self.topic()?
-        };
+            let n = self.len("topic")?;
+            self.note_topic(n)?;
+        }
         let headers = if flags & packed::HEADERS != 0 {
             self.headers()?
         } else {
@@ -1165,13 +1176,26 @@ impl<'a> Reader<'a> {
         };
         let payload = self.blob("payload")?;
         *prev = (message, published_us);
-        Ok(WireDelivery {
+        Ok(RawDelivery {
             message,
             attempt,
             published_us,
-            topic,
             headers,
             payload,
+        })
+    }
+
+    /// A delivery read in place, made owned: its topic shared, its payload a slice of `owner`.
+    fn owned(&self, raw: RawDelivery<'a>) -> Result<WireDelivery, ProtocolError> {
+        let op = self.op;
+        Ok(WireDelivery {
+            message: raw.message,
+            attempt: raw.attempt,
+            published_us: raw.published_us,
+            topic: (self.last_topic.clone())
+                .ok_or(ProtocolError::Truncated { op, field: "topic" })?,
+            headers: raw.headers,
+            payload: self.owner.slice_ref(raw.payload),
         })
     }
 
@@ -1184,24 +1208,45 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A delivery as read in place, its topic in the reader's `last_topic`.
+struct RawDelivery<'a> {
+    message: u64,
+    attempt: u32,
+    published_us: u64,
+    headers: Vec<(String, String)>,
+    payload: &'a [u8],
+}
+
+/// One delivery of a frame, as [`decode_delivers`] hands it over: its topic shared with the
+/// deliveries before it, its payload in place in the frame.
+pub(crate) struct DeliveryRef<'r> {
+    pub message: u64,
+    pub attempt: u32,
+    pub published_us: u64,
+    pub topic: &'r Arc<str>,
+    pub headers: Vec<(String, String)>,
+    pub payload: &'r [u8],
+}
+
 /// A PUBLISH decoded by [`decode_publish`]: the fields of [`Op::Publish`], with a shared topic.
 #[derive(Debug)]
-pub(crate) struct Publish {
+pub(crate) struct Publish<'a> {
     pub request: u64,
-    pub topic: Arc<str>,
     pub headers: Vec<(String, String)>,
-    pub payload: Bytes,
+    /// In place in the frame.
+    pub payload: &'a [u8],
 }
 
 /// Decodes `frame` if it is a PUBLISH, as [`decode`] would, but with its topic shared with
 /// `last_topic` when they are equal (and remembered there): a burst of publishes on one topic
-/// allocates it once. `None` for any other op. `frame` lies in `owner`, and the payload is a
-/// zero-copy slice of it: a batch of frames read together is decoded with no handle per frame.
-pub(crate) fn decode_publish(
-    frame: &[u8],
-    owner: &Bytes,
-    last_topic: &mut Option<Arc<str>>,
-) -> Option<Result<Publish, ProtocolError>> {
+/// allocates it once, and takes no reference count per message. Returns the publish and its
+/// topic; `None` for any other op. `frame` lies in `owner`, and the payload is a zero-copy
+/// slice of it: a batch of frames read together is decoded with no handle per frame.
+pub(crate) fn decode_publish<'f, 't>(
+    frame: &'f [u8],
+    owner: &'f Bytes,
+    last_topic: &'t mut Option<Arc<str>>,
+) -> Option<Result<(Publish<'f>, &'t Arc<str>), ProtocolError>> {
     let short = match frame.first() {
         Some(&code::PUB) => true,
         Some(&code::PUBLISH) => false,
@@ -1215,10 +1260,14 @@ pub(crate) fn decode_publish(
         r.publish()
     };
     *last_topic = r.last_topic.take();
-    let extra = r.remaining();
+    let (op, extra) = (r.op, r.remaining());
     Some(match publish {
-        Ok(_) if extra > 0 => Err(ProtocolError::TrailingBytes { op: r.op, extra }),
-        other => other,
+        Ok(_) if extra > 0 => Err(ProtocolError::TrailingBytes { op, extra }),
+        Ok(p) => match last_topic.as_ref() {
+            Some(topic) => Ok((p, topic)),
+            None => Err(ProtocolError::Truncated { op, field: "topic" }),
+        },
+        Err(err) => Err(err),
     })
 }
 
@@ -1284,9 +1333,9 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
             };
             Op::Publish {
                 request: p.request,
-                topic: p.topic.to_string(),
+                topic: r.last_topic.as_deref().unwrap_or_default().to_owned(),
                 headers: p.headers,
-                payload: p.payload,
+                payload: frame.slice_ref(p.payload),
             }
         }
         code::CONFIRM => Op::Confirm {
@@ -1384,12 +1433,13 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
 }
 
 /// Decodes `frame` if it is a DELIVERS or a PACKED, as [`decode`] would, but hands each delivery
-/// to `each` (with the subscription) as it is read: the client turns deliveries into messages
-/// with no vector of them in between. Returns the subscription; `None` for any other op. On an
-/// error, `each` may have had some of the frame's deliveries.
+/// to `each` (with the subscription) as it is read, in place: the client turns deliveries into
+/// messages with no vector of them in between, and no reference count taken for a topic or a
+/// payload it copies. Returns the subscription; `None` for any other op. On an error, `each`
+/// may have had some of the frame's deliveries.
 pub(crate) fn decode_delivers(
     frame: &Bytes,
-    mut each: impl FnMut(u64, WireDelivery),
+    mut each: impl FnMut(u64, DeliveryRef<'_>),
 ) -> Option<Result<u64, ProtocolError>> {
     let packed = match frame.first() {
         Some(&code::DELIVERS) => false,
@@ -1402,10 +1452,21 @@ pub(crate) fn decode_delivers(
         let count = r.count("count")?;
         let mut prev = (0, 0);
         for _ in 0..count {
-            let delivery = if packed {
-                r.packed(&mut prev)?
+            let raw = if packed {
+                r.packed_raw(&mut prev)?
             } else {
-                r.delivery()?
+                r.delivery_raw()?
+            };
+            let op = r.op;
+            let topic =
+                (r.last_topic.as_ref()).ok_or(ProtocolError::Truncated { op, field: "topic" })?;
+            let delivery = DeliveryRef {
+                message: raw.message,
+                attempt: raw.attempt,
+                published_us: raw.published_us,
+                topic,
+                headers: raw.headers,
+                payload: raw.payload,
             };
             each(sub, delivery);
         }
@@ -1609,7 +1670,19 @@ mod tests {
             frames.push(extra.freeze());
             for frame in frames {
                 let mut got = Vec::new();
-                let fast = decode_delivers(&frame, |sub, d| got.push((sub, d)));
+                let fast = decode_delivers(&frame, |sub, d| {
+                    got.push((
+                        sub,
+                        WireDelivery {
+                            message: d.message,
+                            attempt: d.attempt,
+                            published_us: d.published_us,
+                            topic: d.topic.clone(),
+                            headers: d.headers,
+                            payload: frame.slice_ref(d.payload),
+                        },
+                    ));
+                });
                 match decode(frame.clone()) {
                     Ok(Op::Delivers { sub, messages } | Op::Packed { sub, messages }) => {
                         let expected: Vec<_> = messages.into_iter().map(|d| (sub, d)).collect();
@@ -1729,10 +1802,10 @@ mod tests {
                 unreachable!()
             };
             let mut last = None;
-            let fast = decode_publish(&frame, &frame, &mut last).unwrap().unwrap();
+            let (fast, fast_topic) = decode_publish(&frame, &frame, &mut last).unwrap().unwrap();
             assert_eq!(
-                (fast.request, &*fast.topic, fast.headers, fast.payload),
-                (request, topic.as_str(), headers, payload)
+                (fast.request, &**fast_topic, fast.headers, fast.payload),
+                (request, topic.as_str(), headers, &payload[..])
             );
         }
         // Op byte, flags, topic length and topic, payload length and payload: 16 bytes fewer

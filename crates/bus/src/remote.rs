@@ -17,7 +17,7 @@ use crate::idhash::IdSet;
 use crate::listener::{BrokerListener, Listeners, Notifier, SubscriptionInfo};
 use crate::message::{DeliveryId, Drafts, Message, MessageId, SubscriptionId};
 use crate::options::{AckMode, SubscribeOptions};
-use crate::protocol::{self, ErrorCode, Op, VERSION, WireDelivery};
+use crate::protocol::{self, DeliveryRef, ErrorCode, Op, VERSION, WireDelivery};
 use crate::queue::task::Frames;
 use crate::queue::task::pump::{AdaptiveSpin, EventPump, PumpConfig, SpinSlots};
 use crate::queue::{CloseInfo, MessageQueue, QueueBroker, QueueConfig, QueueListener, SendError};
@@ -1059,8 +1059,16 @@ fn publish_frame(message: &Message, request: u64) -> Outgoing {
     Outgoing::Parts(vec![buf.freeze(), payload.clone()])
 }
 
-/// Adds the message a delivery carries to `drafts`.
-fn push_delivery(drafts: &mut Drafts, d: WireDelivery) {
+/// Adds the message a delivery read in `frame` carries to `drafts`.
+fn push_delivery(drafts: &mut Drafts, frame: &Bytes, d: DeliveryRef<'_>) {
+    let published_ns = d.published_us.saturating_mul(1000);
+    let id = MessageId(d.message);
+    let payload = (frame, d.payload);
+    drafts.push_in(d.topic, payload, d.headers, id, published_ns, d.attempt);
+}
+
+/// [`push_delivery`] for a delivery decoded whole.
+fn push_owned(drafts: &mut Drafts, d: WireDelivery) {
     let published_ns = d.published_us.saturating_mul(1000);
     let id = MessageId(d.message);
     drafts.push(&d.topic, d.payload, d.headers, id, published_ns, d.attempt);
@@ -1114,7 +1122,7 @@ impl QueueListener for ClientListener {
                     pending = Some(sub);
                     mark = Some(drafts.mark());
                 }
-                push_delivery(&mut drafts, delivery);
+                push_delivery(&mut drafts, &frame, delivery);
             });
             match decoded {
                 Some(Ok(_)) => {}
@@ -1148,8 +1156,7 @@ impl QueueListener for ClientListener {
         // PACKED (DELIVERS from an older server), by far the most frequent: straight into
         // messages.
         let mut drafts = Drafts::default();
-        let decoded =
-            protocol::decode_delivers(&msg, |_, delivery| push_delivery(&mut drafts, delivery));
+        let decoded = protocol::decode_delivers(&msg, |_, d| push_delivery(&mut drafts, &msg, d));
         let op = match decoded {
             Some(Ok(sub)) => {
                 deliver_drafts(&client, sub, &mut drafts);
@@ -1177,13 +1184,13 @@ impl QueueListener for ClientListener {
         match op {
             Op::Deliver { sub, delivery } => {
                 let mut drafts = Drafts::default();
-                push_delivery(&mut drafts, delivery);
+                push_owned(&mut drafts, delivery);
                 deliver_drafts(&client, sub, &mut drafts);
             }
             Op::Delivers { sub, messages } | Op::Packed { sub, messages } => {
                 let mut drafts = Drafts::default();
                 for delivery in messages {
-                    push_delivery(&mut drafts, delivery);
+                    push_owned(&mut drafts, delivery);
                 }
                 deliver_drafts(&client, sub, &mut drafts);
             }

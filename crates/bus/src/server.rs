@@ -1049,9 +1049,9 @@ impl QueueListener for ConnListener {
                 None
             };
             match publish {
-                Some(Ok(p)) => {
+                Some(Ok((p, topic))) => {
                     let id = MessageId(0);
-                    (self.burst).push(&p.topic, p.payload, p.headers, id, 0, 1);
+                    (self.burst).push_in(topic, (chunk, p.payload), p.headers, id, 0, 1);
                     self.requests.push(p.request);
                 }
                 // Anything else (a malformed PUBLISH too) goes the one-frame way, in order.
