@@ -496,20 +496,36 @@ struct Unacked {
 #[derive(Default)]
 struct InFlight {
     /// Strictly rising ids; `None` once removed (trimmed off the front, or compacted away).
-    seq: VecDeque<(MessageId, Option<Message>)>,
+    seq: VecDeque<Entry>,
     /// The `Some` entries of `seq`.
     live: usize,
     /// Messages delivered again, whose ids are below the newest in `seq`.
     late: IdMap<MessageId, Message>,
 }
 
+/// One delivery in [`InFlight::seq`]: its id, its payload's bytes as counted in flight (kept
+/// here so that an ack does not read the message, long gone from the cache by then) and the
+/// message, `None` once removed.
+struct Entry {
+    id: MessageId,
+    bytes: u32,
+    msg: Option<Message>,
+}
+
+/// A message's payload bytes as the in-flight count takes them.
+fn payload_bytes(msg: &Message) -> u32 {
+    u32::try_from(msg.payload().len()).unwrap_or(u32::MAX)
+}
+
 impl InFlight {
     /// Entries of `seq` past which removed ones are compacted away, if they outnumber the live.
     const COMPACT_AT: usize = 1024;
 
-    fn insert(&mut self, id: MessageId, msg: Message) {
-        if self.seq.back().is_none_or(|&(last, _)| id > last) {
-            self.seq.push_back((id, Some(msg)));
+    /// Keeps `msg` under `id`, with `bytes` ([`payload_bytes`]).
+    fn insert(&mut self, id: MessageId, msg: Message, bytes: u32) {
+        if self.seq.back().is_none_or(|last| id > last.id) {
+            let msg = Some(msg);
+            self.seq.push_back(Entry { id, bytes, msg });
             self.live += 1;
         } else {
             self.late.insert(id, msg);
@@ -519,50 +535,59 @@ impl InFlight {
     /// Where `id` is in `seq`, if it is there (live or removed).
     fn position(&self, id: MessageId) -> Option<usize> {
         match self.seq.front() {
-            Some(&(front, _)) if front == id => Some(0),
-            Some(&(front, _)) if front < id => self.seq.binary_search_by_key(&id, |e| e.0).ok(),
+            Some(front) if front.id == id => Some(0),
+            Some(front) if front.id < id => self.seq.binary_search_by_key(&id, |e| e.id).ok(),
             _ => None,
         }
     }
 
     fn get(&self, id: &MessageId) -> Option<&Message> {
         self.position(*id)
-            .and_then(|i| self.seq[i].1.as_ref())
+            .and_then(|i| self.seq[i].msg.as_ref())
             .or_else(|| self.late.get(id))
     }
 
-    fn remove(&mut self, id: &MessageId) -> Option<Message> {
-        if let Some(msg) = self.position(*id).and_then(|i| self.seq[i].1.take()) {
+    /// Takes out the message under `id`, with its bytes.
+    fn remove(&mut self, id: &MessageId) -> Option<(Message, usize)> {
+        if let Some(i) = self.position(*id)
+            && let Some(msg) = self.seq[i].msg.take()
+        {
+            let bytes = self.seq[i].bytes as usize;
             self.live -= 1;
             self.tidy();
-            return Some(msg);
+            return Some((msg, bytes));
         }
         // A removed entry in `seq` may have been delivered again since, into `late`.
-        self.late.remove(id)
+        let msg = self.late.remove(id)?;
+        let bytes = payload_bytes(&msg) as usize;
+        Some((msg, bytes))
     }
 
-    /// Takes out every message whose id is in `first..end`, into `out`.
-    fn take_range(&mut self, first: MessageId, end: MessageId, out: &mut Vec<Message>) {
+    /// Takes out every message whose id is in `first..end`, into `out`; returns their bytes.
+    fn take_range(&mut self, first: MessageId, end: MessageId, out: &mut Vec<Message>) -> usize {
         let start = match self.seq.front() {
-            Some(&(front, _)) if front >= first => 0,
-            _ => self.seq.partition_point(|e| e.0 < first),
+            Some(front) if front.id >= first => 0,
+            _ => self.seq.partition_point(|e| e.id < first),
         };
+        let mut bytes = 0;
         let mut at = start;
-        while let Some((id, entry)) = self.seq.get_mut(at) {
-            if *id >= end {
+        while let Some(entry) = self.seq.get_mut(at) {
+            if entry.id >= end {
                 break;
             }
-            if let Some(msg) = entry.take() {
+            if let Some(msg) = entry.msg.take() {
                 self.live -= 1;
+                bytes += entry.bytes as usize;
                 out.push(msg);
             }
             at += 1;
         }
         self.tidy();
         if self.late.is_empty() {
-            return;
+            return bytes;
         }
         // Delivered again: by id if the range is shorter than the map, else the other way.
+        let from = out.len();
         let span = end.0 - first.0;
         if span <= self.late.len() as u64 {
             for id in first.0..end.0 {
@@ -572,16 +597,21 @@ impl InFlight {
             let taken = self.late.extract_if(|id, _| (first..end).contains(id));
             out.extend(taken.map(|(_, msg)| msg));
         }
+        bytes
+            + out[from..]
+                .iter()
+                .map(|m| payload_bytes(m) as usize)
+                .sum::<usize>()
     }
 
     /// Drops the removed entries at the front of `seq`, and compacts it when removed entries
     /// behind a message still un-acked (which would pile up while it waits) outnumber the live.
     fn tidy(&mut self) {
-        while self.seq.front().is_some_and(|e| e.1.is_none()) {
+        while self.seq.front().is_some_and(|e| e.msg.is_none()) {
             self.seq.pop_front();
         }
         if self.seq.len() >= Self::COMPACT_AT && self.seq.len() > 2 * self.live {
-            self.seq.retain(|e| e.1.is_some());
+            self.seq.retain(|e| e.msg.is_some());
         }
     }
 
@@ -590,7 +620,7 @@ impl InFlight {
         self.live = 0;
         self.seq
             .drain(..)
-            .filter_map(|(_, m)| m)
+            .filter_map(|e| e.msg)
             .chain(self.late.drain().map(|(_, m)| m))
     }
 
@@ -694,11 +724,8 @@ impl Sub {
         *at = now;
     }
 
-    /// `msgs` left the in-flight count.
-    fn landed<'m>(&self, msgs: impl IntoIterator<Item = &'m Message>) {
-        let (n, bytes) = msgs
-            .into_iter()
-            .fold((0, 0), |(n, b), m| (n + 1, b + m.payload().len()));
+    /// `n` deliveries of `bytes` ([`payload_bytes`]) left the in-flight count.
+    fn landed(&self, n: usize, bytes: usize) {
         self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
@@ -738,10 +765,10 @@ impl Sub {
         {
             return None;
         }
-        let msg = u.map.remove(&id)?;
+        let (msg, bytes) = u.map.remove(&id)?;
         u.trim_front();
         drop(u);
-        self.landed([&msg]);
+        self.landed(1, bytes);
         Some(msg)
     }
 }
@@ -1403,13 +1430,15 @@ impl Shared {
         let notifier = self.listeners.snapshot();
         let sub = self.find_sub(subscription);
         let mut acked = Vec::with_capacity(messages.len());
+        let mut bytes = 0;
         let mut unknown = Vec::new();
         match &sub {
             Some(sub) => {
                 let mut u = lock(&sub.unacked);
                 for &id in messages {
                     match u.map.remove(&id) {
-                        Some(msg) => {
+                        Some((msg, b)) => {
+                            bytes += b;
                             // Acks mostly come in delivery order: the front of the wait order
                             // goes with its message, with no look-up in `trim_front`.
                             if u.order.front().is_some_and(|&(_, front, attempt)| {
@@ -1435,7 +1464,7 @@ impl Shared {
             notifier.each("ack_unknown", |l| l.ack_unknown(delivery));
         }
         if let Some(sub) = sub {
-            self.settled(&sub, acked, &notifier);
+            self.settled(&sub, acked, bytes, &notifier);
         }
     }
 
@@ -1445,11 +1474,13 @@ impl Shared {
         let notifier = self.listeners.snapshot();
         let sub = self.find_sub(subscription);
         let mut acked = Vec::new();
+        let mut bytes = 0;
         if let Some(sub) = &sub {
             let mut u = lock(&sub.unacked);
             for &(first, count) in ranges {
                 let end = first.saturating_add(u64::from(count));
-                u.map
+                bytes += u
+                    .map
                     .take_range(MessageId(first), MessageId(end), &mut acked);
             }
             u.trim_front();
@@ -1479,15 +1510,15 @@ impl Shared {
             }
         }
         if let Some(sub) = sub {
-            self.settled(&sub, acked, &notifier);
+            self.settled(&sub, acked, bytes, &notifier);
         }
     }
 
     /// The deliveries `acked` of `sub` were acked (and taken out of its un-acked store): they
     /// leave the in-flight count, the listeners hear of them, and the subscription gets going
     /// again if they held it.
-    fn settled(&self, sub: &Arc<Sub>, acked: Vec<Message>, notifier: &Notifier) {
-        sub.landed(&acked);
+    fn settled(&self, sub: &Arc<Sub>, acked: Vec<Message>, bytes: usize, notifier: &Notifier) {
+        sub.landed(acked.len(), bytes);
         sub.paced(acked.len());
         if !acked.is_empty() {
             notifier.each("acked", |l| l.acked_all(&acked, &sub.info));
@@ -1702,8 +1733,9 @@ impl Shared {
             let mut u = lock(&sub.unacked);
             let mut bytes = 0;
             for msg in taken.iter() {
-                bytes += msg.payload().len();
-                u.map.insert(msg.id(), msg.clone());
+                let b = payload_bytes(msg);
+                bytes += b as usize;
+                u.map.insert(msg.id(), msg.clone(), b);
                 u.order.push_back((deadline, msg.id(), msg.attempt()));
             }
             // Counted before the lock is released: an ack of these (which takes it) must not
@@ -1721,7 +1753,7 @@ impl Shared {
             let mut u = lock(&sub.unacked);
             taken
                 .drain(..)
-                .filter_map(|m| u.map.remove(&m.id()))
+                .filter_map(|m| u.map.remove(&m.id()).map(|(m, _)| m))
                 .collect()
         } else {
             std::mem::take(taken)
@@ -1878,6 +1910,7 @@ impl Shared {
         let now = Instant::now();
         for sub in subs {
             let mut expired = Vec::new();
+            let mut bytes = 0;
             {
                 let mut u = lock(&sub.unacked);
                 while let Some(&(deadline, id, attempt)) = u.order.front() {
@@ -1885,15 +1918,18 @@ impl Shared {
                         break;
                     }
                     u.order.pop_front();
-                    if u.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
-                        expired.extend(u.map.remove(&id));
+                    if u.map.get(&id).is_some_and(|m| m.attempt() == attempt)
+                        && let Some((msg, b)) = u.map.remove(&id)
+                    {
+                        bytes += b;
+                        expired.push(msg);
                     }
                 }
             }
             if expired.is_empty() {
                 continue;
             }
-            sub.landed(&expired);
+            sub.landed(expired.len(), bytes);
             for msg in expired {
                 self.retry_or_dead(&sub, msg, "ack wait expired", notifier);
             }
@@ -2048,7 +2084,12 @@ mod tests {
     use super::*;
 
     fn msg(id: u64) -> Message {
-        Message::new("t", "").stamped(MessageId(id), SystemTime::UNIX_EPOCH)
+        Message::new("t", "x").stamped(MessageId(id), SystemTime::UNIX_EPOCH)
+    }
+
+    /// Puts message `id` in `f`, with its id as its bytes.
+    fn put(f: &mut InFlight, id: u64) {
+        f.insert(MessageId(id), msg(id), id as u32);
     }
 
     fn ids(f: &InFlight) -> Vec<u64> {
@@ -2082,25 +2123,28 @@ mod tests {
     fn in_flight_takes_a_range_by_what_it_holds() {
         let mut f = InFlight::default();
         for id in [3, 5, 8, 13, 21] {
-            f.insert(MessageId(id), msg(id));
+            put(&mut f, id);
         }
         // Delivered again, below the newest: in the side map.
         f.remove(&MessageId(5));
-        f.insert(MessageId(5), msg(5));
+        put(&mut f, 5);
         let take = |f: &mut InFlight, first, end| {
             let mut out = Vec::new();
-            f.take_range(MessageId(first), MessageId(end), &mut out);
+            let bytes = f.take_range(MessageId(first), MessageId(end), &mut out);
             let mut ids: Vec<u64> = out.iter().map(|m| m.id().0).collect();
             ids.sort_unstable();
-            ids
+            (ids, bytes)
         };
         // The middle of the deque and the side map; the ends of the range are not included.
-        assert_eq!(take(&mut f, 5, 13), [5, 8]);
+        // The deque keeps each one's bytes (here its id); the side map counts its payload.
+        let (taken, bytes) = take(&mut f, 5, 13);
+        assert_eq!(taken, [5, 8]);
+        assert_eq!(bytes, 8 + 1);
         assert_eq!(ids(&f), [3, 13, 21]);
         assert_eq!(f.len(), 3);
         // Nothing there; then the front, past the end of what is held.
-        assert_eq!(take(&mut f, 14, 20), Vec::<u64>::new());
-        assert_eq!(take(&mut f, 0, u64::MAX), [3, 13, 21]);
+        assert_eq!(take(&mut f, 14, 20), (Vec::new(), 0));
+        assert_eq!(take(&mut f, 0, u64::MAX), (vec![3, 13, 21], 3 + 13 + 21));
         assert!(f.is_empty());
         assert!(f.seq.is_empty(), "taken entries leave the deque");
     }
@@ -2109,21 +2153,26 @@ mod tests {
     fn in_flight_finds_what_was_inserted_in_any_order_of_removal() {
         let mut f = InFlight::default();
         for id in [3, 5, 8, 13] {
-            f.insert(MessageId(id), msg(id));
+            put(&mut f, id);
         }
         assert_eq!(f.len(), 4);
         // Out of order: the middle, then the front, then an unknown id.
-        assert_eq!(f.remove(&MessageId(8)).map(|m| m.id()), Some(MessageId(8)));
+        let removed = |f: &mut InFlight, id| f.remove(&MessageId(id)).map(|(m, b)| (m.id().0, b));
+        assert_eq!(removed(&mut f, 8), Some((8, 8)));
         assert!(f.remove(&MessageId(8)).is_none(), "removed once only");
-        assert_eq!(f.remove(&MessageId(3)).map(|m| m.id()), Some(MessageId(3)));
+        assert_eq!(removed(&mut f, 3), Some((3, 3)));
         assert!(f.remove(&MessageId(4)).is_none());
         assert_eq!(ids(&f), [5, 13]);
         // A re-delivery below the newest id goes aside, and is found there.
-        f.insert(MessageId(8), msg(8));
-        f.insert(MessageId(2), msg(2));
+        put(&mut f, 8);
+        put(&mut f, 2);
         assert_eq!(ids(&f), [2, 5, 8, 13]);
         assert_eq!(f.len(), 4);
-        assert_eq!(f.remove(&MessageId(8)).map(|m| m.id()), Some(MessageId(8)));
+        assert_eq!(
+            removed(&mut f, 8),
+            Some((8, 1)),
+            "the side map counts its payload"
+        );
         let rest: Vec<u64> = f.drain().map(|m| m.id().0).collect();
         assert_eq!(rest[..2], [5, 13], "delivery order first");
         assert_eq!(rest[2..], [2]);
@@ -2136,7 +2185,7 @@ mod tests {
         let mut u = Unacked::default();
         let deadline = Instant::now();
         for id in 0..100_000 {
-            u.map.insert(MessageId(id), msg(id));
+            put(&mut u.map, id);
             u.order.push_back((deadline, MessageId(id), 1));
             if id > 0 {
                 assert!(u.map.remove(&MessageId(id)).is_some());
@@ -2155,9 +2204,9 @@ mod tests {
     #[test]
     fn in_flight_stays_small_behind_a_message_never_acked() {
         let mut f = InFlight::default();
-        f.insert(MessageId(0), msg(0));
+        put(&mut f, 0);
         for id in 1..100_000 {
-            f.insert(MessageId(id), msg(id));
+            put(&mut f, id);
             assert!(f.remove(&MessageId(id)).is_some());
         }
         assert_eq!(f.len(), 1);
@@ -2166,7 +2215,10 @@ mod tests {
             "{} entries kept",
             f.seq.len()
         );
-        assert_eq!(f.remove(&MessageId(0)).map(|m| m.id()), Some(MessageId(0)));
+        assert_eq!(
+            f.remove(&MessageId(0)).map(|(m, _)| m.id()),
+            Some(MessageId(0))
+        );
         assert!(f.seq.is_empty());
     }
 }

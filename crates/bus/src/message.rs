@@ -89,6 +89,8 @@ impl Block {
     fn topic(&self, i: usize) -> &Arc<str> {
         match self {
             Block::One { topic, .. } => topic,
+            // A block of one topic (the usual burst) does not read the record.
+            Block::Many { topics, .. } if topics.len() == 1 => &topics[0],
             Block::Many {
                 topics, records, ..
             } => &topics[records[i].topic as usize],
