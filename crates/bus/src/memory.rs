@@ -426,13 +426,10 @@ impl Inbox {
         !members.is_empty()
             && members.iter().all(|m| {
                 m.blocked()
-                    && lock(&m.unacked)
-                        .order
-                        .front()
-                        .is_some_and(|&(deadline, _, _)| {
-                            // Delivered at `deadline - ack_wait`.
-                            deadline + stall <= now + m.options.ack_wait
-                        })
+                    && lock(&m.unacked).order.front().is_some_and(|w| {
+                        // Delivered at `deadline - ack_wait`.
+                        w.deadline + stall <= now + m.options.ack_wait
+                    })
             })
     }
 
@@ -485,7 +482,22 @@ impl Inbox {
 #[derive(Default)]
 struct Unacked {
     map: InFlight,
-    order: VecDeque<(Instant, MessageId, u32)>,
+    /// The ack waits, oldest first.
+    order: VecDeque<Wait>,
+}
+
+/// The ack waits of deliveries started together, ending at `deadline`: those of ids
+/// `first..=last` with attempt `attempt`. A run of deliveries kept in the in-flight deque
+/// (`in_seq`: ids rising, so no other delivery's id falls in the range) has one entry, found
+/// there by its range; a delivery kept aside (a re-delivery) has one of its own. One entry per
+/// message was a write and a read of 32 bytes for every delivery.
+#[derive(Clone, Copy, Debug)]
+struct Wait {
+    deadline: Instant,
+    first: MessageId,
+    last: MessageId,
+    attempt: u32,
+    in_seq: bool,
 }
 
 /// A subscription's un-acked messages by id. A subscription's deliveries come in rising id
@@ -521,15 +533,76 @@ impl InFlight {
     /// Entries of `seq` past which removed ones are compacted away, if they outnumber the live.
     const COMPACT_AT: usize = 1024;
 
-    /// Keeps `msg` under `id`, with `bytes` ([`payload_bytes`]).
-    fn insert(&mut self, id: MessageId, msg: Message, bytes: u32) {
+    /// Keeps `msg` under `id`, with `bytes` ([`payload_bytes`]); true if it went in the deque
+    /// (its id is past all there), false if aside.
+    fn insert(&mut self, id: MessageId, msg: Message, bytes: u32) -> bool {
         if self.seq.back().is_none_or(|last| id > last.id) {
             let msg = Some(msg);
             self.seq.push_back(Entry { id, bytes, msg });
             self.live += 1;
+            true
         } else {
             self.late.insert(id, msg);
+            false
         }
+    }
+
+    /// The entries of the deque whose ids are in `first..=last`.
+    fn seq_range(&mut self, first: MessageId, last: MessageId) -> impl Iterator<Item = &mut Entry> {
+        let start = match self.seq.front() {
+            Some(front) if front.id >= first => 0,
+            _ => self.seq.partition_point(|e| e.id < first),
+        };
+        self.seq
+            .range_mut(start..)
+            .take_while(move |e| e.id <= last)
+    }
+
+    /// Whether a delivery that `wait` times is still here.
+    fn holds(&self, wait: &Wait) -> bool {
+        if !wait.in_seq {
+            return self
+                .get(&wait.first)
+                .is_some_and(|m| m.attempt() == wait.attempt);
+        }
+        let start = match self.seq.front() {
+            Some(front) if front.id >= wait.first => 0,
+            _ => self.seq.partition_point(|e| e.id < wait.first),
+        };
+        self.seq
+            .range(start..)
+            .take_while(|e| e.id <= wait.last)
+            .any(|e| e.msg.as_ref().is_some_and(|m| m.attempt() == wait.attempt))
+    }
+
+    /// Takes out the deliveries `wait` times that are still here, into `out`; returns their
+    /// bytes.
+    fn take_waiting(&mut self, wait: &Wait, out: &mut Vec<Message>) -> usize {
+        if !wait.in_seq {
+            if !self.holds(wait) {
+                return 0;
+            }
+            return self.remove(&wait.first).map_or(0, |(msg, bytes)| {
+                out.push(msg);
+                bytes
+            });
+        }
+        let (mut taken, mut bytes) = (0, 0);
+        for entry in self.seq_range(wait.first, wait.last) {
+            if entry
+                .msg
+                .as_ref()
+                .is_some_and(|m| m.attempt() == wait.attempt)
+                && let Some(msg) = entry.msg.take()
+            {
+                taken += 1;
+                bytes += entry.bytes as usize;
+                out.push(msg);
+            }
+        }
+        self.live -= taken;
+        self.tidy();
+        bytes
     }
 
     /// Where `id` is in `seq`, if it is there (live or removed).
@@ -639,17 +712,40 @@ impl Unacked {
     /// them. Without that, one un-acked message held every later entry for its whole ack wait
     /// (30 s by default: tens of millions of entries at full rate).
     fn trim_front(&mut self) {
-        while let Some(&(_, id, attempt)) = self.order.front() {
-            if self.map.get(&id).is_some_and(|m| m.attempt() == attempt) {
+        while let Some(wait) = self.order.front() {
+            if self.map.holds(wait) {
                 break;
             }
             self.order.pop_front();
         }
         if self.order.len() >= InFlight::COMPACT_AT && self.order.len() > 2 * self.map.len() {
             let map = &self.map;
-            self.order
-                .retain(|&(_, id, attempt)| map.get(&id).is_some_and(|m| m.attempt() == attempt));
+            self.order.retain(|wait| map.holds(wait));
         }
+    }
+
+    /// Starts the ack wait of `msg`, just put in the in-flight store (in the deque if
+    /// `in_seq`), to end at `deadline`: in the entry of the deliveries before it if they went
+    /// the same way, with the same deadline and attempt.
+    fn wait(&mut self, msg: &Message, in_seq: bool, deadline: Instant) {
+        let (id, attempt) = (msg.id(), msg.attempt());
+        if let Some(w) = self.order.back_mut()
+            && in_seq
+            && w.in_seq
+            && w.deadline == deadline
+            && w.attempt == attempt
+            && id > w.last
+        {
+            w.last = id;
+            return;
+        }
+        self.order.push_back(Wait {
+            deadline,
+            first: id,
+            last: id,
+            attempt,
+            in_seq,
+        });
     }
 }
 
@@ -1439,13 +1535,6 @@ impl Shared {
                     match u.map.remove(&id) {
                         Some((msg, b)) => {
                             bytes += b;
-                            // Acks mostly come in delivery order: the front of the wait order
-                            // goes with its message, with no look-up in `trim_front`.
-                            if u.order.front().is_some_and(|&(_, front, attempt)| {
-                                front == id && attempt == msg.attempt()
-                            }) {
-                                u.order.pop_front();
-                            }
                             acked.push(msg);
                         }
                         None => unknown.push(id),
@@ -1735,8 +1824,8 @@ impl Shared {
             for msg in taken.iter() {
                 let b = payload_bytes(msg);
                 bytes += b as usize;
-                u.map.insert(msg.id(), msg.clone(), b);
-                u.order.push_back((deadline, msg.id(), msg.attempt()));
+                let in_seq = u.map.insert(msg.id(), msg.clone(), b);
+                u.wait(msg, in_seq, deadline);
             }
             // Counted before the lock is released: an ack of these (which takes it) must not
             // subtract them first, wrapping the counts for a moment.
@@ -1913,17 +2002,12 @@ impl Shared {
             let mut bytes = 0;
             {
                 let mut u = lock(&sub.unacked);
-                while let Some(&(deadline, id, attempt)) = u.order.front() {
-                    if deadline > now {
+                while let Some(&wait) = u.order.front() {
+                    if wait.deadline > now {
                         break;
                     }
                     u.order.pop_front();
-                    if u.map.get(&id).is_some_and(|m| m.attempt() == attempt)
-                        && let Some((msg, b)) = u.map.remove(&id)
-                    {
-                        bytes += b;
-                        expired.push(msg);
-                    }
+                    bytes += u.map.take_waiting(&wait, &mut expired);
                 }
             }
             if expired.is_empty() {
@@ -2180,13 +2264,87 @@ mod tests {
         assert!(f.remove(&MessageId(5)).is_none());
     }
 
+    /// Tracks `ids` (attempt `attempt`) in `u` as one run would, with ack waits ending at
+    /// `deadline`.
+    fn track_run(u: &mut Unacked, ids: &[u64], attempt: u32, deadline: Instant) {
+        for &id in ids {
+            let m = msg(id).with_attempt(attempt);
+            let in_seq = u.map.insert(MessageId(id), m.clone(), 1);
+            u.wait(&m, in_seq, deadline);
+        }
+    }
+
+    /// What expiring every wait up to `now` takes, by id.
+    fn expire(u: &mut Unacked, now: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(&w) = u.order.front() {
+            if w.deadline > now {
+                break;
+            }
+            u.order.pop_front();
+            u.map.take_waiting(&w, &mut out);
+        }
+        out.iter().map(|m| m.id().0).collect()
+    }
+
+    #[test]
+    fn a_run_waits_for_its_acks_under_one_entry() {
+        let t0 = Instant::now();
+        let (t1, t2) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        let mut u = Unacked::default();
+        track_run(&mut u, &[1, 2, 3, 4], 1, t1);
+        track_run(&mut u, &[6, 7], 1, t2);
+        assert_eq!(u.order.len(), 2, "one entry per run");
+        // Acked in part: the run still waits, for what is left of it.
+        u.map.remove(&MessageId(1));
+        u.map.remove(&MessageId(3));
+        u.trim_front();
+        assert_eq!(u.order.len(), 2);
+        assert_eq!(expire(&mut u, t1), [2, 4]);
+        // Acked whole: the entry goes when it reaches the front.
+        u.map.remove(&MessageId(6));
+        u.map.remove(&MessageId(7));
+        u.trim_front();
+        assert!(u.order.is_empty());
+        assert!(u.map.is_empty());
+    }
+
+    #[test]
+    fn a_wait_never_times_a_later_delivery_of_the_same_message() {
+        let t0 = Instant::now();
+        let (t1, t2) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        let mut u = Unacked::default();
+        track_run(&mut u, &[5, 6, 7], 1, t1);
+        // 5 is nacked and comes again (attempt 2) while the first run still waits: kept
+        // aside, under a wait of its own.
+        u.map.remove(&MessageId(5));
+        track_run(&mut u, &[5], 2, t2);
+        assert_eq!(u.order.len(), 2);
+        assert_eq!(expire(&mut u, t1), [6, 7], "not the later delivery of 5");
+        assert_eq!(expire(&mut u, t2), [5]);
+        // Back in the emptied deque, a later delivery is not the earlier one either.
+        track_run(&mut u, &[9], 1, t1);
+        u.map.remove(&MessageId(9));
+        track_run(&mut u, &[9], 2, t2);
+        assert_eq!(expire(&mut u, t1), Vec::<u64>::new());
+        assert_eq!(expire(&mut u, t2), [9]);
+    }
+
     #[test]
     fn the_wait_order_stays_small_behind_a_message_never_acked() {
         let mut u = Unacked::default();
         let deadline = Instant::now();
         for id in 0..100_000 {
-            put(&mut u.map, id);
-            u.order.push_back((deadline, MessageId(id), 1));
+            let message = msg(id);
+            let in_seq = u.map.insert(MessageId(id), message.clone(), 1);
+            // Each its own wait, as if each went in a run of its own.
+            u.order.push_back(Wait {
+                deadline,
+                first: MessageId(id),
+                last: MessageId(id),
+                attempt: message.attempt(),
+                in_seq,
+            });
             if id > 0 {
                 assert!(u.map.remove(&MessageId(id)).is_some());
                 u.trim_front();
@@ -2198,7 +2356,7 @@ mod tests {
             "{} entries",
             u.order.len()
         );
-        assert_eq!(u.order.front().map(|e| e.1), Some(MessageId(0)));
+        assert_eq!(u.order.front().map(|w| w.first), Some(MessageId(0)));
     }
 
     #[test]
