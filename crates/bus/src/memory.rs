@@ -40,6 +40,9 @@ const EXECUTOR_BUDGET: Duration = Duration::from_millis(1);
 /// Messages a run on an executor takes from its queue at a time (with one lock).
 const EXECUTOR_CHUNK: usize = 128;
 
+/// Deliveries an ACKR looks at under one lock of the subscription's in-flight store.
+const ACKS_PER_LOCK: usize = 1024;
+
 /// The in-flight window a manual-ack subscription starts with, and keeps while its acks come
 /// slowly: it holds more (up to its `max_in_flight`) only while its acks come fast enough to
 /// drain the window within a quarter of its ack wait ([`paced_window`]).
@@ -637,7 +640,20 @@ impl InFlight {
     }
 
     /// Takes out every message whose id is in `first..end`, into `out`; returns their bytes.
+    #[cfg(test)]
     fn take_range(&mut self, first: MessageId, end: MessageId, out: &mut Vec<Message>) -> usize {
+        self.take_range_within(first, end, usize::MAX, out).0
+    }
+
+    /// [`take_range`](Self::take_range), looking at `limit` entries of the deque at most:
+    /// returns the bytes taken and, if it stopped there, the id to go on from.
+    fn take_range_within(
+        &mut self,
+        first: MessageId,
+        end: MessageId,
+        limit: usize,
+        out: &mut Vec<Message>,
+    ) -> (usize, Option<MessageId>) {
         let start = match self.seq.front() {
             Some(front) if front.id >= first => 0,
             _ => self.seq.partition_point(|e| e.id < first),
@@ -648,6 +664,11 @@ impl InFlight {
             if entry.id >= end {
                 break;
             }
+            if at - start == limit {
+                let resume = entry.id;
+                self.tidy();
+                return (bytes, Some(resume));
+            }
             if let Some(msg) = entry.msg.take() {
                 self.live -= 1;
                 bytes += entry.bytes as usize;
@@ -657,7 +678,7 @@ impl InFlight {
         }
         self.tidy();
         if self.late.is_empty() {
-            return bytes;
+            return (bytes, None);
         }
         // Delivered again: by id if the range is shorter than the map, else the other way.
         let from = out.len();
@@ -670,11 +691,8 @@ impl InFlight {
             let taken = self.late.extract_if(|id, _| (first..end).contains(id));
             out.extend(taken.map(|(_, msg)| msg));
         }
-        bytes
-            + out[from..]
-                .iter()
-                .map(|m| payload_bytes(m) as usize)
-                .sum::<usize>()
+        let late: usize = out[from..].iter().map(|m| payload_bytes(m) as usize).sum();
+        (bytes + late, None)
     }
 
     /// Drops the removed entries at the front of `seq`, and compacts it when removed entries
@@ -1565,14 +1583,22 @@ impl Shared {
         let mut acked = Vec::new();
         let mut bytes = 0;
         if let Some(sub) = &sub {
-            let mut u = lock(&sub.unacked);
+            // A lock per stretch of the store, not one for the whole frame: the run that
+            // starts new deliveries' ack waits (on another pump, maybe) waits that long at most,
+            // instead of going to sleep behind thousands of acks.
             for &(first, count) in ranges {
-                let end = first.saturating_add(u64::from(count));
-                bytes += u
-                    .map
-                    .take_range(MessageId(first), MessageId(end), &mut acked);
+                let end = MessageId(first.saturating_add(u64::from(count)));
+                let mut from = Some(MessageId(first));
+                while let Some(first) = from {
+                    let mut u = lock(&sub.unacked);
+                    let (b, resume) =
+                        u.map
+                            .take_range_within(first, end, ACKS_PER_LOCK, &mut acked);
+                    bytes += b;
+                    from = resume;
+                    u.trim_front();
+                }
             }
-            u.trim_front();
         }
         let named: u64 = ranges.iter().map(|&(_, n)| u64::from(n)).sum();
         let unknown = named.saturating_sub(acked.len() as u64);
@@ -2231,6 +2257,24 @@ mod tests {
         assert_eq!(take(&mut f, 0, u64::MAX), (vec![3, 13, 21], 3 + 13 + 21));
         assert!(f.is_empty());
         assert!(f.seq.is_empty(), "taken entries leave the deque");
+    }
+
+    #[test]
+    fn a_range_is_taken_a_stretch_at_a_time() {
+        let mut f = InFlight::default();
+        for id in 1..=10 {
+            put(&mut f, id);
+        }
+        f.remove(&MessageId(3));
+        let mut out = Vec::new();
+        // Four entries looked at (3 among them, gone already), then where to go on from.
+        let (bytes, resume) = f.take_range_within(MessageId(2), MessageId(9), 4, &mut out);
+        assert_eq!((bytes, resume), (2 + 4 + 5, Some(MessageId(6))));
+        let (bytes, resume) = f.take_range_within(MessageId(6), MessageId(9), 4, &mut out);
+        assert_eq!((bytes, resume), (6 + 7 + 8, None));
+        let taken: Vec<u64> = out.iter().map(|m| m.id().0).collect();
+        assert_eq!(taken, [2, 4, 5, 6, 7, 8]);
+        assert_eq!(ids(&f), [1, 9, 10]);
     }
 
     #[test]
