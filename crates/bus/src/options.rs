@@ -131,7 +131,7 @@ pub struct SubscribeOptions {
     /// The most deliveries this subscription holds at once: with manual ack, the un-acked
     /// deliveries (flow control); past it the subscription takes nothing new until an ack, nack or
     /// expired ack wait frees a slot. A subscription runs one handler at a time, so with auto ack
-    /// at most one delivery is in flight. Default 32,768. Above 8,192 the window follows the
+    /// at most one delivery is in flight. Default 65,536. Above 8,192 the window follows the
     /// acks: a subscription holds more than 8,192 only while it acks fast enough to get through
     /// what it holds within a quarter of its ack wait (so that a larger window never queues up
     /// work for a slow handler that would outlast the ack wait and come again), and while what
@@ -150,7 +150,7 @@ impl Default for SubscribeOptions {
             ack_wait: Duration::from_secs(30),
             max_attempts: 5,
             backoff: Backoff::default(),
-            max_in_flight: 32_768,
+            max_in_flight: 65_536,
             dead_letter_topic: None,
         }
     }

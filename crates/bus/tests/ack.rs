@@ -234,10 +234,10 @@ fn max_in_flight_bytes_limits_unacked_payload() {
 #[test]
 fn the_window_follows_fast_acks_up_to_max_in_flight() {
     // A handler that acks at once, for the first ACKED messages: the window grows past its base
-    // of 8,192 to max_in_flight (32,768 by default) as the acks come, so when they stop the
-    // subscription holds 32,768, and the rest wait in its queue.
+    // of 8,192 to max_in_flight (65,536 by default) as the acks come, so when they stop the
+    // subscription holds 65,536, and the rest wait in its queue.
     const ACKED: usize = 100_000;
-    const MORE: usize = 40_000;
+    const MORE: usize = 80_000;
     let broker = Arc::new(broker(1));
     let seen = Arc::new(AtomicUsize::new(0));
     let (weak, count) = (Arc::downgrade(&broker), seen.clone());
@@ -250,14 +250,14 @@ fn the_window_follows_fast_acks_up_to_max_in_flight() {
         Ok(())
     });
     let opts = SubscribeOptions::default().manual_ack();
-    assert_eq!(opts.max_in_flight, 32_768);
+    assert_eq!(opts.max_in_flight, 65_536);
     let sub = broker.subscribe("pace", opts, handler).unwrap();
     for _ in 0..ACKED + MORE {
         broker.publish(Message::new("pace", "x")).unwrap();
     }
     let queue = format!("pace#{}", sub.id());
-    wait_until("32,768 held un-acked, the rest queued", || {
-        seen.load(Ordering::SeqCst) == ACKED + 32_768
-            && broker.queue_depth(&queue) == Some(MORE - 32_768)
+    wait_until("65,536 held un-acked, the rest queued", || {
+        seen.load(Ordering::SeqCst) == ACKED + 65_536
+            && broker.queue_depth(&queue) == Some(MORE - 65_536)
     });
 }
