@@ -1083,8 +1083,8 @@ impl InMemoryBroker {
     /// frames). A burst costs one clock reading, one route lookup per run of one topic, and one
     /// lock and at most one wake per queue for each run.
     ///
-    /// Queues left holding more than `watch.above` messages after it are added to
-    /// `watch.deep`.
+    /// Queues left holding more than `watch.above` messages, or more than `watch.above_bytes`
+    /// of payload, after it are added to `watch.deep`.
     ///
     /// The messages come with their ids (from [`take_ids`](Self::take_ids)) and publish time.
     pub(crate) fn publish_many(
@@ -1138,31 +1138,48 @@ impl InMemoryBroker {
 pub(crate) struct Watch {
     /// Queues holding more messages than this are noted.
     pub(crate) above: usize,
+    /// Queues holding more payload bytes than this are noted too, their bytes reckoned from
+    /// the burst's messages (their count times the burst's mean payload).
+    pub(crate) above_bytes: usize,
     pub(crate) deep: Vec<Depth>,
 }
 
 impl Watch {
-    fn note(&mut self, target: &Arc<Inbox>) {
-        if target.len() > self.above && !self.deep.iter().any(|d| Arc::ptr_eq(&d.0, target)) {
-            self.deep.push(Depth(target.clone()));
+    /// Notes `target` if it is deep, just after a run of messages with `mean` payload bytes
+    /// went into it.
+    fn note(&mut self, target: &Arc<Inbox>, mean: usize) {
+        let limit = self.above.min(self.above_bytes / mean.max(1)).max(1);
+        if target.len() > limit && !self.deep.iter().any(|d| Arc::ptr_eq(&d.queue, target)) {
+            self.deep.push(Depth {
+                queue: target.clone(),
+                limit,
+            });
         }
     }
 }
 
-/// One queue's depth, read without a lock.
-pub(crate) struct Depth(Arc<Inbox>);
+/// One queue's depth, read without a lock, and the depth it was noted past.
+pub(crate) struct Depth {
+    queue: Arc<Inbox>,
+    limit: usize,
+}
 
 impl Depth {
     /// Messages waiting in the queue.
     pub(crate) fn get(&self) -> usize {
-        self.0.len()
+        self.queue.len()
+    }
+
+    /// The depth it was noted past (what the watch allowed for messages of its size).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Whether the queue still takes messages (its subscription is open and not cut off). A
     /// queue whose consumer is stuck is cut off now, as if it had overflowed: a publisher held
     /// for it would otherwise wait for ever.
     pub(crate) fn is_open(&self) -> bool {
-        self.0.open.load(Ordering::Acquire) && !self.0.cut_if_stuck()
+        self.queue.open.load(Ordering::Acquire) && !self.queue.cut_if_stuck()
     }
 }
 
@@ -1290,6 +1307,8 @@ impl Shared {
                 }
             }
         }
+        let bytes: usize = run.iter().map(|m| m.payload().len()).sum();
+        let mean = bytes / run.len();
         let mut open = targets.iter().filter(|t| !t.is_cut()).peekable();
         while let Some(target) = open.next() {
             if open.peek().is_some() {
@@ -1298,7 +1317,7 @@ impl Shared {
                 target.fresh.push_all(run.drain(..));
             }
             self.notify_or_drain(target, notifier);
-            watch.note(target);
+            watch.note(target, mean);
         }
         run.clear();
     }

@@ -48,10 +48,15 @@ pub struct ServerConfig {
     /// queue (a subscription's or a group's) holding more than this many messages, the server
     /// stops reading that connection until every such queue is back to half of it. The
     /// publisher's socket fills and its publishes wait for room, so the server's memory stays
-    /// bounded by what consumers can take (default 16,384; `usize::MAX` never holds). A
+    /// bounded by what consumers can take (default 65,536; `usize::MAX` never holds). A
     /// connection that holds subscriptions is never held: its acks may be what drains the
     /// queue.
     pub hold_publishers_above: usize,
+    /// The same in payload bytes, reckoned from the burst's messages: for messages of a mean
+    /// size `s`, the queue depth past which publishers are held is the lesser of
+    /// `hold_publishers_above` and this divided by `s` (default 32 MiB: 8,192 messages of
+    /// 4 KiB, all 65,536 below 512 bytes).
+    pub hold_publishers_above_bytes: usize,
     /// How long a consumer held at its in-flight limit may go without an ack before it counts
     /// as stuck (default 5 s; see `max_queued_per_subscription`).
     pub slow_consumer_stall: Duration,
@@ -92,7 +97,8 @@ impl Default for ServerConfig {
             max_subscriptions_per_connection: 1024,
             max_outbound_bytes: 8 << 20,
             max_queued_per_subscription: 65_536,
-            hold_publishers_above: 16_384,
+            hold_publishers_above: 65_536,
+            hold_publishers_above_bytes: 32 << 20,
             slow_consumer_stall: Duration::from_secs(5),
             linger: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
@@ -154,6 +160,14 @@ impl ServerConfig {
     #[must_use]
     pub fn with_hold_publishers_above(mut self, n: usize) -> Self {
         self.hold_publishers_above = n.max(1);
+        self
+    }
+
+    /// Sets the queued payload bytes past which the server stops reading from the publishers
+    /// filling a queue (see [`hold_publishers_above_bytes`](Self::hold_publishers_above_bytes)).
+    #[must_use]
+    pub fn with_hold_publishers_above_bytes(mut self, bytes: usize) -> Self {
+        self.hold_publishers_above_bytes = bytes.max(1);
         self
     }
 
@@ -582,6 +596,7 @@ impl ConnListener {
         let mut answers = self.requests.drain(..);
         let conn = &self.conn;
         self.watch.above = shared.config.hold_publishers_above;
+        self.watch.above_bytes = shared.config.hold_publishers_above_bytes;
         shared.bus.publish_many(
             staged.drain(..),
             |result| {
@@ -1100,11 +1115,11 @@ impl QueueListener for ConnListener {
         if self.held_by.is_empty() {
             return false;
         }
-        let Some(shared) = self.shared.upgrade() else {
+        if self.shared.upgrade().is_none() {
             return false;
-        };
-        let low = shared.config.hold_publishers_above / 2;
-        self.held_by.retain(|d| d.is_open() && d.get() > low);
+        }
+        self.held_by
+            .retain(|d| d.is_open() && d.get() > d.limit() / 2);
         if self.held_by.is_empty() {
             tracing::debug!(conn.id = self.conn.queue.id(), "publisher released");
         }

@@ -808,8 +808,13 @@ impl Outrun {
     /// Receives messages `0..n` in order, then checks that nobody was cut off and nothing was
     /// dropped.
     fn receive_all(&self, server: &mixbus_bus::BusServer, n: u64) {
+        self.receive_padded(server, n, 0);
+    }
+
+    /// [`receive_all`](Self::receive_all) of messages padded to `width` ([`padded`]).
+    fn receive_padded(&self, server: &mixbus_bus::BusServer, n: u64, width: usize) {
         for i in 0..n {
-            assert_eq!(recv(&self.rx).payload(), i.to_string().as_bytes());
+            assert_eq!(recv(&self.rx).payload(), padded(i, width).as_bytes());
         }
         let stats = server.stats();
         assert_eq!(stats.slow_consumers, 0);
@@ -817,11 +822,33 @@ impl Outrun {
     }
 }
 
+/// `i` in decimal, zero-padded to `width` digits.
+fn padded(i: u64, width: usize) -> String {
+    format!("{i:0width$}")
+}
+
 #[test]
 fn a_publisher_that_outruns_its_consumer_is_held_and_the_queue_stays_bounded() {
     const HOLD: usize = 200;
+    let config = ServerConfig::default().with_hold_publishers_above(HOLD);
+    outrun_is_held(config, 0, HOLD);
+}
+
+#[test]
+fn a_publisher_of_large_messages_is_held_by_their_bytes() {
+    // 200 messages of 1,000 bytes pass the byte mark long before the count's.
+    const WIDTH: usize = 1_000;
+    let config = ServerConfig::default()
+        .with_hold_publishers_above(usize::MAX)
+        .with_hold_publishers_above_bytes(200 * WIDTH);
+    outrun_is_held(config, WIDTH, 200);
+}
+
+/// A publisher outruns a consumer through a server with `config`, with messages padded to
+/// `width`: every message arrives, in order, and the queue never holds much more than `hold`.
+fn outrun_is_held(config: ServerConfig, width: usize, hold: usize) {
     const N: u64 = 20_000;
-    let server = server_with(ServerConfig::default().with_hold_publishers_above(HOLD), 2);
+    let server = server_with(config, 2);
     let outrun = Outrun::new(&server, "outrun");
     let done = std::sync::atomic::AtomicBool::new(false);
     let deepest = std::thread::scope(|scope| {
@@ -834,13 +861,18 @@ fn a_publisher_that_outruns_its_consumer_is_held_and_the_queue_stays_bounded() {
             }
             deepest
         });
-        scope.spawn(|| publish_numbered(&outrun.publisher, "outrun", N));
-        outrun.receive_all(&server, N);
+        scope.spawn(|| {
+            for i in 0..N {
+                let msg = Message::new("outrun", padded(i, width));
+                outrun.publisher.publish(msg).unwrap();
+            }
+        });
+        outrun.receive_padded(&server, N, width);
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         watcher.join().unwrap()
     });
     // One read's burst (at most 1,024 frames) may land past the mark before the hold starts.
-    assert!(deepest <= HOLD as u64 + 1024, "the queue reached {deepest}");
+    assert!(deepest <= hold as u64 + 1024, "the queue reached {deepest}");
 }
 
 #[test]

@@ -71,8 +71,12 @@ enum Command {
         max_queued_per_subscription: usize,
         /// Messages waiting in a queue past which the server stops reading the publishers
         /// filling it (those holding no subscriptions), until it is back to half.
-        #[arg(long, default_value_t = 16_384)]
+        #[arg(long, default_value_t = 65_536)]
         hold_publishers_above: usize,
+        /// The same in payload bytes (reckoned from the messages just published): of messages
+        /// of 4 KiB, 8,192 waiting hold publishers by default.
+        #[arg(long, default_value_t = 32 << 20)]
+        hold_publishers_above_bytes: usize,
         /// Payload bytes one subscription may hold delivered and not yet acked, beside its own
         /// in-flight count: past it, the server sends it nothing new until acks come back.
         #[arg(long, default_value_t = 64 << 20)]
@@ -336,6 +340,7 @@ fn main() -> ExitCode {
             max_outbound_bytes,
             max_queued_per_subscription,
             hold_publishers_above,
+            hold_publishers_above_bytes,
             max_in_flight_bytes,
             pumps,
             spin_us,
@@ -346,7 +351,8 @@ fn main() -> ExitCode {
                 .with_max_subscriptions_per_connection(max_subscriptions)
                 .with_max_outbound_bytes(max_outbound_bytes)
                 .with_max_queued_per_subscription(max_queued_per_subscription)
-                .with_hold_publishers_above(hold_publishers_above);
+                .with_hold_publishers_above(hold_publishers_above)
+                .with_hold_publishers_above_bytes(hold_publishers_above_bytes);
             config.inner.max_in_flight_bytes = max_in_flight_bytes;
             if let Some(pumps) = pumps {
                 config = config.with_pumps(pumps.into());
