@@ -138,7 +138,7 @@ pub(crate) struct Drafts {
     small: BytesMut,
     copied: Vec<(u32, u32, u32)>,
     /// How many the last block held, and its small payloads' bytes: room for as many is made
-    /// for the next.
+    /// for the next (and given back by a block that holds far fewer).
     hint: (usize, usize),
 }
 
@@ -272,8 +272,14 @@ impl Drafts {
         }
         self.hint = (n, self.small.len());
         if !self.copied.is_empty() {
-            // A buffer of this block's own: the next block's copies go to another.
-            let small = std::mem::take(&mut self.small).freeze();
+            // A buffer of this block's own: the next block's copies go to another. Room made
+            // for a larger block before is not kept with it.
+            let small = std::mem::take(&mut self.small);
+            let small = if small.capacity() > 2 * small.len() + 1024 {
+                Bytes::copy_from_slice(&small)
+            } else {
+                small.freeze()
+            };
             for (i, at, len) in self.copied.drain(..) {
                 let (at, len) = (at as usize, len as usize);
                 if let Some(record) = self.records.get_mut(i as usize) {
@@ -285,6 +291,10 @@ impl Drafts {
         let flag = if to.is_some() { DELIVERED } else { 0 };
         let mut attempts = self.attempts.drain(..);
         let mut records = std::mem::take(&mut self.records);
+        if records.capacity() > 2 * n + 16 {
+            // Room made for a larger block before (the hint): not held by a smaller one.
+            records.shrink_to_fit();
+        }
         let (topics, headers) = (
             std::mem::take(&mut self.topics),
             std::mem::take(&mut self.headers),
@@ -849,5 +859,26 @@ mod tests {
             out[0].payload()[COPY_PAYLOAD_BELOW - 1..].as_ptr(),
             "the block's copies share one buffer, without what was taken back"
         );
+    }
+
+    #[test]
+    fn a_small_block_after_a_large_one_holds_no_more_room_than_it_needs() {
+        let owner = Bytes::from(vec![1u8; 16]);
+        let topic: Arc<str> = Arc::from("t");
+        let mut drafts = Drafts::default();
+        let mut out = Vec::new();
+        for n in [10_000, 1] {
+            for i in 0..n {
+                drafts.push_in(&topic, (&owner, &owner[..]), Vec::new(), MessageId(i), 0, 1);
+            }
+            out.clear();
+            drafts.finish(None, &mut out);
+        }
+        let Block::Many { records, .. } = &*out[0].block else {
+            panic!("a block")
+        };
+        assert!(records.capacity() <= 18, "room for {}", records.capacity());
+        let payload = out[0].payload();
+        assert_eq!(&payload[..], &owner[..]);
     }
 }

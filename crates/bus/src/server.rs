@@ -590,7 +590,8 @@ impl ConnListener {
             return;
         }
         let first = shared.bus.take_ids(self.burst.len());
-        (self.burst).stamp(first, nanos_since_epoch(SystemTime::now()));
+        self.burst
+            .stamp(first, nanos_since_epoch(SystemTime::now()));
         let mut staged = std::mem::take(&mut self.staged);
         self.burst.finish(None, &mut staged);
         let mut answers = self.requests.drain(..);
@@ -1066,7 +1067,8 @@ impl QueueListener for ConnListener {
             match publish {
                 Some(Ok((p, topic))) => {
                     let id = MessageId(0);
-                    (self.burst).push_in(topic, (chunk, p.payload), p.headers, id, 0, 1);
+                    self.burst
+                        .push_in(topic, (chunk, p.payload), p.headers, id, 0, 1);
                     self.requests.push(p.request);
                 }
                 // Anything else (a malformed PUBLISH too) goes the one-frame way, in order.
