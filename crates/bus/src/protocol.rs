@@ -1825,6 +1825,56 @@ mod tests {
     }
 
     #[test]
+    fn the_in_place_decoders_agree_with_decode_on_mutated_frames() {
+        // A fixed xorshift sequence: deterministic, and many mutations of every op's frame.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for op in samples() {
+            let bytes = op.to_bytes();
+            for _ in 0..300 {
+                let mut frame = BytesMut::from(&bytes[..]);
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % frame.len() as u64) as usize;
+                    frame[at] = next() as u8;
+                }
+                let frame = frame.freeze();
+                let whole = decode(frame.clone());
+                let mut got = Vec::new();
+                if let Some(fast) = decode_delivers(&frame, |sub, d| {
+                    got.push((sub, d.message, d.topic.to_string(), d.payload.to_vec()));
+                }) {
+                    match &whole {
+                        Ok(Op::Delivers { sub, messages } | Op::Packed { sub, messages }) => {
+                            assert_eq!(fast, Ok(*sub));
+                            let expected: Vec<_> = messages
+                                .iter()
+                                .map(|d| (*sub, d.message, d.topic.to_string(), d.payload.to_vec()))
+                                .collect();
+                            assert_eq!(got, expected);
+                        }
+                        _ => assert!(fast.is_err(), "{frame:?}"),
+                    }
+                }
+                let mut last = None;
+                if let Some(fast) = decode_publish(&frame, &frame, &mut last) {
+                    match &whole {
+                        Ok(Op::Publish { topic, payload, .. }) => {
+                            let (p, t) = fast.expect("decode took it");
+                            assert_eq!((&**t, p.payload), (topic.as_str(), &payload[..]));
+                        }
+                        _ => assert!(fast.is_err(), "{frame:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn an_empty_ack_range_is_an_error() {
         let mut buf = BytesMut::new();
         encode(
