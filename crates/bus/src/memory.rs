@@ -550,12 +550,18 @@ impl InFlight {
         }
     }
 
-    /// The entries of the deque whose ids are in `first..=last`.
-    fn seq_range(&mut self, first: MessageId, last: MessageId) -> impl Iterator<Item = &mut Entry> {
-        let start = match self.seq.front() {
+    /// Where the entries of the deque with ids from `first` on start (at the front, for an ack
+    /// in delivery order, with no search).
+    fn start_of(&self, first: MessageId) -> usize {
+        match self.seq.front() {
             Some(front) if front.id >= first => 0,
             _ => self.seq.partition_point(|e| e.id < first),
-        };
+        }
+    }
+
+    /// The entries of the deque whose ids are in `first..=last`.
+    fn seq_range(&mut self, first: MessageId, last: MessageId) -> impl Iterator<Item = &mut Entry> {
+        let start = self.start_of(first);
         self.seq
             .range_mut(start..)
             .take_while(move |e| e.id <= last)
@@ -568,12 +574,8 @@ impl InFlight {
                 .get(&wait.first)
                 .is_some_and(|m| m.attempt() == wait.attempt);
         }
-        let start = match self.seq.front() {
-            Some(front) if front.id >= wait.first => 0,
-            _ => self.seq.partition_point(|e| e.id < wait.first),
-        };
         self.seq
-            .range(start..)
+            .range(self.start_of(wait.first)..)
             .take_while(|e| e.id <= wait.last)
             .any(|e| e.msg.as_ref().is_some_and(|m| m.attempt() == wait.attempt))
     }
@@ -654,10 +656,7 @@ impl InFlight {
         limit: usize,
         out: &mut Vec<Message>,
     ) -> (usize, Option<MessageId>) {
-        let start = match self.seq.front() {
-            Some(front) if front.id >= first => 0,
-            _ => self.seq.partition_point(|e| e.id < first),
-        };
+        let start = self.start_of(first);
         let mut bytes = 0;
         let mut at = start;
         while let Some(entry) = self.seq.get_mut(at) {
@@ -1099,12 +1098,7 @@ impl InMemoryBroker {
     /// Takes `n` message ids in one step, for messages stamped before they are published
     /// ([`publish_many`](Self::publish_many)): the first of them (the others follow it).
     pub(crate) fn take_ids(&self, n: usize) -> MessageId {
-        MessageId(
-            self.shared
-                .next_message
-                .fetch_add(n as u64, Ordering::Relaxed)
-                + 1,
-        )
+        self.shared.take_ids(n)
     }
 
     /// Acks several deliveries of one subscription at once (what the bus server does for an ACKS
@@ -1332,10 +1326,14 @@ impl Shared {
         }
     }
 
+    /// Takes `n` message ids in one step: the first of them (the others follow it).
+    fn take_ids(&self, n: usize) -> MessageId {
+        MessageId(self.next_message.fetch_add(n as u64, Ordering::Relaxed) + 1)
+    }
+
     /// Gives `message` its id, publish time `now` and first attempt.
     fn stamp(&self, message: Message, now: SystemTime) -> Message {
-        let id = MessageId(self.next_message.fetch_add(1, Ordering::Relaxed) + 1);
-        message.stamped(id, now)
+        message.stamped(self.take_ids(1), now)
     }
 
     /// Reserves room for a stamped `message` in each of `targets` (the caller pushes it),

@@ -946,10 +946,9 @@ impl<'a> Reader<'a> {
         self.str(field).map(str::to_owned)
     }
 
-    /// A topic, shared with the previous one read by this reader if they are equal: a burst on
-    /// one topic allocates it once.
-    /// Reads a topic of `n` bytes into `last_topic` (shared with the last one when equal: no
-    /// reference count taken for a topic just seen) and returns it there.
+    /// Reads a topic of `n` bytes into `last_topic`, keeping the one there if they are equal (a
+    /// burst on one topic allocates it once, and takes no reference count per message), and
+    /// returns it there.
     fn note_topic(&mut self, n: usize) -> Result<&Arc<str>, ProtocolError> {
         let raw = self.take(n, "topic")?;
         // The same bytes as the last topic are valid UTF-8 already.
@@ -963,10 +962,13 @@ impl<'a> Reader<'a> {
                 .map_err(|_| ProtocolError::InvalidUtf8 { op, field: "topic" })?;
             self.last_topic = Some(Arc::from(topic));
         }
+        self.topic_read()
+    }
+
+    /// The topic last read ([`note_topic`](Self::note_topic)).
+    fn topic_read(&self) -> Result<&Arc<str>, ProtocolError> {
         let op = self.op;
-        self.last_topic
-            .as_ref()
-            .ok_or(ProtocolError::Truncated { op, field: "topic" })
+        (self.last_topic.as_ref()).ok_or(ProtocolError::Truncated { op, field: "topic" })
     }
 
     /// A blob, in place in the frame.
@@ -1064,7 +1066,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The fields of a PUBLISH, after the op byte.
     /// The fields of a PUBLISH, after the op byte; the topic is left in `last_topic`.
     fn publish(&mut self) -> Result<Publish<'a>, ProtocolError> {
         let request = self.u64("request")?;
@@ -1187,13 +1188,11 @@ impl<'a> Reader<'a> {
 
     /// A delivery read in place, made owned: its topic shared, its payload a slice of `owner`.
     fn owned(&self, raw: RawDelivery<'a>) -> Result<WireDelivery, ProtocolError> {
-        let op = self.op;
         Ok(WireDelivery {
             message: raw.message,
             attempt: raw.attempt,
             published_us: raw.published_us,
-            topic: (self.last_topic.clone())
-                .ok_or(ProtocolError::Truncated { op, field: "topic" })?,
+            topic: self.topic_read()?.clone(),
             headers: raw.headers,
             payload: self.owner.slice_ref(raw.payload),
         })
@@ -1333,7 +1332,7 @@ pub fn decode(frame: Bytes) -> Result<Op, ProtocolError> {
             };
             Op::Publish {
                 request: p.request,
-                topic: r.last_topic.as_deref().unwrap_or_default().to_owned(),
+                topic: r.topic_read()?.to_string(),
                 headers: p.headers,
                 payload: frame.slice_ref(p.payload),
             }
@@ -1457,9 +1456,7 @@ pub(crate) fn decode_delivers(
             } else {
                 r.delivery_raw()?
             };
-            let op = r.op;
-            let topic =
-                (r.last_topic.as_ref()).ok_or(ProtocolError::Truncated { op, field: "topic" })?;
+            let topic = r.topic_read()?;
             let delivery = DeliveryRef {
                 message: raw.message,
                 attempt: raw.attempt,

@@ -1116,8 +1116,8 @@ impl QueueListener for ClientListener {
             let mut mark = None;
             let decoded = protocol::decode_delivers(&frame, |sub, delivery| {
                 if mark.is_none() {
-                    if pending.is_some_and(|last| last != sub) {
-                        deliver_drafts(&client, pending.unwrap_or(sub), &mut drafts);
+                    if let Some(last) = pending.filter(|&last| last != sub) {
+                        deliver_drafts(&client, last, &mut drafts);
                     }
                     pending = Some(sub);
                     mark = Some(drafts.mark());
